@@ -1,0 +1,1 @@
+"""Processor: topology, publishing, partition owners, batching, checkpoints, leases, CLI and API."""

@@ -1,0 +1,165 @@
+"""All environment variables in one place, read once into a frozen ``Settings`` (CONTRACT.md §7).
+
+Nothing reads the environment at import time: ``Settings.from_env()`` is called by the entry
+points and the object is passed down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+ENV_AMQP_URL: Final = "AMQP_URL"
+ENV_STREAM_PORT: Final = "STREAM_PORT"
+ENV_DATABASE_URL: Final = "DATABASE_URL"
+ENV_PARTITIONS: Final = "PARTITIONS"
+ENV_API_HOST: Final = "API_HOST"
+ENV_API_PORT: Final = "API_PORT"
+ENV_THREADS: Final = "PROCESSOR_THREADS"
+ENV_BATCH_SIZE: Final = "BATCH_SIZE"
+ENV_BATCH_WAIT_S: Final = "BATCH_WAIT_S"
+ENV_STREAM_MAX_AGE: Final = "STREAM_MAX_AGE"
+ENV_STREAM_MAX_BYTES: Final = "STREAM_MAX_LENGTH_BYTES"
+ENV_LEASE_INTERVAL_S: Final = "LEASE_INTERVAL_S"
+ENV_LOG_LEVEL: Final = "LOG_LEVEL"
+
+EXCHANGE: Final = "events"
+STREAM_PREFIX: Final = "events.p"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class AmqpEndpoint:
+    """Host, port, credentials and virtual host taken from ``AMQP_URL``."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    vhost: str
+
+
+def parse_amqp_url(url: str) -> AmqpEndpoint:
+    """Split an ``amqp://user:pass@host:port/vhost`` URL (vhost percent-encoded, ``%2F`` = ``/``).
+
+    Raises:
+        SettingsError: the scheme is not amqp/amqps or the host is missing.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
+        raise SettingsError(f"{ENV_AMQP_URL} must look like amqp://user:pass@host:5672/vhost")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return AmqpEndpoint(
+        host=parts.hostname,
+        port=parts.port or 5672,
+        username=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        vhost=vhost,
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process configuration.
+
+    Attributes:
+        amqp_url: broker URL; its vhost isolates a deployment.
+        stream_port: RabbitMQ stream protocol port (host, credentials, vhost from ``amqp_url``).
+        database_url: PostgreSQL URL; its database isolates a deployment.
+        partitions: number of partition streams ``events.p000``...
+        threads: worker threads applying batches in one process (each batch: one transaction).
+        batch_size: most events in one batch (one transaction).
+        batch_wait_s: longest wait, in seconds, for a batch to fill before it is applied.
+        stream_max_age: stream retention by age (RabbitMQ ``x-max-age``, e.g. ``"30D"``); empty
+            keeps everything, which replay needs.
+        stream_max_length_bytes: stream retention by size in bytes; 0 keeps everything.
+        lease_interval_s: how often, in seconds, a process looks for partitions to own.
+    """
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    stream_port: int = 5552
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/events"
+    partitions: int = 16
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    threads: int = 4
+    batch_size: int = 2000
+    batch_wait_s: float = 0.005
+    stream_max_age: str = ""
+    stream_max_length_bytes: int = 0
+    lease_interval_s: float = 1.0
+    log_level: str = "INFO"
+    amqp: AmqpEndpoint = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= 1000:
+            raise SettingsError(f"{ENV_PARTITIONS}={self.partitions} must be in 1..1000")
+        object.__setattr__(self, "amqp", parse_amqp_url(self.amqp_url))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment (or ``env``), defaults from CONTRACT.md §7.
+
+        Raises:
+            SettingsError: a variable is malformed or out of range.
+        """
+        source = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            amqp_url=source.get(ENV_AMQP_URL) or defaults.amqp_url,
+            stream_port=_int(source, ENV_STREAM_PORT, defaults.stream_port, 1),
+            database_url=source.get(ENV_DATABASE_URL) or defaults.database_url,
+            partitions=_int(source, ENV_PARTITIONS, defaults.partitions, 1),
+            api_host=source.get(ENV_API_HOST) or defaults.api_host,
+            api_port=_int(source, ENV_API_PORT, defaults.api_port, 1),
+            threads=_int(source, ENV_THREADS, defaults.threads, 1),
+            batch_size=_int(source, ENV_BATCH_SIZE, defaults.batch_size, 1),
+            batch_wait_s=_float(source, ENV_BATCH_WAIT_S, defaults.batch_wait_s),
+            stream_max_age=source.get(ENV_STREAM_MAX_AGE, defaults.stream_max_age),
+            stream_max_length_bytes=_int(
+                source, ENV_STREAM_MAX_BYTES, defaults.stream_max_length_bytes
+            ),
+            lease_interval_s=_float(source, ENV_LEASE_INTERVAL_S, defaults.lease_interval_s, 0.05),
+            log_level=source.get(ENV_LOG_LEVEL) or defaults.log_level,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields changed (used by the CLI flags and the tests)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def stream_name(partition: int) -> str:
+    """The stream of a partition: ``events.p`` + the partition as three digits (CONTRACT §5)."""
+    return f"{STREAM_PREFIX}{partition:03d}"

@@ -1,0 +1,1 @@
+"""Projections: the pure fold, the tables that store it, migrations and the read queries."""

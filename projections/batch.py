@@ -1,0 +1,355 @@
+"""Apply one batch of log records to the stored projections in ONE transaction.
+
+This is the single code path for live processing and replay (DESIGN.md "Data flow"):
+
+1. lock the partition's checkpoint row (``SELECT ... FOR UPDATE``) and check it still holds the
+   offset the caller resumed from (fencing);
+2. record the batch's event ids (``ON CONFLICT DO NOTHING``): only ids new to the table are applied,
+   so a redelivered, replayed or re-published event changes nothing the second time;
+3. lock the touched projection rows in key order (``SELECT ... FOR UPDATE``), fold the events in
+   memory with ``projections.fold``, and write each touched row once (set-based upserts);
+4. write invalid records as dead letters (reason, partition, offset, raw bytes);
+5. advance the checkpoint by compare-and-set on the old value; then COMMIT.
+
+A crash anywhere before COMMIT leaves nothing behind; the batch is read again and applied once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+import msgspec
+import psycopg
+
+from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
+from projections.tables import SENTIMENT_COLUMNS
+from schemas.events import Event, FriendshipAdjusted
+from schemas.validation import EventValidationError, decode_event
+
+
+class CheckpointConflict(RuntimeError):
+    """The partition's checkpoint is not where this owner left it: another owner committed.
+
+    The transaction is rolled back; the caller has lost the partition (a zombie is fenced).
+    """
+
+    def __init__(self, partition: int, expected: int, found: int | None) -> None:
+        super().__init__(
+            f"partition {partition}: checkpoint is {found}, this owner expected {expected}; "
+            "another owner committed, nothing applied"
+        )
+        self.partition = partition
+        self.expected = expected
+        self.found = found
+
+
+class OffsetGap(RuntimeError):
+    """A batch does not continue the checkpoint (offsets skipped): refusing to apply it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One message of a partition stream: its offset (0-based, per stream) and raw body bytes."""
+
+    offset: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An invalid record: where it is in the log, why it is invalid and its raw bytes."""
+
+    partition: int
+    offset: int
+    event_id: str | None
+    field: str
+    reason: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed batch did (counts are events, offsets are stream offsets)."""
+
+    partition: int
+    first_offset: int
+    last_offset: int
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    users: int = 0
+    applied_events: list[tuple[Event, int]] = field(default_factory=list)
+
+
+_EVENT_ID_PROBE: Final = msgspec.json.Decoder(dict[str, object])
+
+
+def _readable_event_id(body: bytes) -> str | None:
+    """The ``event_id`` of an invalid body when it is a readable string, else None."""
+    try:
+        decoded = _EVENT_ID_PROBE.decode(body)
+    except msgspec.DecodeError:
+        return None
+    value = decoded.get("event_id")
+    return value[:64] if isinstance(value, str) else None
+
+
+def decode_records(
+    partition: int, records: Sequence[LogRecord]
+) -> tuple[list[tuple[Event, int]], list[DeadLetter]]:
+    """Decode a batch: ``(valid (event, offset) in log order, dead letters)``. Pure, no I/O."""
+    valid: list[tuple[Event, int]] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            valid.append((decode_event(record.body), record.offset))
+        except EventValidationError as error:
+            dead.append(
+                DeadLetter(
+                    partition=partition,
+                    offset=record.offset,
+                    event_id=_readable_event_id(record.body),
+                    field=error.field,
+                    reason=error.reason,
+                    raw=record.body,
+                )
+            )
+    return valid, dead
+
+
+_LOCK_CHECKPOINT: Final = "SELECT committed_offset FROM checkpoints WHERE partition = %s FOR UPDATE"
+_ADVANCE_CHECKPOINT: Final = (
+    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now() "
+    "WHERE partition = %s AND committed_offset = %s"
+)
+_RECORD_EVENT_IDS: Final = """
+INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
+SELECT * FROM unnest(%s::uuid[], %s::int[], %s::bigint[], %s::text[], %s::text[],
+                     %s::timestamptz[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id::text
+"""
+_LOCK_FRIENDSHIPS: Final = """
+SELECT user_id, score, events_applied, last_event_at FROM friendships
+WHERE user_id = ANY(%s::text[]) ORDER BY user_id FOR UPDATE
+"""
+_SENTIMENT_LIST: Final = ", ".join(SENTIMENT_COLUMNS)
+_LOCK_TOPICS: Final = f"""
+SELECT t.user_id, t.topic, t.conversations, t.turns, t.duration_s, {_SENTIMENT_LIST},
+       t.last_discussed_at
+FROM topic_metrics t
+JOIN unnest(%s::text[], %s::text[]) AS k(user_id, topic)
+  ON t.user_id = k.user_id AND t.topic = k.topic
+ORDER BY t.user_id, t.topic FOR UPDATE OF t
+"""
+_UPSERT_FRIENDSHIPS: Final = """
+INSERT INTO friendships (user_id, score, events_applied, last_event_at)
+SELECT * FROM unnest(%s::text[], %s::smallint[], %s::bigint[], %s::timestamptz[])
+ON CONFLICT (user_id) DO UPDATE SET
+  score = excluded.score,
+  events_applied = excluded.events_applied,
+  last_event_at = excluded.last_event_at
+"""
+_SENTIMENT_ARRAYS: Final = ", ".join("%s::bigint[]" for _ in SENTIMENT_COLUMNS)
+_SENTIMENT_SET: Final = ",\n  ".join(f"{c} = excluded.{c}" for c in SENTIMENT_COLUMNS)
+_UPSERT_TOPICS: Final = f"""
+INSERT INTO topic_metrics (user_id, topic, conversations, turns, duration_s, {_SENTIMENT_LIST},
+                           last_discussed_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[],
+                     {_SENTIMENT_ARRAYS}, %s::timestamptz[])
+ON CONFLICT (user_id, topic) DO UPDATE SET
+  conversations = excluded.conversations,
+  turns = excluded.turns,
+  duration_s = excluded.duration_s,
+  {_SENTIMENT_SET},
+  last_discussed_at = excluded.last_discussed_at
+"""
+_INSERT_DEAD_LETTERS: Final = """
+INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw)
+SELECT * FROM unnest(%s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::bytea[])
+ON CONFLICT (partition, log_offset) DO NOTHING
+"""
+
+
+def _fold_into(
+    events: Sequence[Event],
+    friendships: dict[str, Friendship],
+    topics: dict[tuple[str, str], TopicMetrics],
+) -> None:
+    for event in events:
+        user = event.user_id
+        friendships[user] = evolve_friendship(friendships.get(user, Friendship()), event)
+        if not isinstance(event, FriendshipAdjusted):
+            key = (user, event.data.topic)
+            topics[key] = evolve_topic(topics.get(key, TopicMetrics()), event)
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    partition: int,
+    records: Sequence[LogRecord],
+    expected_checkpoint: int,
+    owner: str,
+) -> BatchResult:
+    """Apply ``records`` (consecutive offsets of one partition) in one transaction.
+
+    Args:
+        conn: an autocommit psycopg connection (the transaction is opened here).
+        partition: partition number.
+        records: consecutive log records starting at ``expected_checkpoint + 1``.
+        expected_checkpoint: the committed offset this owner resumed from (-1 = nothing yet).
+        owner: who commits (written on the checkpoint row, e.g. ``"host:pid"``).
+
+    Returns:
+        The counts of the committed batch.
+
+    Raises:
+        OffsetGap: the records do not start at ``expected_checkpoint + 1`` or skip an offset.
+        CheckpointConflict: another owner moved the checkpoint; nothing was applied.
+        psycopg.Error: a database failure; the transaction was rolled back as a whole.
+    """
+    if not records:
+        raise ValueError("apply_batch needs at least one record")
+    for position, record in enumerate(records):
+        if record.offset != expected_checkpoint + 1 + position:
+            raise OffsetGap(
+                f"partition {partition}: record at offset {record.offset} where offset "
+                f"{expected_checkpoint + 1 + position} was expected"
+            )
+    valid, dead = decode_records(partition, records)
+    last_offset = records[-1].offset
+    result = BatchResult(partition, records[0].offset, last_offset, dead_lettered=len(dead))
+
+    # The first occurrence of an event id in the batch wins; later ones are duplicates.
+    first_seen: dict[str, tuple[Event, int]] = {}
+    for event, offset in valid:
+        first_seen.setdefault(event.event_id.lower(), (event, offset))
+
+    with conn.transaction(), conn.cursor() as cur:
+        row = cur.execute(_LOCK_CHECKPOINT, (partition,)).fetchone()
+        found = None if row is None else int(row[0])
+        if found != expected_checkpoint:
+            raise CheckpointConflict(partition, expected_checkpoint, found)
+
+        new_ids: set[str] = set()
+        if first_seen:
+            candidates = list(first_seen.values())
+            cur.execute(
+                _RECORD_EVENT_IDS,
+                (
+                    [event.event_id for event, _ in candidates],
+                    [partition] * len(candidates),
+                    [offset for _, offset in candidates],
+                    [event.user_id for event, _ in candidates],
+                    [type(event).__struct_config__.tag for event, _ in candidates],
+                    [event.occurred_at for event, _ in candidates],
+                ),
+            )
+            new_ids = {r[0] for r in cur.fetchall()}
+        to_apply = [(e, o) for key, (e, o) in first_seen.items() if key in new_ids]
+        to_apply.sort(key=lambda pair: pair[1])
+        result.applied = len(to_apply)
+        result.duplicates = len(valid) - len(to_apply)
+        result.applied_events = to_apply
+
+        if to_apply:
+            _write_projections(cur, [event for event, _ in to_apply], result)
+        if dead:
+            cur.execute(
+                _INSERT_DEAD_LETTERS,
+                (
+                    [d.partition for d in dead],
+                    [d.offset for d in dead],
+                    [d.event_id for d in dead],
+                    [d.field for d in dead],
+                    [d.reason for d in dead],
+                    [d.raw for d in dead],
+                ),
+            )
+        cur.execute(_ADVANCE_CHECKPOINT, (last_offset, owner, partition, expected_checkpoint))
+        if cur.rowcount != 1:
+            raise CheckpointConflict(partition, expected_checkpoint, None)
+    return result
+
+
+def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: BatchResult) -> None:
+    users = sorted({event.user_id for event in events})
+    topic_keys = sorted(
+        {(e.user_id, e.data.topic) for e in events if not isinstance(e, FriendshipAdjusted)}
+    )
+    result.users = len(users)
+
+    friendships: dict[str, Friendship] = {}
+    for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (users,)):
+        friendships[user_id] = Friendship(score, applied, last_at)
+    topics: dict[tuple[str, str], TopicMetrics] = {}
+    if topic_keys:
+        rows = cur.execute(
+            _LOCK_TOPICS, ([k[0] for k in topic_keys], [k[1] for k in topic_keys])
+        ).fetchall()
+        for row in rows:
+            topics[(row[0], row[1])] = TopicMetrics(
+                conversations=row[2],
+                turns=row[3],
+                duration_s=row[4],
+                sentiment=tuple(row[5 : 5 + len(SENTIMENT_COLUMNS)]),
+                last_discussed_at=row[5 + len(SENTIMENT_COLUMNS)],
+            )
+
+    _fold_into(events, friendships, topics)
+
+    touched_users = [friendships[u] for u in users]
+    cur.execute(
+        _UPSERT_FRIENDSHIPS,
+        (
+            users,
+            [f.score for f in touched_users],
+            [f.events_applied for f in touched_users],
+            [f.last_event_at for f in touched_users],
+        ),
+    )
+    if topic_keys:
+        metrics = [topics[k] for k in topic_keys]
+        sentiment_columns = [
+            [m.sentiment[i] for m in metrics] for i in range(len(SENTIMENT_COLUMNS))
+        ]
+        last_discussed: list[datetime | None] = [m.last_discussed_at for m in metrics]
+        cur.execute(
+            _UPSERT_TOPICS,
+            (
+                [k[0] for k in topic_keys],
+                [k[1] for k in topic_keys],
+                [m.conversations for m in metrics],
+                [m.turns for m in metrics],
+                [m.duration_s for m in metrics],
+                *sentiment_columns,
+                last_discussed,
+            ),
+        )
+
+
+def ensure_checkpoints(conn: psycopg.Connection, partitions: int) -> None:
+    """Create the checkpoint rows 0..partitions-1 (offset -1) that do not exist yet."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO checkpoints (partition) SELECT generate_series(0, %s - 1) "
+            "ON CONFLICT (partition) DO NOTHING",
+            (partitions,),
+        )
+
+
+def read_checkpoint(conn: psycopg.Connection, partition: int) -> int:
+    """The committed offset of a partition (-1 when nothing is committed yet).
+
+    Raises:
+        LookupError: the partition has no checkpoint row (``ensure_checkpoints`` not run).
+    """
+    row = conn.execute(
+        "SELECT committed_offset FROM checkpoints WHERE partition = %s", (partition,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"partition {partition} has no checkpoint row")
+    return int(row[0])

@@ -1,0 +1,94 @@
+"""The stored projections, checkpoints, applied event ids and dead letters (SQLAlchemy Core).
+
+Tables carry no schema name: the live state lives in the connection's default schema and a
+replay builds the same tables in a shadow schema (``search_path``). Alembic migrations in
+``projections/migrations`` create these tables; this module is their single description.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+
+from schemas.events import SENTIMENTS
+
+metadata: Final = MetaData()
+
+#: Column names of the per-label child-turn counts, in ``SENTIMENTS`` order.
+SENTIMENT_COLUMNS: Final = tuple(f"sentiment_{label}" for label in SENTIMENTS)
+
+checkpoints: Final = Table(
+    "checkpoints",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    # Offset of the last event of the partition whose effects are committed; -1 = none yet.
+    Column("committed_offset", BigInteger, nullable=False, server_default="-1"),
+    Column("owner", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+friendships: Final = Table(
+    "friendships",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("score", SmallInteger, nullable=False),
+    Column("events_applied", BigInteger, nullable=False),
+    Column("last_event_at", DateTime(timezone=True), nullable=True),
+)
+
+topic_metrics: Final = Table(
+    "topic_metrics",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("conversations", BigInteger, nullable=False),
+    Column("turns", BigInteger, nullable=False),
+    Column("duration_s", Double, nullable=False),
+    *(Column(name, BigInteger, nullable=False) for name in SENTIMENT_COLUMNS),
+    Column("last_discussed_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("user_id", "topic"),
+)
+
+applied_events: Final = Table(
+    "applied_events",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("partition", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+)
+
+dead_letters: Final = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("partition", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    # The event_id when the body had a readable one, so GET /v1/events/{id} can find it.
+    Column("event_id", Text, nullable=True),
+    Column("field", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("partition", "log_offset", name="dead_letters_partition_offset_key"),
+    Index("dead_letters_event_id_idx", "event_id"),
+)

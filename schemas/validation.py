@@ -1,0 +1,101 @@
+"""Decoding bytes into events, with errors that name the field and the reason."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from schemas.events import Event
+
+_DECODER: Final = msgspec.json.Decoder(Event)
+_RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_ENCODER: Final = msgspec.json.Encoder()
+_AT_PATH: Final = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+class EventValidationError(ValueError):
+    """An event body that breaks a rule of CONTRACT.md section 1 or 2.
+
+    Attributes:
+        field: dotted path of the offending field (``"data.topic"``), ``""`` for the whole body.
+        reason: what is wrong, in words (``"Expected `int` <= 100"``).
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field or '<body>'}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _to_validation_error(exc: msgspec.DecodeError) -> EventValidationError:
+    message = str(exc)
+    match = _AT_PATH.search(message)
+    path = match.group("path") if match else ""
+    reason = message[: match.start()] if match else message
+    missing = re.fullmatch(r"Object missing required field `(?P<name>[^`]+)`", reason)
+    if missing is not None:
+        path = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        reason = "missing required field"
+    return EventValidationError(path, reason)
+
+
+def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
+    """Decode and validate one event from its JSON body (UTF-8).
+
+    Args:
+        body: the message body exactly as received.
+
+    Returns:
+        A frozen ``TurnRecorded``, ``ConversationCompleted`` or ``FriendshipAdjusted``.
+
+    Raises:
+        EventValidationError: not JSON, not an object, a missing or wrongly typed field, an unknown
+            ``type``, an out-of-range value or a naive timestamp (CONTRACT.md section 4).
+    """
+    try:
+        return _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _to_validation_error(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise EventValidationError("", f"not valid JSON: {exc}") from exc
+
+
+def decode_event_batch(
+    body: bytes,
+) -> tuple[list[tuple[Event, bytes]], list[tuple[int, EventValidationError]]]:
+    """Decode an HTTP ingest body: one event object or a JSON array of events.
+
+    Args:
+        body: the request body (UTF-8 JSON).
+
+    Returns:
+        ``(valid, invalid)``: ``valid`` holds ``(event, raw bytes of that item)`` in input order;
+        ``invalid`` holds ``(index, error)``, index 0 for a single object.
+
+    Raises:
+        EventValidationError: the body is neither JSON nor an object or an array.
+    """
+    stripped = body.lstrip()
+    if stripped.startswith(b"["):
+        try:
+            items = _RAW_LIST_DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise EventValidationError("", f"not valid JSON: {exc}") from exc
+        raws = [bytes(item) for item in items]
+    else:
+        raws = [bytes(body)]
+    valid: list[tuple[Event, bytes]] = []
+    invalid: list[tuple[int, EventValidationError]] = []
+    for index, raw in enumerate(raws):
+        try:
+            valid.append((decode_event(raw), raw))
+        except EventValidationError as error:
+            invalid.append((index, error))
+    return valid, invalid
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event to its canonical JSON body (the ``type`` tag included)."""
+    return _ENCODER.encode(event)
