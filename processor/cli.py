@@ -1,0 +1,152 @@
+"""Command-line interface: ``python -m processor COMMAND`` (the justfile wraps each command).
+
+Exit codes: 0 success, 1 failure (the error is logged), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from enum import IntEnum
+from pathlib import Path
+from types import FrameType
+
+from processor.errors import ProcessorError
+from processor.logs import configure_logging
+from processor.settings import Settings, SettingsError
+
+log = logging.getLogger("processor")
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of every command."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+
+
+def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.runtime import Processor  # noqa: PLC0415 - keeps `--help` fast
+
+    overrides: dict[str, object] = {}
+    if args.threads:
+        overrides["threads"] = args.threads
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    processor = Processor(settings.with_overrides(**overrides) if overrides else settings)
+    processor.prepare()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the batches in flight", signal.Signals(signum).name)
+        processor.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return processor.run()
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from projections.database import migrate  # noqa: PLC0415
+
+    migrate(settings.database_url)
+    log.info("database migrated to the newest revision")
+    return ExitCode.OK
+
+
+def _topology(settings: Settings, _args: argparse.Namespace) -> int:
+    from processor.topology import declare_topology  # noqa: PLC0415
+
+    declare_topology(settings)
+    return ExitCode.OK
+
+
+def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.publish_file import publish_file_sync  # noqa: PLC0415
+    from processor.topology import declare_topology  # noqa: PLC0415
+
+    declare_topology(settings)
+    count = publish_file_sync(settings, Path(args.file), allow_invalid=args.allow_invalid)
+    log.info("published %d events from %s (all confirmed by the broker)", count, args.file)
+    return ExitCode.OK
+
+
+def _status(settings: Settings, _args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from processor.status import read_partition_status  # noqa: PLC0415
+    from projections.database import connect  # noqa: PLC0415
+
+    with connect(settings.database_url) as conn:
+        statuses = asyncio.run(read_partition_status(settings, conn))
+    table = Table(title="partitions")
+    for column in ("partition", "checkpoint", "tail", "lag", "owner"):
+        table.add_column(column, justify="left" if column == "owner" else "right")
+    for s in statuses:
+        table.add_row(str(s.partition), str(s.checkpoint), str(s.tail), str(s.lag), s.owner or "-")
+    Console().print(table)
+    return ExitCode.OK
+
+
+def _wait_idle(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.status import wait_for_zero_lag  # noqa: PLC0415
+    from projections.database import connect  # noqa: PLC0415
+
+    with connect(settings.database_url) as conn:
+        wait_for_zero_lag(settings, conn, timeout_s=args.timeout)
+    log.info("every partition is at zero lag")
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="processor", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="own partitions and apply their events")
+    run.add_argument("--threads", type=int, default=0, help="worker threads (PROCESSOR_THREADS)")
+    run.add_argument("--batch-size", type=int, default=0, help="events per batch (BATCH_SIZE)")
+    run.set_defaults(handler=_run_processor)
+
+    commands.add_parser("migrate", help="create the database and tables").set_defaults(
+        handler=_migrate
+    )
+    commands.add_parser("topology", help="declare the exchange and streams").set_defaults(
+        handler=_topology
+    )
+    publish = commands.add_parser("publish", help="publish a JSON Lines file of events")
+    publish.add_argument("file")
+    publish.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="publish invalid lines too (the processor dead-letters them)",
+    )
+    publish.set_defaults(handler=_publish)
+    commands.add_parser("status", help="partition checkpoints, lag and owners").set_defaults(
+        handler=_status
+    )
+    wait = commands.add_parser("wait-idle", help="wait until every partition has zero lag")
+    wait.add_argument("--timeout", type=float, default=600.0, help="seconds")
+    wait.set_defaults(handler=_wait_idle)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command and return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        configure_logging()
+        log.error("configuration error: %s", exc)
+        return ExitCode.USAGE
+    configure_logging(settings.log_level)
+    try:
+        return int(args.handler(settings, args))
+    except (ProcessorError, TimeoutError, ValueError, OSError) as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return ExitCode.FAILURE

@@ -1,0 +1,283 @@
+"""The processor process: leases, partition owners, the stream reader and the worker threads.
+
+How the parts relate (see README "Partitions, threads and processes"):
+
+- a *partition* is a stream and the unit of order: one owner at a time, in the whole cluster;
+- a *process* owns the partitions whose leases it holds (all of them when it runs alone);
+- its *threads* apply batches: a worker takes a partition whose batch is ready, applies it in one
+  transaction, and goes on with whichever partition is ready next. A partition is never run by two
+  threads at once, so threads add concurrency across partitions, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import psycopg
+
+from processor.errors import LogTruncated
+from processor.feed import PartitionFeed
+from processor.leases import (
+    OWNER_APPLICATION_PREFIX,
+    current_lease_holders,
+    member_id,
+    try_acquire_lease,
+)
+from processor.owner import PartitionOwner
+from processor.settings import Settings
+from processor.streams import StreamReader
+from processor.topology import declare_topology
+from projections.batch import CheckpointConflict, OffsetGap, ensure_checkpoints, read_checkpoint
+from projections.database import connect, migrate
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress log lines.
+PROGRESS_EVERY_S: Final = 10.0
+
+
+class Processor:
+    """Runs partition owners in this process until ``stop()``.
+
+    Args:
+        settings: configuration (partitions, threads, batch size and wait, URLs).
+        member: this process's owner name (default ``host:pid``).
+    """
+
+    def __init__(self, settings: Settings, member: str | None = None) -> None:
+        self.settings = settings
+        self.member = member or member_id()
+        self._stop = threading.Event()
+        self._ready: queue.Queue[PartitionOwner | None] = queue.Queue()
+        self._owners: dict[int, PartitionOwner] = {}
+        self._owners_lock = threading.Lock()
+        self._stopped_partitions: dict[int, Exception] = {}
+        self._workers: list[threading.Thread] = []
+        self._reader = StreamReader(settings, name=f"friendship-stream {self.member}")
+        self._control: psycopg.Connection | None = None
+        self.applied_total = 0
+        self.dead_lettered_total = 0
+        self.duplicates_total = 0
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Migrate the database, declare the topology and create the checkpoint rows."""
+        migrate(self.settings.database_url)
+        declare_topology(self.settings)
+        with connect(self.settings.database_url) as conn:
+            ensure_checkpoints(conn, self.settings.partitions)
+
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
+        """Own partitions and apply their batches until ``stop()``; returns the exit code (0).
+
+        On stop, the batches in flight finish and commit; records read but not yet applied are
+        dropped and read again by the next owner from the checkpoint.
+        """
+        self._control = connect(self.settings.database_url, application_name="friendship-stream")
+        self._reader.start()
+        for index in range(self.settings.threads):
+            worker = threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        log.info(
+            "processor %s started: %d partitions, %d threads, batch %d events / %.3f s",
+            self.member,
+            self.settings.partitions,
+            self.settings.threads,
+            self.settings.batch_size,
+            self.settings.batch_wait_s,
+        )
+        if on_started is not None:
+            on_started()
+        last_progress = time.monotonic()
+        applied_at_last = 0
+        try:
+            while not self._stop.is_set():
+                self._maintain_leases()
+                now = time.monotonic()
+                if now - last_progress >= PROGRESS_EVERY_S:
+                    self._log_progress(now - last_progress, applied_at_last)
+                    applied_at_last = self.applied_total
+                    last_progress = now
+                self._stop.wait(self.settings.lease_interval_s)
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Finish the batches in flight and return from ``run`` (callable from any thread)."""
+        self._stop.set()
+
+    def owned_partitions(self) -> list[int]:
+        """The partitions this process owns now."""
+        with self._owners_lock:
+            return sorted(self._owners)
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def _maintain_leases(self) -> None:
+        control = self._control
+        assert control is not None
+        try:
+            holders = current_lease_holders(control)
+        except psycopg.OperationalError as exc:
+            log.warning("database unreachable for the lease check (%s); retrying", exc)
+            control.close()
+            self._control = self._try_connect("friendship-stream")
+            return
+        for partition in range(self.settings.partitions):
+            if self._stop.is_set():
+                return
+            with self._owners_lock:
+                if partition in self._owners or partition in self._stopped_partitions:
+                    continue
+            if partition in holders:
+                continue
+            self._try_own(partition)
+
+    def _try_connect(self, application_name: str) -> psycopg.Connection | None:
+        try:
+            return connect(self.settings.database_url, application_name=application_name)
+        except psycopg.OperationalError as exc:
+            log.warning("cannot connect to the database: %s", exc)
+            return None
+
+    def _try_own(self, partition: int) -> None:
+        conn = self._try_connect(f"{OWNER_APPLICATION_PREFIX}{self.member}")
+        if conn is None:
+            return
+        try:
+            if not try_acquire_lease(conn, partition):
+                conn.close()
+                return
+            checkpoint = read_checkpoint(conn, partition)
+            conn.execute(
+                "UPDATE checkpoints SET owner = %s WHERE partition = %s", (self.member, partition)
+            )
+        except psycopg.Error as exc:
+            log.warning("partition %d: taking the lease failed: %s", partition, exc)
+            conn.close()
+            return
+        owner = PartitionOwner(partition, conn, checkpoint, self.member, self.settings.batch_size)
+        owner.feed = PartitionFeed(
+            partition,
+            next_offset=checkpoint + 1,
+            batch_size=self.settings.batch_size,
+            batch_wait_s=self.settings.batch_wait_s,
+            loop=self._reader.loop,
+            on_ready=lambda: self._schedule(owner),
+        )
+        with self._owners_lock:
+            self._owners[partition] = owner
+        self._reader.subscribe(partition, owner.feed)
+        log.info("partition %d: lease taken, resuming after offset %d", partition, checkpoint)
+
+    def _release(self, owner: PartitionOwner, reason: str) -> None:
+        """Give a partition up: stop reading it and close the lease connection."""
+        with owner.lock:
+            if owner.released:
+                return
+            owner.released = True
+        with self._owners_lock:
+            if self._owners.get(owner.partition) is owner:
+                del self._owners[owner.partition]
+        self._reader.unsubscribe(owner.partition)
+        owner.conn.close()
+        log.warning("partition %d: released (%s)", owner.partition, reason)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _schedule(self, owner: PartitionOwner) -> None:
+        with owner.lock:
+            if owner.scheduled or owner.released:
+                return
+            owner.scheduled = True
+        self._ready.put(owner)
+
+    def _work(self) -> None:
+        while True:
+            owner = self._ready.get()
+            if owner is None:
+                return
+            if self._stop.is_set():
+                continue
+            self._run_owner(owner)
+
+    def _run_owner(self, owner: PartitionOwner) -> None:
+        try:
+            result = owner.apply_next_batch()
+        except CheckpointConflict as exc:
+            self._release(owner, f"fenced: {exc}")
+            return
+        except LogTruncated as exc:
+            log.error("%s; partition %d stopped, operator action needed", exc, owner.partition)
+            with self._owners_lock:
+                self._stopped_partitions[owner.partition] = exc
+            self._reader.unsubscribe(owner.partition)
+            return
+        except (psycopg.Error, OffsetGap) as exc:
+            self._release(owner, f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:
+            log.exception("partition %d: unexpected failure", owner.partition)
+            self._release(owner, f"{type(exc).__name__}: {exc}")
+            return
+        if result is not None:
+            self.applied_total += result.applied
+            self.dead_lettered_total += result.dead_lettered
+            self.duplicates_total += result.duplicates
+            log.debug(
+                "partition %d: committed offsets %d..%d (%d applied, %d duplicates, %d dead)",
+                owner.partition,
+                result.first_offset,
+                result.last_offset,
+                result.applied,
+                result.duplicates,
+                result.dead_lettered,
+            )
+        with owner.lock:
+            owner.scheduled = False
+        feed = owner.feed
+        if feed is not None and (feed.has_records() or feed.error is not None):
+            self._schedule(owner)
+
+    # -- shutdown and progress ----------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        log.info("processor %s stopping: finishing batches in flight", self.member)
+        self._reader.stop()
+        for _ in self._workers:
+            self._ready.put(None)
+        for worker in self._workers:
+            worker.join()
+        with self._owners_lock:
+            owners = list(self._owners.values())
+            self._owners.clear()
+        for owner in owners:
+            owner.conn.close()
+        if self._control is not None:
+            self._control.close()
+        log.info(
+            "processor %s stopped: %d events applied, %d duplicates, %d dead-lettered",
+            self.member,
+            self.applied_total,
+            self.duplicates_total,
+            self.dead_lettered_total,
+        )
+
+    def _log_progress(self, elapsed_s: float, applied_before: int) -> None:
+        rate = (self.applied_total - applied_before) / elapsed_s if elapsed_s > 0 else 0.0
+        log.info(
+            "owning %d partitions; %d events applied (%.0f/s), %d duplicates, %d dead-lettered",
+            len(self.owned_partitions()),
+            self.applied_total,
+            rate,
+            self.duplicates_total,
+            self.dead_lettered_total,
+        )

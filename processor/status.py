@@ -1,0 +1,84 @@
+"""Per-partition status: checkpoint, log tail, consumer lag and current owner."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from processor.leases import current_lease_holders
+from processor.settings import Settings
+from processor.streams import read_tail_offsets
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """One partition: committed offset, last offset in the log, lag (events) and owner.
+
+    ``checkpoint`` and ``tail`` are stream offsets (-1 = none); ``lag = tail - checkpoint``;
+    ``owner`` is the lease holder's ``host:pid``, or None when no process owns it.
+    """
+
+    partition: int
+    checkpoint: int
+    tail: int
+    lag: int
+    owner: str | None
+
+
+def read_checkpoints(conn: psycopg.Connection) -> dict[int, int]:
+    """Committed offset of every partition that has a checkpoint row."""
+    rows = conn.execute("SELECT partition, committed_offset FROM checkpoints").fetchall()
+    return {int(p): int(o) for p, o in rows}
+
+
+async def read_partition_status(
+    settings: Settings, conn: psycopg.Connection
+) -> list[PartitionStatus]:
+    """The status of partitions 0..PARTITIONS-1, in order (reads the database and the broker)."""
+    checkpoints = read_checkpoints(conn)
+    holders = current_lease_holders(conn)
+    tails = await read_tail_offsets(settings)
+    statuses = []
+    for partition in range(settings.partitions):
+        checkpoint = checkpoints.get(partition, -1)
+        tail = tails.get(partition, -1)
+        holder = holders.get(partition)
+        statuses.append(
+            PartitionStatus(
+                partition=partition,
+                checkpoint=checkpoint,
+                tail=tail,
+                lag=max(0, tail - checkpoint),
+                owner=holder.owner if holder else None,
+            )
+        )
+    return statuses
+
+
+def wait_for_zero_lag(
+    settings: Settings,
+    conn: psycopg.Connection,
+    timeout_s: float,
+    poll_s: float = 0.5,
+) -> list[PartitionStatus]:
+    """Poll until every partition's checkpoint reached its log tail.
+
+    Returns:
+        The final statuses.
+
+    Raises:
+        TimeoutError: lag is still above zero after ``timeout_s`` seconds (names the partitions).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = asyncio.run(read_partition_status(settings, conn))
+        lagging = [s for s in statuses if s.lag > 0]
+        if not lagging:
+            return statuses
+        if time.monotonic() >= deadline:
+            detail = ", ".join(f"p{s.partition}: lag {s.lag}" for s in lagging[:8])
+            raise TimeoutError(f"consumer lag still above zero after {timeout_s:.0f} s ({detail})")
+        time.sleep(poll_s)

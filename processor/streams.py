@@ -1,0 +1,326 @@
+"""Reading partition streams with the RabbitMQ stream protocol (rstream).
+
+One ``StreamReader`` per process runs an asyncio loop in its own thread. Partition owners ask it
+to subscribe their stream from an offset and hand it a ``RecordSink``; it delivers
+``(offset, body)`` in log order. rstream's own recovery is off: the reader supervises the
+connection itself and, after any connection loss, resubscribes every partition from the next
+offset its sink still needs, so nothing is skipped and nothing is read twice into a sink.
+
+rstream swallows exceptions raised by message callbacks, so the callback here never raises:
+failures are handed to the sink (``RecordSink.fail``) where the owner sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, Final, Protocol
+
+from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
+from rstream.recovery import BackOffRecoveryStrategy
+
+from processor.amqp_body import AmqpFormatError, message_body
+from processor.settings import Settings, stream_name
+
+log = logging.getLogger(__name__)
+
+#: Chunks the broker may send ahead of the reader, per subscription.
+DEFAULT_INITIAL_CREDIT: Final = 32
+#: Reconnect back-off bounds, in seconds (full jitter between them).
+RECONNECT_MIN_S: Final = 0.2
+RECONNECT_MAX_S: Final = 5.0
+
+
+class RecordSink(Protocol):
+    """Where a subscription's records go (implemented by the partition owner's feed)."""
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the sink needs next; a resubscription starts here."""
+        ...
+
+    def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
+        """Take one record (called on the reader's loop). May return an awaitable to apply
+        back-pressure: the reader waits for it before taking the next record."""
+        ...
+
+    def fail(self, error: Exception) -> None:
+        """The subscription cannot go on (unreadable entry); the owner must stop."""
+        ...
+
+
+class StreamReader:
+    """Subscribes partition streams on behalf of owners, on one asyncio loop in a daemon thread.
+
+    Args:
+        settings: broker endpoint (``amqp_url`` host, credentials, vhost) and ``stream_port``.
+        initial_credit: chunks in flight per subscription (bigger = faster catch-up).
+        name: connection name shown in the broker's management UI.
+    """
+
+    def __init__(
+        self, settings: Settings, initial_credit: int = DEFAULT_INITIAL_CREDIT, name: str = ""
+    ) -> None:
+        self._settings = settings
+        self._credit = initial_credit
+        self._name = name or "friendship-stream"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="stream-reader", daemon=True)
+        self._wanted: dict[int, RecordSink] = {}
+        self._subscribed: dict[int, RecordSink] = {}
+        self._subscription_ids: dict[int, int] = {}
+        self._consumer: Consumer | None = None
+        self._changed = asyncio.Event()
+        self._connection_lost = asyncio.Event()
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and the connection supervisor."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start_supervisor(), self._loop).result(timeout=10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Unsubscribe everything, close the connection and end the loop thread."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        with contextlib.suppress(TimeoutError):
+            future.result(timeout=timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=timeout_s)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The reader's event loop (sinks schedule timers on it)."""
+        return self._loop
+
+    def subscribe(self, partition: int, sink: RecordSink) -> None:
+        """Deliver partition records to ``sink`` from ``sink.next_offset`` on (thread-safe)."""
+        self._loop.call_soon_threadsafe(self._want, partition, sink)
+
+    def unsubscribe(self, partition: int) -> Future[None]:
+        """Stop delivering the partition's records (thread-safe); the future ends when done."""
+        return asyncio.run_coroutine_threadsafe(self._unwant(partition), self._loop)
+
+    # -- loop side ------------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _start_supervisor(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    def _want(self, partition: int, sink: RecordSink) -> None:
+        self._wanted[partition] = sink
+        self._changed.set()
+
+    async def _unwant(self, partition: int) -> None:
+        self._wanted.pop(partition, None)
+        if partition in self._subscribed and self._consumer is not None:
+            await self._unsubscribe_stream(partition)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        self._wanted.clear()
+        self._changed.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._close_consumer()
+
+    async def _supervise(self) -> None:
+        """Keep a connection open and the subscriptions equal to the wanted set."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                if self._consumer is None:
+                    await self._open_consumer()
+                    attempt = 0
+                # Clear before reconciling: a change made meanwhile must wake the next round.
+                self._changed.clear()
+                await self._reconcile()
+                waiters = [
+                    asyncio.create_task(self._changed.wait()),
+                    asyncio.create_task(self._connection_lost.wait()),
+                ]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                if self._connection_lost.is_set():
+                    raise ConnectionError("stream connection lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect and resubscribe
+                attempt += 1
+                self.reconnects += 1
+                delay = random.uniform(RECONNECT_MIN_S, min(RECONNECT_MAX_S, 0.2 * 2**attempt))  # noqa: S311
+                log.warning(
+                    "stream connection to %s:%d failed (%s: %s); reconnect %d in %.2f s, "
+                    "resuming every partition from its next offset",
+                    self._settings.amqp.host,
+                    self._settings.stream_port,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                await self._close_consumer()
+                await asyncio.sleep(delay)
+
+    async def _open_consumer(self) -> None:
+        amqp = self._settings.amqp
+        self._connection_lost.clear()
+        consumer = Consumer(
+            amqp.host,
+            self._settings.stream_port,
+            username=amqp.username,
+            password=amqp.password,
+            vhost=amqp.vhost,
+            connection_name=self._name,
+            max_retries=1,
+            on_close_handler=self._on_close,
+            recovery_strategy=BackOffRecoveryStrategy(False),
+        )
+        self._consumer = consumer
+        self._subscribed.clear()
+        self._subscription_ids.clear()
+
+    async def _on_close(self, info: Any) -> None:
+        log.warning("stream connection closed by the broker: %s", getattr(info, "reason", info))
+        self._connection_lost.set()
+
+    async def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self._subscribed.clear()
+        self._subscription_ids.clear()
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.close(), timeout=5)
+
+    async def _reconcile(self) -> None:
+        for partition in [p for p in self._subscribed if p not in self._wanted]:
+            await self._unsubscribe_stream(partition)
+        for partition, sink in list(self._wanted.items()):
+            if self._subscribed.get(partition) is not sink:
+                if partition in self._subscribed:
+                    await self._unsubscribe_stream(partition)
+                await self._subscribe_stream(partition, sink)
+
+    async def _subscribe_stream(self, partition: int, sink: RecordSink) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            raise ConnectionError("no stream connection")
+        start = sink.next_offset
+        callback = _make_callback(sink)
+        subscription_id = await consumer.subscribe(
+            stream_name(partition),
+            callback,
+            offset_specification=ConsumerOffsetSpecification(OffsetType.OFFSET, start),
+            initial_credit=self._credit,
+            subscriber_name=f"{self._name}-p{partition:03d}",
+        )
+        self._subscribed[partition] = sink
+        self._subscription_ids[partition] = subscription_id
+        log.debug("subscribed %s from offset %d", stream_name(partition), start)
+
+    async def _unsubscribe_stream(self, partition: int) -> None:
+        self._subscribed.pop(partition, None)
+        subscription_id = self._subscription_ids.pop(partition, None)
+        consumer = self._consumer
+        if consumer is None or subscription_id is None:
+            return
+        try:
+            await consumer.unsubscribe(subscription_id)
+        except Exception as exc:  # noqa: BLE001 - a failed unsubscribe means a broken connection
+            log.warning("unsubscribing %s failed (%s); reconnecting", stream_name(partition), exc)
+            self._connection_lost.set()
+
+
+def _make_callback(
+    sink: RecordSink,
+) -> Callable[[bytes, MessageContext], Awaitable[None] | None]:
+    failed = False
+
+    def on_message(entry: bytes, context: MessageContext) -> Awaitable[None] | None:
+        nonlocal failed
+        if failed:
+            return None
+        try:
+            body = message_body(entry)
+        except AmqpFormatError as exc:
+            failed = True
+            sink.fail(exc)
+            return None
+        return sink.offer(context.offset, body)
+
+    return on_message
+
+
+async def _probe_tails(
+    settings: Settings, partitions: Iterable[int], wait_s: float
+) -> dict[int, int]:
+    amqp = settings.amqp
+    consumer = Consumer(
+        amqp.host,
+        settings.stream_port,
+        username=amqp.username,
+        password=amqp.password,
+        vhost=amqp.vhost,
+        connection_name="friendship-stream-tail-probe",
+        max_retries=1,
+        recovery_strategy=BackOffRecoveryStrategy(False),
+    )
+    tails: dict[int, int] = {}
+    try:
+        for partition in partitions:
+            tails[partition] = -1
+
+            def on_message(_entry: bytes, context: MessageContext, p: int = partition) -> None:
+                tails[p] = max(tails[p], context.offset)
+
+            await consumer.subscribe(
+                stream_name(partition),
+                on_message,
+                offset_specification=ConsumerOffsetSpecification(OffsetType.LAST, None),
+                initial_credit=1,
+            )
+        # The broker answers LAST with the stream's last chunk right away; empty streams send
+        # nothing, so the wait bounds the probe.
+        await asyncio.sleep(wait_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.close(), timeout=5)
+    return tails
+
+
+async def read_tail_offsets(
+    settings: Settings, partitions: Iterable[int] | None = None, wait_s: float = 0.25
+) -> dict[int, int]:
+    """The last offset of each partition stream, -1 for an empty stream.
+
+    Reads the last chunk of each stream (stream protocol, offset ``last``); RabbitMQ 3.10 has no
+    stream statistics command. Use it for lag: ``lag = tail - checkpoint``.
+
+    Args:
+        settings: broker endpoint and partition count.
+        partitions: which partitions (default all).
+        wait_s: how long, in seconds, to wait for the last chunks after subscribing.
+
+    Raises:
+        Exception: whatever rstream raises when the broker or a stream is unreachable.
+    """
+    chosen = range(settings.partitions) if partitions is None else partitions
+    return await _probe_tails(settings, chosen, wait_s)

@@ -1,0 +1,147 @@
+"""Real RabbitMQ and PostgreSQL for the integration tests, each test in its own vhost and database.
+
+The local services are used when their URLs answer (this machine, CI); otherwise testcontainers
+starts them where a Docker engine exists. Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from processor.settings import Settings
+from projections.database import drop_database, migrate
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the broker (AMQP, stream, management HTTP) and the database server are."""
+
+    amqp_host: str
+    amqp_port: int
+    stream_port: int
+    management_url: str
+    postgres_url: str  # server URL without a database name
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def local_services() -> Services | None:
+    """The machine's own services when RabbitMQ (AMQP, stream) and PostgreSQL answer."""
+    host = os.environ.get("TEST_SERVICES_HOST", "127.0.0.1")
+    if all(_answers(host, port) for port in (5672, 5552, 15672, 5432)):
+        return Services(
+            amqp_host=host,
+            amqp_port=5672,
+            stream_port=5552,
+            management_url=f"http://guest:guest@{host}:15672",
+            postgres_url=f"postgresql://postgres@{host}:5432",
+        )
+    return None
+
+
+@contextmanager
+def container_services() -> Iterator[Services]:
+    """Start RabbitMQ (stream and consistent-hash plugins) and PostgreSQL with testcontainers."""
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    rabbit = (
+        DockerContainer("rabbitmq:3.10-management")
+        .with_exposed_ports(5672, 5552, 15672)
+        .with_command(
+            "bash -c 'rabbitmq-plugins enable --offline rabbitmq_stream "
+            "rabbitmq_consistent_hash_exchange && rabbitmq-server'"
+        )
+    )
+    postgres = PostgresContainer("postgres:15", username="postgres", password="postgres")
+    with rabbit, postgres:
+        host = rabbit.get_container_host_ip()
+        pg_host = postgres.get_container_host_ip()
+        pg_port = postgres.get_exposed_port(5432)
+        yield Services(
+            amqp_host=host,
+            amqp_port=int(rabbit.get_exposed_port(5672)),
+            stream_port=int(rabbit.get_exposed_port(5552)),
+            management_url=f"http://guest:guest@{host}:{rabbit.get_exposed_port(15672)}",
+            postgres_url=f"postgresql://postgres:postgres@{pg_host}:{pg_port}",
+        )
+
+
+def _management(services: Services, method: str, path: str, body: object | None = None) -> None:
+    parts = urllib.parse.urlsplit(services.management_url)
+    url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}"
+    credentials = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - the URL is the local management API
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+            pass
+    except urllib.error.HTTPError as exc:
+        if not (method == "DELETE" and exc.code == 404):
+            raise
+
+
+@contextmanager
+def isolated_settings(services: Services, **overrides: object) -> Iterator[Settings]:
+    """A fresh vhost and database, migrated, as ``Settings``; both are deleted afterwards."""
+    name = f"fs_test_{uuid.uuid4().hex[:10]}"
+    vhost = urllib.parse.quote(name, safe="")
+    _management(services, "PUT", f"vhosts/{vhost}", {})
+    _management(
+        services,
+        "PUT",
+        f"permissions/{vhost}/guest",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+    settings = Settings(
+        amqp_url=f"amqp://guest:guest@{services.amqp_host}:{services.amqp_port}/{vhost}",
+        stream_port=services.stream_port,
+        database_url=f"{services.postgres_url}/{name}",
+    ).with_overrides(**overrides)
+    try:
+        migrate(settings.database_url)
+        yield settings
+    finally:
+        drop_database(settings.database_url)
+        _management(services, "DELETE", f"vhosts/{vhost}")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a processor subprocess needs to use ``settings``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AMQP_URL": settings.amqp_url,
+            "STREAM_PORT": str(settings.stream_port),
+            "DATABASE_URL": settings.database_url,
+            "PARTITIONS": str(settings.partitions),
+            "PROCESSOR_THREADS": str(settings.threads),
+            "BATCH_SIZE": str(settings.batch_size),
+            "BATCH_WAIT_S": str(settings.batch_wait_s),
+            "LEASE_INTERVAL_S": str(settings.lease_interval_s),
+            "API_HOST": settings.api_host,
+            "API_PORT": str(settings.api_port),
+        }
+    )
+    return env
