@@ -1,0 +1,79 @@
+# Friendship stream processor. `just --list` shows every recipe.
+# Recipes run the project's virtualenv tools first on PATH (created by the README's install line).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+python := "python"
+
+# list the recipes
+default:
+    @just --list
+
+# --- services ---------------------------------------------------------------------------------
+
+# start/prepare local RabbitMQ (plugins, ports) and PostgreSQL; safe to run twice
+[group('services')]
+services:
+    bash infra/services.sh
+
+# create the database if missing and apply the migrations
+[group('services')]
+migrate: services
+    {{python}} -m processor migrate
+
+# declare the events exchange and the partition streams
+[group('services')]
+topology: services
+    {{python}} -m processor topology
+
+# --- run ------------------------------------------------------------------------------------
+
+# run a processor process (owns partitions, applies batches; Ctrl-C finishes the batch in flight)
+[group('run')]
+run-processor: services
+    {{python}} -m processor run
+
+# run the read and ingest HTTP API on API_HOST:API_PORT
+[group('run')]
+api: services
+    {{python}} -m processor api
+
+# publish a JSON Lines file of events (confirmed); --allow-invalid publishes bad lines too
+[group('run')]
+publish FILE *FLAGS: services
+    {{python}} -m processor publish {{FILE}} {{FLAGS}}
+
+# per-partition checkpoint, tail, lag and owner
+[group('run')]
+status:
+    {{python}} -m processor status
+
+# the bundled Topical-Chat conversations through the whole pipeline; leaves processor and API up
+[group('run')]
+demo: services
+    {{python}} -m processor demo
+
+# stop the processor and API that the demo left running
+[group('run')]
+down:
+    {{python}} -m processor down
+
+# --- quality ----------------------------------------------------------------------------------
+
+# every test: unit, then integration against the real broker and database
+[group('quality')]
+test *ARGS: services
+    {{python}} -m pytest {{ARGS}}
+
+# unit tests only (no services needed)
+[group('quality')]
+test-unit *ARGS:
+    {{python}} -m pytest tests/unit {{ARGS}}
+
+# ruff (lint and format check) and mypy --strict on the packages
+[group('quality')]
+check:
+    ruff check .
+    ruff format --check .
+    mypy

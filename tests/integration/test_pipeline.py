@@ -1,0 +1,160 @@
+"""The pipeline end to end: real broker, real database, real processor processes.
+
+Each test publishes through the ``events`` exchange and compares what the processor stored with
+the sequential reference fold (``tests.reference``) of what was published.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from processor.publisher import OutgoingEvent
+from processor.settings import Settings
+from tests.integration.support import (
+    assert_projections_equal,
+    count,
+    drain,
+    outgoing,
+    processor_process,
+    publish,
+    stored_projections,
+    synthetic_events,
+)
+from tests.reference import reference_fold
+
+
+def test_20000_events_over_2000_users_equal_the_sequential_fold(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bodies = synthetic_events(20_000, users=2_000, seed=20)
+    publish(settings, outgoing(bodies))
+    with processor_process(settings, tmp_path / "processor.log"):
+        drain(settings)
+    expected = reference_fold(bodies)
+    assert_projections_equal(stored_projections(settings), expected)
+    assert count(settings, "SELECT count(*) FROM applied_events") == 20_000
+    # Every partition received events (the hash ring spreads users over all 16).
+    assert count(settings, "SELECT count(*) FROM checkpoints WHERE committed_offset >= 0") == 16
+
+
+def test_redelivered_and_republished_events_apply_once(settings: Settings, tmp_path: Path) -> None:
+    bodies = synthetic_events(3_000, users=50, seed=7)
+    first, second = bodies[:2_000], bodies[2_000:]
+    # Re-publish part of the first half twice, interleaved with new events.
+    republished = first[500:1_500]
+    publish(settings, outgoing(first))
+    with processor_process(settings, tmp_path / "processor.log"):
+        drain(settings)
+        publish(settings, outgoing(republished + second[:500] + republished + second[500:]))
+        drain(settings)
+    assert_projections_equal(stored_projections(settings), reference_fold(bodies))
+    assert count(settings, "SELECT sum(events_applied) FROM friendships") == 3_000
+
+
+def test_invalid_bodies_are_dead_lettered_while_the_partition_keeps_progressing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # One user, so every event (valid or not) lands in the same partition.
+    valid = [
+        json.dumps(
+            {
+                "event_id": str(uuid.uuid4()),
+                "type": "friendship.adjusted",
+                "user_id": "solo-user",
+                "occurred_at": f"2024-05-01T10:00:{second:02d}+02:00",
+                "data": {"delta": delta, "reason": "test"},
+            }
+        ).encode()
+        for second, delta in enumerate([-5, 10, 30, -100, 7, 50])
+    ]
+    invalid = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        json.dumps({"event_id": "nope", "type": "friendship.adjusted"}).encode(),
+        json.dumps(
+            {
+                "event_id": str(uuid.uuid4()),
+                "type": "friendship.adjusted",
+                "user_id": "solo-user",
+                "occurred_at": "2024-05-01T10:00:00",
+                "data": {"delta": 1, "reason": "naive time"},
+            }
+        ).encode(),
+    ]
+    stream: list[OutgoingEvent] = []
+    for index, body in enumerate(valid):
+        stream.extend(outgoing([body]))
+        if index < len(invalid):
+            stream.append(OutgoingEvent(f"bad-{index}", "solo-user", invalid[index]))
+    publish(settings, stream)
+    with processor_process(settings, tmp_path / "processor.log"):
+        drain(settings)
+
+    assert_projections_equal(stored_projections(settings), reference_fold(valid))
+    with_reasons = count(
+        settings, "SELECT count(*) FROM dead_letters WHERE reason <> '' AND partition >= 0"
+    )
+    assert with_reasons == len(invalid)
+    from projections.database import connect  # noqa: PLC0415
+
+    with connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT partition, log_offset, field, reason, raw FROM dead_letters ORDER BY log_offset"
+        ).fetchall()
+        partitions = {
+            r[0] for r in conn.execute("SELECT DISTINCT partition FROM applied_events")
+        }
+    assert [bytes(r[4]) for r in rows] == invalid
+    assert [r[1] for r in rows] == [1, 3, 5, 7]  # interleaved offsets in the same partition
+    assert {r[0] for r in rows} == partitions  # same partition as the valid events
+    assert rows[3][2] == "occurred_at"  # the naive timestamp is named
+    assert rows[2][2] in {"event_id", "user_id", "occurred_at", "data"}
+
+
+def test_processor_killed_mid_stream_and_restarted_ends_with_exactly_the_fold(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bodies = synthetic_events(20_000, users=2_000, seed=99)
+    publish(settings, outgoing(bodies))
+    small_batches = settings.with_overrides(batch_size=100, threads=2)
+    with processor_process(small_batches, tmp_path / "first.log") as first:
+        deadline = time.monotonic() + 120
+        while count(settings, "SELECT count(*) FROM applied_events") < 2_000:
+            assert first.poll() is None, "processor exited early"
+            assert time.monotonic() < deadline, "processor made no progress"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    applied_at_kill = count(settings, "SELECT count(*) FROM applied_events")
+    assert applied_at_kill < 20_000, "the kill came too late to be mid-stream"
+    with processor_process(settings, tmp_path / "second.log"):
+        drain(settings)
+    assert_projections_equal(stored_projections(settings), reference_fold(bodies))
+    assert count(settings, "SELECT sum(events_applied) FROM friendships") == 20_000
+
+
+def test_sigterm_finishes_the_batch_in_flight_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bodies = synthetic_events(10_000, users=500, seed=3)
+    publish(settings, outgoing(bodies))
+    with processor_process(
+        settings.with_overrides(batch_size=200), tmp_path / "processor.log"
+    ) as process:
+        deadline = time.monotonic() + 120
+        while count(settings, "SELECT count(*) FROM applied_events") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    # Whatever was committed is consistent: each checkpoint covers exactly the applied events.
+    applied = count(settings, "SELECT count(*) FROM applied_events")
+    covered = count(settings, "SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints")
+    assert applied == covered
+    with processor_process(settings, tmp_path / "again.log"):
+        drain(settings)
+    assert_projections_equal(stored_projections(settings), reference_fold(bodies))
