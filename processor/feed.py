@@ -1,9 +1,12 @@
 """A partition's feed: records read from its stream, waiting for a worker to apply them.
 
 The reader's loop thread offers records; worker threads take batches. The feed checks the
-offsets it is given: an offset below the next expected one is a re-delivery (ignored), an offset
-above it means the broker no longer has the records in between (retention truncated the log)
-and stops the partition loudly (``LogTruncated``) instead of skipping them.
+offsets it is given. An offset below the next expected one is a re-delivery (ignored). Offsets
+may have holes: RabbitMQ gives an offset to the chunk that opens each stream segment, and
+consumers never see it. A hole at the very start of a (re)subscription can also mean that
+retention deleted the records the partition needs; the feed then asks the broker for the
+stream's first offset, and when that is beyond the expected offset it stops the partition loudly
+(``LogTruncated``) instead of skipping records.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class PartitionFeed:
         batch_wait_s: how long, in seconds, a lone record may wait for a batch to fill.
         loop: the reader's event loop (timers and back-pressure live there).
         on_ready: called (on the loop thread) when a batch is ready; the owner schedules a worker.
+        first_offset_probe: coroutine function giving a partition's first available offset (None
+            for an empty stream), used to tell a truncated log from a segment hole.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class PartitionFeed:
         batch_wait_s: float,
         loop: asyncio.AbstractEventLoop,
         on_ready: Callable[[], None],
+        first_offset_probe: Callable[[int], Awaitable[int | None]],
     ) -> None:
         self.partition = partition
         self._next_offset = next_offset
@@ -51,6 +57,8 @@ class PartitionFeed:
         self._capacity = batch_size * BUFFERED_BATCHES
         self._loop = loop
         self._on_ready = on_ready
+        self._probe = first_offset_probe
+        self._subscription_start: int | None = next_offset
         self._lock = threading.Lock()
         self._records: deque[LogRecord] = deque()
         self._oldest_at = 0.0
@@ -72,29 +80,48 @@ class PartitionFeed:
 
     # -- reader side (loop thread) ----------------------------------------------------------------
 
+    def subscribed(self, start: int) -> None:
+        """A (re)subscription from ``start`` begins: check the first record it delivers."""
+        with self._lock:
+            self._subscription_start = start
+
     def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
-        """Append a record; returns an awaitable when the feed is full (back-pressure)."""
+        """Append a record; returns an awaitable when the reader must wait (back-pressure, or
+        checking the log start after a hole at the start of a subscription)."""
         with self._lock:
             if self.error is not None or offset < self._next_offset:
                 return None
-            if offset > self._next_offset:
-                self.error = LogTruncated(self.partition, self._next_offset, offset)
-                ready_now = True
-            else:
-                if not self._records:
-                    self._oldest_at = time.monotonic()
-                self._records.append(LogRecord(offset, body))
-                self._next_offset = offset + 1
-                self.highest_seen = offset
-                ready_now = len(self._records) >= self._batch_size
-                full = len(self._records) >= self._capacity
-                if full:
-                    self._space.clear()
+            start, self._subscription_start = self._subscription_start, None
+        if start is not None and offset > start:
+            return self._check_log_start(start, offset, body)
+        return self._append(offset, body)
+
+    async def _check_log_start(self, expected: int, offset: int, body: bytes) -> None:
+        first = await self._probe(self.partition)
+        if first is not None and first > expected:
+            self.fail(LogTruncated(self.partition, expected, first))
+            return
+        waiting = self._append(offset, body)
+        if waiting is not None:
+            await waiting
+
+    def _append(self, offset: int, body: bytes) -> Awaitable[None] | None:
+        with self._lock:
+            if self.error is not None or offset < self._next_offset:
+                return None
+            if not self._records:
+                self._oldest_at = time.monotonic()
+            self._records.append(LogRecord(offset, body))
+            self._next_offset = offset + 1
+            self.highest_seen = offset
+            ready_now = len(self._records) >= self._batch_size
+            if len(self._records) >= self._capacity:
+                self._space.clear()
         if ready_now:
             self._on_ready()
         elif self._timer is None:
             self._timer = self._loop.call_later(self._batch_wait_s, self._timer_fired)
-        if self.error is None and not self._space.is_set():
+        if not self._space.is_set():
             return self._wait_for_space()
         return None
 

@@ -172,6 +172,7 @@ class Processor:
             batch_wait_s=self.settings.batch_wait_s,
             loop=self._reader.loop,
             on_ready=lambda: self._schedule(owner),
+            first_offset_probe=self._reader.first_offset,
         )
         with self._owners_lock:
             self._owners[partition] = owner

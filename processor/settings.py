@@ -23,6 +23,7 @@ ENV_BATCH_SIZE: Final = "BATCH_SIZE"
 ENV_BATCH_WAIT_S: Final = "BATCH_WAIT_S"
 ENV_STREAM_MAX_AGE: Final = "STREAM_MAX_AGE"
 ENV_STREAM_MAX_BYTES: Final = "STREAM_MAX_LENGTH_BYTES"
+ENV_STREAM_SEGMENT_BYTES: Final = "STREAM_MAX_SEGMENT_SIZE_BYTES"
 ENV_LEASE_INTERVAL_S: Final = "LEASE_INTERVAL_S"
 ENV_LOG_LEVEL: Final = "LOG_LEVEL"
 
@@ -105,6 +106,8 @@ class Settings:
         stream_max_age: stream retention by age (RabbitMQ ``x-max-age``, e.g. ``"30D"``); empty
             keeps everything, which replay needs.
         stream_max_length_bytes: stream retention by size in bytes; 0 keeps everything.
+        stream_max_segment_size_bytes: size of a stream segment file in bytes (0 = broker
+            default, 500 MB); retention removes whole segments.
         lease_interval_s: how often, in seconds, a process looks for partitions to own.
     """
 
@@ -119,6 +122,7 @@ class Settings:
     batch_wait_s: float = 0.005
     stream_max_age: str = ""
     stream_max_length_bytes: int = 0
+    stream_max_segment_size_bytes: int = 0
     lease_interval_s: float = 1.0
     log_level: str = "INFO"
     amqp: AmqpEndpoint = field(init=False)
@@ -151,6 +155,7 @@ class Settings:
             stream_max_length_bytes=_int(
                 source, ENV_STREAM_MAX_BYTES, defaults.stream_max_length_bytes
             ),
+            stream_max_segment_size_bytes=_int(source, ENV_STREAM_SEGMENT_BYTES, 0),
             lease_interval_s=_float(source, ENV_LEASE_INTERVAL_S, defaults.lease_interval_s, 0.05),
             log_level=source.get(ENV_LOG_LEVEL) or defaults.log_level,
         )

@@ -44,6 +44,10 @@ class RecordSink(Protocol):
         """The offset the sink needs next; a resubscription starts here."""
         ...
 
+    def subscribed(self, start: int) -> None:
+        """A subscription from offset ``start`` is about to begin (called on the reader's loop)."""
+        ...
+
     def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
         """Take one record (called on the reader's loop). May return an awaitable to apply
         back-pressure: the reader waits for it before taking the next record."""
@@ -97,6 +101,10 @@ class StreamReader:
             future.result(timeout=timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=timeout_s)
+
+    async def first_offset(self, partition: int) -> int | None:
+        """``read_first_offset`` for this reader's broker (a coroutine for the reader's loop)."""
+        return await read_first_offset(self._settings, partition)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -224,6 +232,7 @@ class StreamReader:
         if consumer is None:
             raise ConnectionError("no stream connection")
         start = sink.next_offset
+        sink.subscribed(start)
         callback = _make_callback(sink)
         subscription_id = await consumer.subscribe(
             stream_name(partition),
@@ -269,20 +278,24 @@ def _make_callback(
     return on_message
 
 
-async def _probe_tails(
-    settings: Settings, partitions: Iterable[int], wait_s: float
-) -> dict[int, int]:
+def _probe_consumer(settings: Settings) -> Consumer:
     amqp = settings.amqp
-    consumer = Consumer(
+    return Consumer(
         amqp.host,
         settings.stream_port,
         username=amqp.username,
         password=amqp.password,
         vhost=amqp.vhost,
-        connection_name="friendship-stream-tail-probe",
+        connection_name="friendship-stream-probe",
         max_retries=1,
         recovery_strategy=BackOffRecoveryStrategy(False),
     )
+
+
+async def _probe_tails(
+    settings: Settings, partitions: Iterable[int], wait_s: float
+) -> dict[int, int]:
+    consumer = _probe_consumer(settings)
     tails: dict[int, int] = {}
     try:
         for partition in partitions:
@@ -304,6 +317,40 @@ async def _probe_tails(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.close(), timeout=5)
     return tails
+
+
+async def read_first_offset(settings: Settings, partition: int, wait_s: float = 2.0) -> int | None:
+    """The first offset a consumer can read in a partition stream, None when it is empty.
+
+    After retention deleted old segments this is above 0. Reads the first chunk (stream
+    protocol, offset ``first``) on a connection of its own.
+
+    Args:
+        settings: broker endpoint.
+        partition: the partition.
+        wait_s: how long, in seconds, to wait for the first chunk of a non-empty stream.
+    """
+    consumer = _probe_consumer(settings)
+    first: list[int] = []
+    arrived = asyncio.Event()
+
+    def on_message(_entry: bytes, context: MessageContext) -> None:
+        first.append(context.offset)
+        arrived.set()
+
+    try:
+        await consumer.subscribe(
+            stream_name(partition),
+            on_message,
+            offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
+            initial_credit=1,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), timeout=wait_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.close(), timeout=5)
+    return min(first) if first else None
 
 
 async def read_tail_offsets(

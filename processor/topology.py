@@ -33,6 +33,8 @@ def stream_arguments(settings: Settings) -> dict[str, object]:
         arguments["x-max-age"] = settings.stream_max_age
     if settings.stream_max_length_bytes:
         arguments["x-max-length-bytes"] = settings.stream_max_length_bytes
+    if settings.stream_max_segment_size_bytes:
+        arguments["x-stream-max-segment-size-bytes"] = settings.stream_max_segment_size_bytes
     return arguments
 
 

@@ -47,7 +47,11 @@ class CheckpointConflict(RuntimeError):
 
 
 class OffsetGap(RuntimeError):
-    """A batch does not continue the checkpoint (offsets skipped): refusing to apply it."""
+    """A batch's offsets are not strictly increasing after the checkpoint: refusing to apply it.
+
+    Offsets may have holes (RabbitMQ gives an offset to the chunk that opens each stream segment,
+    which consumers never see); they can never go backwards or repeat.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,11 @@ class BatchResult:
 _EVENT_ID_PROBE: Final = msgspec.json.Decoder(dict[str, object])
 
 
+def _storable(text: str) -> str:
+    """Text PostgreSQL accepts: NUL characters (which a producer may send) escaped."""
+    return text.replace("\x00", "\\u0000")
+
+
 def _readable_event_id(body: bytes) -> str | None:
     """The ``event_id`` of an invalid body when it is a readable string, else None."""
     try:
@@ -94,7 +103,7 @@ def _readable_event_id(body: bytes) -> str | None:
     except msgspec.DecodeError:
         return None
     value = decoded.get("event_id")
-    return value[:64] if isinstance(value, str) else None
+    return _storable(value[:64]) if isinstance(value, str) else None
 
 
 def decode_records(
@@ -112,8 +121,8 @@ def decode_records(
                     partition=partition,
                     offset=record.offset,
                     event_id=_readable_event_id(record.body),
-                    field=error.field,
-                    reason=error.reason,
+                    field=_storable(error.field),
+                    reason=_storable(error.reason),
                     raw=record.body,
                 )
             )
@@ -194,12 +203,13 @@ def apply_batch(
     expected_checkpoint: int,
     owner: str,
 ) -> BatchResult:
-    """Apply ``records`` (consecutive offsets of one partition) in one transaction.
+    """Apply ``records`` (one partition, in log order) in one transaction.
 
     Args:
         conn: an autocommit psycopg connection (the transaction is opened here).
         partition: partition number.
-        records: consecutive log records starting at ``expected_checkpoint + 1``.
+        records: log records of the partition in log order, every offset above
+            ``expected_checkpoint`` (holes allowed, see ``OffsetGap``).
         expected_checkpoint: the committed offset this owner resumed from (-1 = nothing yet).
         owner: who commits (written on the checkpoint row, e.g. ``"host:pid"``).
 
@@ -207,18 +217,20 @@ def apply_batch(
         The counts of the committed batch.
 
     Raises:
-        OffsetGap: the records do not start at ``expected_checkpoint + 1`` or skip an offset.
+        OffsetGap: an offset is not above the previous one (or the checkpoint).
         CheckpointConflict: another owner moved the checkpoint; nothing was applied.
         psycopg.Error: a database failure; the transaction was rolled back as a whole.
     """
     if not records:
         raise ValueError("apply_batch needs at least one record")
-    for position, record in enumerate(records):
-        if record.offset != expected_checkpoint + 1 + position:
+    previous = expected_checkpoint
+    for record in records:
+        if record.offset <= previous:
             raise OffsetGap(
-                f"partition {partition}: record at offset {record.offset} where offset "
-                f"{expected_checkpoint + 1 + position} was expected"
+                f"partition {partition}: record at offset {record.offset} does not follow "
+                f"offset {previous}"
             )
+        previous = record.offset
     valid, dead = decode_records(partition, records)
     last_offset = records[-1].offset
     result = BatchResult(partition, records[0].offset, last_offset, dead_lettered=len(dead))

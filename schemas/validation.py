@@ -72,10 +72,11 @@ def decode_event_batch(
 
     Returns:
         ``(valid, invalid)``: ``valid`` holds ``(event, raw bytes of that item)`` in input order;
-        ``invalid`` holds ``(index, error)``, index 0 for a single object.
+        ``invalid`` holds ``(index, error)``. A body that is not an array is one item (index 0),
+        so a lone non-object or non-JSON body comes back as invalid item 0.
 
     Raises:
-        EventValidationError: the body is neither JSON nor an object or an array.
+        EventValidationError: the body starts as an array but is not valid JSON.
     """
     stripped = body.lstrip()
     if stripped.startswith(b"["):

@@ -88,14 +88,14 @@ def _management(services: Services, method: str, path: str, body: object | None 
     url = f"{parts.scheme}://{parts.hostname}:{parts.port}/api/{path}"
     credentials = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - the URL is the local management API
+    request = urllib.request.Request(
         url,
         data=data,
         method=method,
         headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30):
             pass
     except urllib.error.HTTPError as exc:
         if not (method == "DELETE" and exc.code == 404):
@@ -140,6 +140,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "BATCH_SIZE": str(settings.batch_size),
             "BATCH_WAIT_S": str(settings.batch_wait_s),
             "LEASE_INTERVAL_S": str(settings.lease_interval_s),
+            "STREAM_MAX_AGE": settings.stream_max_age,
+            "STREAM_MAX_LENGTH_BYTES": str(settings.stream_max_length_bytes),
+            "STREAM_MAX_SEGMENT_SIZE_BYTES": str(settings.stream_max_segment_size_bytes),
             "API_HOST": settings.api_host,
             "API_PORT": str(settings.api_port),
         }

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,9 +17,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
+
+from processor.amqp_body import message_body
 from processor.publisher import OutgoingEvent, publish_events
-from processor.settings import Settings
-from processor.status import wait_for_zero_lag
+from processor.settings import Settings, stream_name
+from processor.status import PartitionStatus, read_partition_status, wait_for_zero_lag
+from processor.streams import read_tail_offsets
 from projections.database import connect
 from projections.tables import SENTIMENT_COLUMNS
 from tests.reference import SENTIMENTS, reference_level
@@ -116,6 +121,57 @@ def drain(settings: Settings, timeout_s: float = 180.0) -> None:
     """Wait until every partition's checkpoint reached its log tail."""
     with connect(settings.database_url) as conn:
         wait_for_zero_lag(settings, conn, timeout_s=timeout_s)
+
+
+def drain_except(
+    settings: Settings, stuck: int, timeout_s: float = 120.0
+) -> dict[int, PartitionStatus]:
+    """Wait until every partition but ``stuck`` is at zero lag; returns all statuses."""
+    deadline = time.monotonic() + timeout_s
+    with connect(settings.database_url) as conn:
+        while True:
+            statuses = {s.partition: s for s in asyncio.run(read_partition_status(settings, conn))}
+            if all(s.lag == 0 for p, s in statuses.items() if p != stuck):
+                return statuses
+            assert time.monotonic() < deadline, f"lag stayed above zero: {statuses}"
+            time.sleep(0.2)
+
+
+def read_stream_bodies(settings: Settings, partition: int) -> list[bytes]:
+    """Every body still in a partition stream, from its first available offset to its tail."""
+
+    async def read() -> list[bytes]:
+        tail = (await read_tail_offsets(settings, [partition]))[partition]
+        if tail < 0:
+            return []
+        amqp = settings.amqp
+        consumer = Consumer(
+            amqp.host,
+            settings.stream_port,
+            username=amqp.username,
+            password=amqp.password,
+            vhost=amqp.vhost,
+        )
+        bodies: list[bytes] = []
+        done = asyncio.Event()
+
+        def on_message(entry: bytes, context: MessageContext) -> None:
+            bodies.append(message_body(entry))
+            if context.offset >= tail:
+                done.set()
+
+        try:
+            await consumer.subscribe(
+                stream_name(partition),
+                on_message,
+                offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
+            )
+            await asyncio.wait_for(done.wait(), timeout=60)
+        finally:
+            await consumer.close()
+        return bodies
+
+    return asyncio.run(read())
 
 
 def stored_projections(settings: Settings) -> dict[str, dict[str, Any]]:

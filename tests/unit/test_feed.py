@@ -1,0 +1,153 @@
+"""The partition feed between the stream reader and the workers (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from processor.errors import LogTruncated
+from processor.feed import BUFFERED_BATCHES, PartitionFeed
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+def make_feed(
+    loop: asyncio.AbstractEventLoop,
+    next_offset: int = 0,
+    batch_size: int = 3,
+    first_available: int | None = 0,
+) -> tuple[PartitionFeed, list[int]]:
+    calls: list[int] = []
+
+    async def probe(_partition: int) -> int | None:
+        return first_available
+
+    feed = PartitionFeed(
+        7,
+        next_offset=next_offset,
+        batch_size=batch_size,
+        batch_wait_s=0.005,
+        loop=loop,
+        on_ready=lambda: calls.append(1),
+        first_offset_probe=probe,
+    )
+    return feed, calls
+
+
+def test_records_come_out_in_offset_order_in_batches(loop: asyncio.AbstractEventLoop) -> None:
+    feed, _ = make_feed(loop, next_offset=10)
+    for offset in range(10, 15):
+        assert feed.offer(offset, b"%d" % offset) is None
+    assert [r.offset for r in feed.take(3)] == [10, 11, 12]
+    assert [r.body for r in feed.take(3)] == [b"13", b"14"]
+    assert feed.take(3) == []
+    assert feed.next_offset == 15
+
+
+def test_a_full_batch_is_ready_at_once(loop: asyncio.AbstractEventLoop) -> None:
+    feed, calls = make_feed(loop, batch_size=3)
+    feed.offer(0, b"a")
+    feed.offer(1, b"b")
+    assert calls == []
+    feed.offer(2, b"c")
+    assert calls == [1]
+
+
+def test_a_lone_record_is_ready_after_the_batch_wait(loop: asyncio.AbstractEventLoop) -> None:
+    feed, calls = make_feed(loop, batch_size=100)
+    feed.offer(0, b"a")
+    assert calls == []
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert calls == [1]
+    assert feed.ready()
+
+
+def test_redelivered_offsets_are_ignored(loop: asyncio.AbstractEventLoop) -> None:
+    feed, _ = make_feed(loop, next_offset=5)
+    feed.offer(3, b"old")
+    feed.offer(4, b"old")
+    feed.offer(5, b"new")
+    feed.offer(5, b"again")
+    assert [(r.offset, r.body) for r in feed.take(10)] == [(5, b"new")]
+
+
+def offer_all(
+    loop: asyncio.AbstractEventLoop, feed: PartitionFeed, records: list[tuple[int, bytes]]
+) -> None:
+    for offset, body in records:
+        waiting = feed.offer(offset, body)
+        if waiting is not None:
+            loop.run_until_complete(_await(waiting))
+
+
+def test_holes_inside_the_stream_are_segment_headers_and_are_skipped(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # RabbitMQ gives the chunk opening each segment an offset that consumers never see.
+    feed, _ = make_feed(loop, next_offset=0, batch_size=100)
+    offer_all(loop, feed, [(0, b"a"), (1, b"b"), (3, b"c"), (4, b"d")])
+    assert feed.error is None
+    assert [r.offset for r in feed.take(10)] == [0, 1, 3, 4]
+
+
+def test_a_hole_at_subscription_start_within_the_log_is_accepted(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, next_offset=33, batch_size=100, first_available=0)
+    offer_all(loop, feed, [(34, b"after the segment header")])
+    assert feed.error is None
+    assert [r.offset for r in feed.take(10)] == [34]
+
+
+def test_a_log_truncated_past_the_checkpoint_stops_the_partition(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, calls = make_feed(loop, next_offset=0, first_available=120)
+    offer_all(loop, feed, [(121, b"first available")])
+    assert isinstance(feed.error, LogTruncated)
+    assert feed.error.partition == 7
+    assert (feed.error.expected, feed.error.first_available) == (0, 120)
+    assert "0..119" in str(feed.error)
+    assert calls == [1]
+    # Nothing after the gap is accepted: the partition does not silently move on.
+    offer_all(loop, feed, [(122, b"later")])
+    assert feed.take(10) == []
+
+
+def test_each_resubscription_checks_its_first_record_again(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, next_offset=0, batch_size=100, first_available=50)
+    offer_all(loop, feed, [(0, b"a"), (1, b"b")])
+    assert feed.error is None
+    feed.subscribed(feed.next_offset)
+    offer_all(loop, feed, [(60, b"after a reconnect, retention removed 2..49")])
+    assert isinstance(feed.error, LogTruncated)
+
+
+def test_a_full_feed_pushes_back_until_a_worker_takes_a_batch(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, batch_size=2)
+    capacity = 2 * BUFFERED_BATCHES
+    waits = [feed.offer(offset, b"x") for offset in range(capacity)]
+    assert waits[:-1] == [None] * (capacity - 1)
+    pending = waits[-1]
+    assert pending is not None
+    task = loop.create_task(_await(pending))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    feed.take(2)
+    loop.run_until_complete(asyncio.wait_for(task, timeout=1))
+    assert task.done()
+
+
+async def _await(awaitable: object) -> None:
+    await awaitable  # type: ignore[misc]
