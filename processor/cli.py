@@ -102,6 +102,29 @@ def _wait_idle(settings: Settings, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _demo(settings: Settings, _args: argparse.Namespace) -> int:
+    from processor.demo import run_demo  # noqa: PLC0415
+
+    run_demo(settings)
+    return ExitCode.OK
+
+
+def _down(_settings: Settings, _args: argparse.Namespace) -> int:
+    from processor import background  # noqa: PLC0415
+
+    for name in ("api", "processor"):
+        if background.stop(name):
+            log.info("stopped the background %s", name)
+    return ExitCode.OK
+
+
+def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    from processor.api import serve  # noqa: PLC0415
+
+    serve(settings)
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="processor", description=__doc__)
@@ -132,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     wait = commands.add_parser("wait-idle", help="wait until every partition has zero lag")
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds")
     wait.set_defaults(handler=_wait_idle)
+    commands.add_parser("demo", help="Topical-Chat through the pipeline").set_defaults(
+        handler=_demo
+    )
+    commands.add_parser("down", help="stop the demo's background processes").set_defaults(
+        handler=_down
+    )
+    commands.add_parser(
+        "api", help="serve the HTTP ingest and read API on API_HOST:API_PORT"
+    ).set_defaults(handler=_api)
     return parser
 
 
@@ -147,6 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return int(args.handler(settings, args))
-    except (ProcessorError, TimeoutError, ValueError, OSError) as exc:
+    except (ProcessorError, TimeoutError, ValueError, OSError, RuntimeError) as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return ExitCode.FAILURE

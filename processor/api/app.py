@@ -1,0 +1,100 @@
+"""The HTTP app: ``create_app(settings)`` builds it, ``serve(settings)`` runs it with uvicorn.
+
+Routes (CONTRACT.md §5, §6): ``POST /v1/events``; ``GET /v1/users/{user_id}/friendship``,
+``/v1/users/{user_id}/topics``, ``/v1/events/{event_id}``, ``/v1/stats``, ``/v1/dead-letters``;
+``GET /healthz``, ``/readyz``, ``/metrics``; the OpenAPI document at ``/schema/openapi.json``.
+Every error answers ``{"error": {"code", "message"}}`` (see ``processor.api.errors``).
+
+Nothing connects when the app is built: the database pool connects on first use and the shared
+publisher opens in the lifespan (and again on demand after the broker dropped it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from processor.api import ingest, probes, reads
+from processor.api.context import ApiContext
+from processor.api.errors import exception_handlers
+from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
+from processor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the API app for ``settings`` (broker and database taken from their URLs).
+
+    Returns:
+        A Litestar ASGI app; its lifespan opens the publisher and closes it and the database
+        pool at shutdown.
+    """
+    ctx = ApiContext.create(settings)
+    ctx.metrics.add_collector(ProjectionCollector(ctx.read_totals, ctx.read_partitions))
+
+    def provide_context() -> ApiContext:
+        return ctx
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        problem = await ctx.broker.check()
+        if problem is not None:
+            log.warning("broker not reachable at start (%s); publishing will reconnect", problem)
+        try:
+            yield
+        finally:
+            await ctx.broker.close()
+            ctx.engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            ingest.post_events,
+            reads.get_friendship,
+            reads.get_topics,
+            reads.get_event,
+            reads.get_stats,
+            reads.get_dead_letters,
+            probes.healthz,
+            probes.readyz,
+            probes.metrics,
+        ],
+        dependencies={"ctx": Provide(provide_context, sync_to_thread=False)},
+        exception_handlers=exception_handlers(ctx.metrics.record_unmatched),
+        middleware=[RequestMetricsMiddleware(ctx.metrics)],
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="friendship-stream",
+            version=API_VERSION,
+            description="Ingest events and read per-child friendship and topic projections.",
+            path="/schema",
+        ),
+        logging_config=None,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Serve the API with uvicorn on ``API_HOST:API_PORT`` until SIGINT or SIGTERM.
+
+    Logging stays as ``processor.logs`` configured it; uvicorn's access log is off (the request
+    metrics count every request).
+    """
+    import uvicorn  # noqa: PLC0415 - only the serving process needs it
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,120 @@
+"""What the API's handlers share: settings, the database pool, the publisher and the metrics.
+
+Built by ``create_app`` without touching the network: the SQLAlchemy engine connects on first use
+and the publisher in the app's lifespan. Database calls are blocking (psycopg 3, sync) and run in
+worker threads, so the event loop never waits on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Concatenate, Final, ParamSpec, TypeVar
+
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, text
+
+from processor.api.broker import BrokerLink
+from processor.api.metrics import ApiMetrics
+from processor.settings import Settings
+from processor.status import PartitionStatus, read_partition_status
+from projections.database import sqlalchemy_url
+from projections.queries import Totals, totals
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: ``application_name`` of the API's database sessions.
+APPLICATION_NAME: Final = "friendship-stream api"
+#: Seconds to wait for a new database connection, and for a free one from the pool.
+DB_CONNECT_TIMEOUT_S: Final = 5
+#: Longest a read query may run, in milliseconds.
+STATEMENT_TIMEOUT_MS: Final = 15_000
+
+
+def create_db_engine(database_url: str) -> Engine:
+    """A pooled engine for the API's reads (lazy: nothing connects until the first query)."""
+    return create_engine(
+        sqlalchemy_url(database_url),
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=DB_CONNECT_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": DB_CONNECT_TIMEOUT_S,
+            "application_name": APPLICATION_NAME,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """The shared parts of one app.
+
+    Attributes:
+        settings: the process settings.
+        engine: database pool (sync psycopg 3; use ``read`` from async code).
+        broker: the shared publisher.
+        metrics: the app's Prometheus registry and request metrics.
+    """
+
+    settings: Settings
+    engine: Engine
+    broker: BrokerLink
+    metrics: ApiMetrics
+
+    @classmethod
+    def create(cls, settings: Settings) -> ApiContext:
+        """Build the context; opens no connection."""
+        return cls(
+            settings=settings,
+            engine=create_db_engine(settings.database_url),
+            broker=BrokerLink(settings),
+            metrics=ApiMetrics(),
+        )
+
+    def run_query(
+        self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``query(connection, *args, **kwargs)`` on a pooled connection (blocking)."""
+        with self.engine.connect() as conn:
+            return query(conn, *args, **kwargs)
+
+    async def read(
+        self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``run_query`` in a worker thread.
+
+        Raises:
+            sqlalchemy.exc.OperationalError: the database is unreachable (answered as 503).
+        """
+        return await asyncio.to_thread(partial(self.run_query, query, *args, **kwargs))
+
+    def read_totals(self) -> Totals:
+        """Events applied and dead letters (blocking)."""
+        return self.run_query(totals)
+
+    def read_partitions(self) -> list[PartitionStatus]:
+        """Checkpoint, tail, lag and owner of every partition (blocking, ~0.25 s broker probe).
+
+        Raises:
+            sqlalchemy.exc.OperationalError, psycopg.OperationalError: the database failed.
+            Exception: whatever rstream raises when the broker or a stream is unreachable.
+        """
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            if not isinstance(driver, psycopg.Connection):
+                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+            return asyncio.run(read_partition_status(self.settings, driver))
+
+    def check_database(self) -> str | None:
+        """Readiness of the database: None when ``SELECT 1`` answers, else why not (blocking)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with its reason
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None

@@ -1,0 +1,180 @@
+"""The one error shape of the API, ``{"error": {"code", "message"}}``, and its exception handlers.
+
+Every failure answers this shape: errors raised on purpose (``ApiError``), Litestar's own
+(unknown route 404, 405, 413, query parameter validation 400), an unreachable database (503) and
+anything unexpected (500, logged with its traceback; the message does not leak internals).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+import psycopg
+import sqlalchemy.exc
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger(__name__)
+
+#: Error code of each HTTP status Litestar raises by itself.
+_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``code`` (stable, snake_case), ``message`` (for people), optional ``details``."""
+
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The body of every error answer."""
+
+    error: ErrorInfo
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for a route's error answers (all in the ``ErrorBody`` shape)."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            description='error answer: {"error": {"code", "message"}}',
+        )
+        for status in statuses
+    }
+
+
+class ApiError(Exception):
+    """An error answer raised on purpose by a handler.
+
+    Args:
+        status_code: HTTP status.
+        code: stable error code, e.g. ``"invalid_events"``.
+        message: what went wrong, for people.
+        details: optional list of objects (e.g. ``{"index", "field", "reason"}`` per bad event).
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorBody]:
+    """A JSON error answer in the API's error shape."""
+    return Response(
+        ErrorBody(ErrorInfo(code=code, message=message, details=details)),
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _api_error(_request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+
+def _validation_details(exc: ValidationException) -> list[dict[str, Any]] | None:
+    if not isinstance(exc.extra, list):
+        return None
+    details = []
+    for item in exc.extra:
+        if isinstance(item, dict):
+            source = item.get("source", "")
+            details.append(
+                {
+                    "field": str(item.get("key", "")),
+                    "source": str(getattr(source, "value", source)),
+                    "reason": str(item.get("message", "")),
+                }
+            )
+    return details or None
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if isinstance(exc, ValidationException):
+        return error_response(
+            exc.status_code,
+            "invalid_parameters",
+            "invalid request parameters",
+            _validation_details(exc),
+        )
+    code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
+    message = exc.detail or code.replace("_", " ")
+    if exc.status_code == 404 and "route_handler" not in request.scope:
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 413 and "route_handler" in request.scope:
+        limit = request.route_handler.resolve_request_max_body_size()
+        message = f"the request body is larger than {limit} bytes"
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+def _database_unavailable(_request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE, "database_unavailable", "the database is not reachable"
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
+
+
+def exception_handlers(
+    on_unmatched: Callable[[str, int], None] | None = None,
+) -> ExceptionHandlersMap:
+    """The app-level handlers that turn every exception into the error shape.
+
+    Args:
+        on_unmatched: called with ``(method, status)`` for a request no route matched (404, 405),
+            which never reaches route middleware; the metrics count it there.
+    """
+
+    def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+        if on_unmatched is not None and "route_handler" not in request.scope:
+            on_unmatched(request.method, exc.status_code)
+        return _http_exception(request, exc)
+
+    return {
+        ApiError: _api_error,
+        HTTPException: http_exception,
+        sqlalchemy.exc.OperationalError: _database_unavailable,
+        sqlalchemy.exc.InterfaceError: _database_unavailable,
+        sqlalchemy.exc.TimeoutError: _database_unavailable,
+        psycopg.OperationalError: _database_unavailable,
+        psycopg.InterfaceError: _database_unavailable,
+        Exception: _unexpected,
+    }

@@ -1,0 +1,195 @@
+"""``POST /v1/events``: validate events, publish them with broker confirms (CONTRACT.md §5).
+
+All or nothing: one invalid item refuses the whole request (422, one detail per bad item) and
+nothing is published. Valid items are published as the exact bytes received (unknown fields kept)
+with ``user_id`` as routing key, and ``202 {"accepted": n}`` is answered only once the broker has
+confirmed every one of them.
+
+Limits: a body of at most ``MAX_BODY_BYTES`` (1 MiB: 1000 events of about 1 KiB; bigger is
+413) and at most ``MAX_EVENTS`` items (more is 422 ``too_many_events``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.status_codes import (
+    HTTP_202_ACCEPTED,
+    HTTP_400_BAD_REQUEST,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from processor.api.broker import BrokerUnavailable
+from processor.api.context import ApiContext
+from processor.api.errors import ApiError, error_responses
+from processor.errors import PublishError
+from processor.publisher import OutgoingEvent
+from schemas import decode_event_batch
+
+log = logging.getLogger(__name__)
+
+#: Most events in one request.
+MAX_EVENTS: Final = 1000
+#: Largest request body, in bytes (1 MiB).
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+_RAW_ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_VALUE: Final = msgspec.json.Decoder(msgspec.Raw)
+
+_EXAMPLE_EVENT: Final = {
+    "event_id": "0b8e5f5c-4c1e-4f38-9d8e-3d2a1c0b9a77",
+    "type": "conversation.turn_recorded",
+    "user_id": "child-42",
+    "occurred_at": "2024-01-01T00:00:00Z",
+    "data": {
+        "conversation_id": "c-1",
+        "topic": "dinosaurs",
+        "speaker": "child",
+        "sentiment": "happy",
+    },
+}
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """``accepted``: number of events the broker confirmed."""
+
+    accepted: int
+
+
+def _ingest_request_body() -> RequestBody:
+    return RequestBody(
+        required=True,
+        description=(
+            f"One event object (CONTRACT.md §1) or a JSON array of up to {MAX_EVENTS}; "
+            f"at most {MAX_BODY_BYTES} bytes."
+        ),
+        content={
+            "application/json": OpenAPIMediaType(
+                schema=Schema(
+                    one_of=[
+                        Schema(type=OpenAPIType.OBJECT, description="one event"),
+                        Schema(
+                            type=OpenAPIType.ARRAY,
+                            items=Schema(type=OpenAPIType.OBJECT, description="an event"),
+                            max_items=MAX_EVENTS,
+                        ),
+                    ]
+                ),
+                example=_EXAMPLE_EVENT,
+            )
+        },
+    )
+
+
+@dataclass
+class IngestOperation(Operation):
+    """OpenAPI operation of ``POST /v1/events``: adds the request body the handler reads raw."""
+
+    def __post_init__(self) -> None:
+        if self.request_body is None:
+            self.request_body = _ingest_request_body()
+
+
+def count_items(body: bytes) -> int:
+    """How many events a body holds: its array length, or 1 for any other JSON value.
+
+    Raises:
+        ApiError: 400 ``invalid_json`` when the body is not JSON.
+    """
+    try:
+        if body.lstrip().startswith(b"["):
+            return len(_RAW_ITEMS.decode(body))
+        _RAW_VALUE.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            HTTP_400_BAD_REQUEST, "invalid_json", f"the request body is not JSON: {exc}"
+        ) from exc
+    return 1
+
+
+def validate_batch(body: bytes) -> list[OutgoingEvent]:
+    """Decode and validate every item of an ingest body into events to publish, in order.
+
+    Raises:
+        ApiError: 400 ``invalid_json`` (not JSON), 422 ``too_many_events`` (more than
+            ``MAX_EVENTS``) or 422 ``invalid_events`` with ``details`` = one
+            ``{"index", "field", "reason"}`` per invalid item (index 0 for a single object).
+    """
+    count = count_items(body)
+    if count > MAX_EVENTS:
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "too_many_events",
+            f"{count} events in one request; at most {MAX_EVENTS} are allowed",
+        )
+    valid, invalid = decode_event_batch(body)
+    if invalid:
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "invalid_events",
+            f"{len(invalid)} of {count} events are invalid; nothing was published",
+            [
+                {"index": index, "field": error.field, "reason": error.reason}
+                for index, error in sorted(invalid, key=lambda pair: pair[0])
+            ],
+        )
+    return [OutgoingEvent(event.event_id, event.user_id, raw) for event, raw in valid]
+
+
+@post(
+    "/v1/events",
+    status_code=HTTP_202_ACCEPTED,
+    request_max_body_size=MAX_BODY_BYTES,
+    operation_class=IngestOperation,
+    summary="Publish events",
+    description=__doc__,
+    tags=["ingest"],
+    responses=error_responses(400, 413, 422, 503),
+)
+async def post_events(
+    request: Request[Any, Any, Any], ctx: NamedDependency[ApiContext]
+) -> Accepted:
+    """Validate the body's events and publish them; answer once the broker confirmed all.
+
+    Errors: 400 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
+    ``invalid_events``, 503 ``broker_unavailable`` (nothing published) / ``publish_failed``
+    (some may be published; retrying the same events is safe).
+    """
+    body = await request.body()
+    try:
+        events = validate_batch(body)
+    except ApiError as error:
+        if error.code == "invalid_events" and error.details:
+            ctx.metrics.events_rejected.inc(len(error.details))
+        raise
+    try:
+        accepted = await ctx.broker.publish(events)
+    except BrokerUnavailable as exc:
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            f"the broker is not reachable; nothing was published ({exc})",
+        ) from exc
+    except PublishError as exc:
+        log.warning("publishing %d events failed: %s", len(events), exc)
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "publish_failed",
+            f"{exc.failed} of {len(events)} events were not confirmed by the broker; "
+            "publishing the same events again is safe",
+        ) from exc
+    ctx.metrics.events_accepted.inc(accepted)
+    return Accepted(accepted=accepted)

@@ -1,0 +1,194 @@
+"""The read API (CONTRACT.md §6): friendship, topics, event status, stats and dead letters.
+
+Every handler runs its query in a worker thread (``ApiContext.read``). Timestamps are RFC 3339
+in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
+``user_not_found`` / ``event_not_found``, 400 ``invalid_parameters`` / ``invalid_cursor``,
+503 ``database_unavailable`` / ``broker_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Final
+
+import msgspec
+import psycopg
+import sqlalchemy.exc
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from processor.api.context import ApiContext
+from processor.api.errors import ApiError, error_responses
+from processor.status import PartitionStatus
+from projections import queries
+from projections.queries import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT,
+    DeadLetterPage,
+    EventStatus,
+    FriendshipView,
+    UserTopics,
+)
+
+_DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
+
+
+class PartitionView(msgspec.Struct, frozen=True):
+    """One partition: committed offset (-1 = none), lag in events, owner ``host:pid`` or null."""
+
+    partition: int
+    checkpoint: int
+    lag: int
+    owner: str | None
+
+
+class StatsView(msgspec.Struct, frozen=True):
+    """Totals over the log and the status of partitions 0..PARTITIONS-1, in order."""
+
+    events_applied: int
+    dead_lettered: int
+    partitions: list[PartitionView]
+
+
+def _user_not_found(user_id: str) -> ApiError:
+    return ApiError(HTTP_404_NOT_FOUND, "user_not_found", f"user {user_id!r} has no applied event")
+
+
+@get(
+    "/v1/users/{user_id:str}/friendship",
+    tags=["read"],
+    summary="Friendship of a user",
+    responses=error_responses(404, 503),
+)
+async def get_friendship(
+    user_id: FromPath[str], ctx: NamedDependency[ApiContext]
+) -> FriendshipView:
+    """The user's score (0..100), level, events applied and last ``occurred_at``.
+
+    Errors: 404 ``user_not_found`` when the user has no applied event.
+    """
+    friendship = await ctx.read(queries.friendship_of, user_id)
+    if friendship is None:
+        raise _user_not_found(user_id)
+    return friendship
+
+
+@get(
+    "/v1/users/{user_id:str}/topics",
+    tags=["read"],
+    summary="Topic metrics of a user",
+    responses=error_responses(404, 503),
+)
+async def get_topics(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> UserTopics:
+    """The user's topics sorted by topic, each with all 8 sentiment labels.
+
+    Errors: 404 ``user_not_found`` when the user has no applied event.
+    """
+    topics = await ctx.read(queries.topics_of, user_id)
+    if topics is None:
+        raise _user_not_found(user_id)
+    return topics
+
+
+@get(
+    "/v1/events/{event_id:str}",
+    tags=["read"],
+    summary="Status of an event",
+    responses=error_responses(404, 503),
+)
+async def get_event(event_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> EventStatus:
+    """``status`` ``applied`` (partition, offset, user_id, type, occurred_at) or
+    ``dead_lettered`` (partition, offset, field, reason, dead_lettered_at, raw, raw_encoding).
+
+    Any string is accepted: a malformed id can still name a dead letter.
+
+    Errors: 404 ``event_not_found`` when neither applied nor dead-lettered.
+    """
+    status = await ctx.read(queries.event_status, event_id)
+    if status is None:
+        raise ApiError(
+            HTTP_404_NOT_FOUND,
+            "event_not_found",
+            f"event {event_id!r} is neither applied nor dead-lettered",
+        )
+    return status
+
+
+@get(
+    "/v1/stats",
+    tags=["read"],
+    summary="Totals and partition status",
+    responses=error_responses(503),
+)
+async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
+    """Events applied, dead letters, and per partition its checkpoint, lag and owner.
+
+    Takes about 0.25 s: the log tails are read from the broker.
+
+    Errors: 503 ``database_unavailable`` / ``broker_unavailable``.
+    """
+    totals = await ctx.read(queries.totals)
+    try:
+        statuses: list[PartitionStatus] = await asyncio.to_thread(ctx.read_partitions)
+    except _DATABASE_ERRORS:
+        raise
+    except Exception as exc:  # rstream raises unnamed errors when the broker fails
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            f"cannot read the partition tails from the broker: {type(exc).__name__}: {exc}",
+        ) from exc
+    return StatsView(
+        events_applied=totals.events_applied,
+        dead_lettered=totals.dead_lettered,
+        partitions=[
+            PartitionView(partition=s.partition, checkpoint=s.checkpoint, lag=s.lag, owner=s.owner)
+            for s in statuses
+        ],
+    )
+
+
+@get(
+    "/v1/dead-letters",
+    tags=["read"],
+    summary="Dead letters, newest first",
+    responses=error_responses(400, 503),
+)
+async def get_dead_letters(
+    ctx: NamedDependency[ApiContext],
+    limit: Annotated[
+        int,
+        QueryParameter(
+            ge=1,
+            le=MAX_PAGE_LIMIT,
+            description=f"dead letters per page, 1..{MAX_PAGE_LIMIT}",
+        ),
+    ] = DEFAULT_PAGE_LIMIT,
+    cursor: Annotated[
+        str | None,
+        QueryParameter(description="`next_cursor` of the previous page; absent for the first page"),
+    ] = None,
+    offset: Annotated[
+        int,
+        QueryParameter(ge=0, description="dead letters to skip (after the cursor, if any)"),
+    ] = 0,
+) -> DeadLetterPage:
+    """One page of dead letters, newest first: ``{"dead_letters": [...], "limit",
+    "next_cursor"}``; each has partition, offset, event_id, field, reason, dead_lettered_at,
+    raw (text, or base64 when not UTF-8) and raw_encoding. ``next_cursor`` is null on the last
+    page. Query: ``limit`` (default 50, max 500), ``cursor``, ``offset``.
+
+    Errors: 400 ``invalid_parameters`` (limit/offset out of range), 400 ``invalid_cursor``.
+    """
+    if cursor is not None:
+        try:
+            queries.parse_cursor(cursor)
+        except ValueError as exc:
+            raise ApiError(HTTP_400_BAD_REQUEST, "invalid_cursor", str(exc)) from exc
+    return await ctx.read(queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset)
