@@ -16,6 +16,8 @@ from typing import Final
 
 import psycopg
 
+from processor.membership import OWNER_APPLICATION_PREFIX
+
 #: First key of the two-key advisory lock; the second key is the partition number.
 LEASE_LOCK_CLASS: Final = 0x7061  # "pa"
 
@@ -31,6 +33,28 @@ def try_acquire_lease(conn: psycopg.Connection, partition: int) -> bool:
         "SELECT pg_try_advisory_lock(%s, %s)", (LEASE_LOCK_CLASS, partition)
     ).fetchone()
     return bool(row and row[0])
+
+
+def begin_lease_epoch(conn: psycopg.Connection, partition: int, member: str) -> tuple[int, int]:
+    """Start a new lease epoch for a partition whose lease ``conn`` holds.
+
+    Raises the checkpoint row's ``lease_epoch`` (the fencing token) and records the owner, so a
+    previous owner's late commit fails its compare-and-set.
+
+    Returns:
+        ``(committed_offset, lease_epoch)`` of the partition.
+
+    Raises:
+        LookupError: the partition has no checkpoint row.
+    """
+    row = conn.execute(
+        "UPDATE checkpoints SET lease_epoch = lease_epoch + 1, owner = %s, updated_at = now() "
+        "WHERE partition = %s RETURNING committed_offset, lease_epoch",
+        (member, partition),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"partition {partition} has no checkpoint row")
+    return int(row[0]), int(row[1])
 
 
 def release_lease(conn: psycopg.Connection, partition: int) -> None:
@@ -67,7 +91,3 @@ def current_lease_holders(conn: psycopg.Connection) -> dict[int, LeaseHolder]:
         owner = str(application_name).removeprefix(OWNER_APPLICATION_PREFIX)
         holders[int(partition)] = LeaseHolder(int(partition), owner, int(pid))
     return holders
-
-
-#: ``application_name`` prefix of owner connections; the rest is the member id.
-OWNER_APPLICATION_PREFIX: Final = "friendship-stream owner "

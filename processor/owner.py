@@ -56,26 +56,32 @@ class PartitionOwner:
         checkpoint: the committed offset read after the lease was taken.
         member: this process's owner name (``host:pid``), written on each checkpoint.
         batch_size: most records per transaction.
+        lease_epoch: the fencing token taken with the lease; every batch commits under it.
     """
 
     def __init__(
         self,
         partition: int,
         conn: psycopg.Connection,
+        *,
         checkpoint: int,
         member: str,
         batch_size: int,
+        lease_epoch: int,
     ) -> None:
         self.partition = partition
         self.conn = conn
         self.checkpoint = checkpoint
         self.member = member
         self.batch_size = batch_size
+        self.lease_epoch = lease_epoch
         self.feed: PartitionFeed | None = None
         self.stats = OwnerStats()
         self.lock = threading.Lock()
         self.scheduled = False
         self.released = False
+        #: Set when the partition is being handed off: no new batch starts, then it is released.
+        self.draining = False
         self.stopped_error: Exception | None = None
 
     def apply_next_batch(self) -> BatchResult | None:
@@ -115,7 +121,12 @@ class PartitionOwner:
                         number,
                     )
                 result = apply_batch(
-                    self.conn, self.partition, records, self.checkpoint, self.member
+                    self.conn,
+                    self.partition,
+                    records,
+                    self.checkpoint,
+                    self.member,
+                    lease_epoch=self.lease_epoch,
                 )
         assert result is not None
         self.checkpoint = result.last_offset

@@ -3,7 +3,9 @@
 How the parts relate (see README "Partitions, threads and processes"):
 
 - a *partition* is a stream and the unit of order: one owner at a time, in the whole cluster;
-- a *process* owns the partitions whose leases it holds (all of them when it runs alone);
+- a *process* (a member) owns the partitions whose leases it holds: about partitions / live
+  members, handing off its surplus when a member joins and taking over the partitions of a
+  member that died or was fenced (see ``processor.membership`` and ``processor.balance``);
 - its *threads* apply batches: a worker takes a partition whose batch is ready, applies it in one
   transaction, and goes on with whichever partition is ready next. A partition is never run by two
   threads at once, so threads add concurrency across partitions, never inside one.
@@ -20,19 +22,29 @@ from typing import Final
 
 import psycopg
 
+from processor.balance import plan_balance
 from processor.errors import LogTruncated
 from processor.feed import PartitionFeed
 from processor.leases import (
-    OWNER_APPLICATION_PREFIX,
+    begin_lease_epoch,
     current_lease_holders,
     member_id,
     try_acquire_lease,
+)
+from processor.membership import (
+    MEMBER_APPLICATION_PREFIX,
+    OWNER_APPLICATION_PREFIX,
+    fence,
+    heartbeat,
+    join,
+    leave,
+    read_membership,
 )
 from processor.owner import PartitionOwner
 from processor.settings import Settings
 from processor.streams import StreamReader
 from processor.topology import declare_topology
-from projections.batch import CheckpointConflict, OffsetGap, ensure_checkpoints, read_checkpoint
+from projections.batch import CheckpointConflict, OffsetGap, ensure_checkpoints
 from projections.database import connect, migrate
 
 log = logging.getLogger(__name__)
@@ -79,7 +91,7 @@ class Processor:
         On stop, the batches in flight finish and commit; records read but not yet applied are
         dropped and read again by the next owner from the checkpoint.
         """
-        self._control = connect(self.settings.database_url, application_name="friendship-stream")
+        self._control = self._join()
         self._reader.start()
         for index in range(self.settings.threads):
             worker = threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)
@@ -119,26 +131,58 @@ class Processor:
         with self._owners_lock:
             return sorted(self._owners)
 
-    # -- leases -----------------------------------------------------------------------------------
+    # -- membership and leases -----------------------------------------------------------------
+
+    def _join(self) -> psycopg.Connection:
+        control = connect(
+            self.settings.database_url,
+            application_name=f"{MEMBER_APPLICATION_PREFIX}{self.member}",
+        )
+        join(control, self.member)
+        log.info("member %s joined", self.member)
+        return control
 
     def _maintain_leases(self) -> None:
-        control = self._control
-        assert control is not None
+        """Heartbeat, fence stale members, then take or hand off partitions towards a fair share."""
         try:
+            if self._control is None or self._control.closed:
+                self._control = self._join()
+            control = self._control
+            heartbeat(control, self.member)
+            view = read_membership(control, self.settings.member_timeout_s)
+            for stale in view.stale:
+                if stale != self.member:
+                    terminated = fence(control, stale)
+                    log.warning(
+                        "member %s missed its heartbeats for %.1f s: fenced (%d connections "
+                        "terminated); its partitions will be taken over",
+                        stale,
+                        self.settings.member_timeout_s,
+                        terminated,
+                    )
             holders = current_lease_holders(control)
-        except psycopg.OperationalError as exc:
-            log.warning("database unreachable for the lease check (%s); retrying", exc)
-            control.close()
-            self._control = self._try_connect("friendship-stream")
+        except (psycopg.Error, RuntimeError) as exc:
+            log.warning("membership check failed (%s: %s); retrying", type(exc).__name__, exc)
+            if self._control is not None:
+                self._control.close()
+            self._control = None
             return
-        for partition in range(self.settings.partitions):
+        with self._owners_lock:
+            owned = set(self._owners)
+            unavailable = set(self._stopped_partitions)
+        plan = plan_balance(
+            self.settings.partitions,
+            view.live,
+            self.member,
+            owned=owned,
+            held_by_others={p for p in holders if p not in owned},
+            unavailable=unavailable,
+        )
+        for partition in plan.hand_off:
+            self._hand_off(partition, f"rebalance: fair share is {plan.share}")
+        for partition in plan.take:
             if self._stop.is_set():
                 return
-            with self._owners_lock:
-                if partition in self._owners or partition in self._stopped_partitions:
-                    continue
-            if partition in holders:
-                continue
             self._try_own(partition)
 
     def _try_connect(self, application_name: str) -> psycopg.Connection | None:
@@ -156,15 +200,19 @@ class Processor:
             if not try_acquire_lease(conn, partition):
                 conn.close()
                 return
-            checkpoint = read_checkpoint(conn, partition)
-            conn.execute(
-                "UPDATE checkpoints SET owner = %s WHERE partition = %s", (self.member, partition)
-            )
-        except psycopg.Error as exc:
+            checkpoint, epoch = begin_lease_epoch(conn, partition, self.member)
+        except (psycopg.Error, LookupError) as exc:
             log.warning("partition %d: taking the lease failed: %s", partition, exc)
             conn.close()
             return
-        owner = PartitionOwner(partition, conn, checkpoint, self.member, self.settings.batch_size)
+        owner = PartitionOwner(
+            partition,
+            conn,
+            checkpoint=checkpoint,
+            member=self.member,
+            batch_size=self.settings.batch_size,
+            lease_epoch=epoch,
+        )
         owner.feed = PartitionFeed(
             partition,
             next_offset=checkpoint + 1,
@@ -177,9 +225,27 @@ class Processor:
         with self._owners_lock:
             self._owners[partition] = owner
         self._reader.subscribe(partition, owner.feed)
-        log.info("partition %d: lease taken, resuming after offset %d", partition, checkpoint)
+        log.info(
+            "partition %d: lease taken (epoch %d), resuming after offset %d",
+            partition,
+            epoch,
+            checkpoint,
+        )
 
-    def _release(self, owner: PartitionOwner, reason: str) -> None:
+    def _hand_off(self, partition: int, reason: str) -> None:
+        """Release a partition gracefully: the batch in flight (if any) commits first."""
+        with self._owners_lock:
+            owner = self._owners.get(partition)
+        if owner is None:
+            return
+        with owner.lock:
+            owner.draining = True
+            busy = owner.scheduled
+        self._reader.unsubscribe(partition)
+        if not busy:
+            self._release(owner, f"handed off ({reason})", level=logging.INFO)
+
+    def _release(self, owner: PartitionOwner, reason: str, level: int = logging.WARNING) -> None:
         """Give a partition up: stop reading it and close the lease connection."""
         with owner.lock:
             if owner.released:
@@ -190,7 +256,7 @@ class Processor:
                 del self._owners[owner.partition]
         self._reader.unsubscribe(owner.partition)
         owner.conn.close()
-        log.warning("partition %d: released (%s)", owner.partition, reason)
+        log.log(level, "partition %d: released (%s)", owner.partition, reason)
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -211,6 +277,9 @@ class Processor:
             self._run_owner(owner)
 
     def _run_owner(self, owner: PartitionOwner) -> None:
+        if owner.draining:
+            self._release(owner, "handed off", level=logging.INFO)
+            return
         try:
             result = owner.apply_next_batch()
         except CheckpointConflict as exc:
@@ -244,6 +313,10 @@ class Processor:
             )
         with owner.lock:
             owner.scheduled = False
+            draining = owner.draining
+        if draining:
+            self._release(owner, "handed off after its batch committed", level=logging.INFO)
+            return
         feed = owner.feed
         if feed is not None and (feed.has_records() or feed.error is not None):
             self._schedule(owner)
@@ -263,6 +336,10 @@ class Processor:
         for owner in owners:
             owner.conn.close()
         if self._control is not None:
+            try:
+                leave(self._control, self.member)
+            except psycopg.Error as exc:
+                log.warning("could not deregister member %s: %s", self.member, exc)
             self._control.close()
         log.info(
             "processor %s stopped: %d events applied, %d duplicates, %d dead-lettered",

@@ -25,6 +25,7 @@ ENV_STREAM_MAX_AGE: Final = "STREAM_MAX_AGE"
 ENV_STREAM_MAX_BYTES: Final = "STREAM_MAX_LENGTH_BYTES"
 ENV_STREAM_SEGMENT_BYTES: Final = "STREAM_MAX_SEGMENT_SIZE_BYTES"
 ENV_LEASE_INTERVAL_S: Final = "LEASE_INTERVAL_S"
+ENV_MEMBER_TIMEOUT_S: Final = "MEMBER_TIMEOUT_S"
 ENV_LOG_LEVEL: Final = "LOG_LEVEL"
 
 EXCHANGE: Final = "events"
@@ -108,7 +109,12 @@ class Settings:
         stream_max_length_bytes: stream retention by size in bytes; 0 keeps everything.
         stream_max_segment_size_bytes: size of a stream segment file in bytes (0 = broker
             default, 500 MB); retention removes whole segments.
-        lease_interval_s: how often, in seconds, a process looks for partitions to own.
+        lease_interval_s: how often, in seconds, a process heartbeats, rebalances and looks for
+            partitions to own.
+        member_timeout_s: heartbeat age, in seconds, after which a member whose connections
+            linger (paused, cut off) is fenced and its partitions taken over. It must exceed the
+            longest pause of a healthy member's heartbeat loop; a crashed member's partitions
+            are taken over within ``lease_interval_s`` without waiting for it.
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -124,6 +130,7 @@ class Settings:
     stream_max_length_bytes: int = 0
     stream_max_segment_size_bytes: int = 0
     lease_interval_s: float = 1.0
+    member_timeout_s: float = 10.0
     log_level: str = "INFO"
     amqp: AmqpEndpoint = field(init=False)
 
@@ -157,6 +164,7 @@ class Settings:
             ),
             stream_max_segment_size_bytes=_int(source, ENV_STREAM_SEGMENT_BYTES, 0),
             lease_interval_s=_float(source, ENV_LEASE_INTERVAL_S, defaults.lease_interval_s, 0.05),
+            member_timeout_s=_float(source, ENV_MEMBER_TIMEOUT_S, defaults.member_timeout_s, 0.5),
             log_level=source.get(ENV_LOG_LEVEL) or defaults.log_level,
         )
 

@@ -31,15 +31,15 @@ from schemas.validation import EventValidationError, decode_event
 
 
 class CheckpointConflict(RuntimeError):
-    """The partition's checkpoint is not where this owner left it: another owner committed.
-
-    The transaction is rolled back; the caller has lost the partition (a zombie is fenced).
+    """The partition's checkpoint is not where this owner left it, or another owner took the
+    lease since (a higher lease epoch): the transaction is rolled back and the caller has lost
+    the partition (a zombie owner is fenced).
     """
 
-    def __init__(self, partition: int, expected: int, found: int | None) -> None:
+    def __init__(self, partition: int, expected: int, found: int | None, detail: str = "") -> None:
         super().__init__(
-            f"partition {partition}: checkpoint is {found}, this owner expected {expected}; "
-            "another owner committed, nothing applied"
+            f"partition {partition}: checkpoint is {found}, this owner expected {expected}"
+            f"{detail}; another owner took over, nothing applied"
         )
         self.partition = partition
         self.expected = expected
@@ -129,11 +129,18 @@ def decode_records(
     return valid, dead
 
 
-_LOCK_CHECKPOINT: Final = "SELECT committed_offset FROM checkpoints WHERE partition = %s FOR UPDATE"
+_LOCK_CHECKPOINT: Final = (
+    "SELECT committed_offset, lease_epoch FROM checkpoints WHERE partition = %s FOR UPDATE"
+)
 _ADVANCE_CHECKPOINT: Final = (
     "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now() "
-    "WHERE partition = %s AND committed_offset = %s"
+    "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
 )
+_LOG_COMMIT: Final = """
+INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
+                            dead_lettered, committed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+"""
 _RECORD_EVENT_IDS: Final = """
 INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
 SELECT * FROM unnest(%s::uuid[], %s::int[], %s::bigint[], %s::text[], %s::text[],
@@ -202,6 +209,8 @@ def apply_batch(
     records: Sequence[LogRecord],
     expected_checkpoint: int,
     owner: str,
+    *,
+    lease_epoch: int | None = None,
 ) -> BatchResult:
     """Apply ``records`` (one partition, in log order) in one transaction.
 
@@ -212,13 +221,17 @@ def apply_batch(
             ``expected_checkpoint`` (holes allowed, see ``OffsetGap``).
         expected_checkpoint: the committed offset this owner resumed from (-1 = nothing yet).
         owner: who commits (written on the checkpoint row, e.g. ``"host:pid"``).
+        lease_epoch: the fencing token the owner got with its lease; the batch commits only
+            while the checkpoint row still carries it, and is written to ``checkpoint_log``.
+            None (replay into a shadow schema) checks no epoch and logs nothing.
 
     Returns:
         The counts of the committed batch.
 
     Raises:
         OffsetGap: an offset is not above the previous one (or the checkpoint).
-        CheckpointConflict: another owner moved the checkpoint; nothing was applied.
+        CheckpointConflict: another owner moved the checkpoint or took the lease; nothing was
+            applied.
         psycopg.Error: a database failure; the transaction was rolled back as a whole.
     """
     if not records:
@@ -245,6 +258,13 @@ def apply_batch(
         found = None if row is None else int(row[0])
         if found != expected_checkpoint:
             raise CheckpointConflict(partition, expected_checkpoint, found)
+        if lease_epoch is not None and row is not None and int(row[1]) != lease_epoch:
+            raise CheckpointConflict(
+                partition,
+                expected_checkpoint,
+                found,
+                f" (lease epoch {row[1]}, this owner holds {lease_epoch})",
+            )
 
         new_ids: set[str] = set()
         if first_seen:
@@ -281,9 +301,25 @@ def apply_batch(
                     [d.raw for d in dead],
                 ),
             )
-        cur.execute(_ADVANCE_CHECKPOINT, (last_offset, owner, partition, expected_checkpoint))
+        cur.execute(
+            _ADVANCE_CHECKPOINT,
+            (last_offset, owner, partition, expected_checkpoint, lease_epoch, lease_epoch),
+        )
         if cur.rowcount != 1:
             raise CheckpointConflict(partition, expected_checkpoint, None)
+        if lease_epoch is not None:
+            cur.execute(
+                _LOG_COMMIT,
+                (
+                    partition,
+                    result.first_offset,
+                    last_offset,
+                    owner,
+                    lease_epoch,
+                    result.applied,
+                    result.dead_lettered,
+                ),
+            )
     return result
 
 

@@ -42,6 +42,35 @@ checkpoints: Final = Table(
     Column("committed_offset", BigInteger, nullable=False, server_default="-1"),
     Column("owner", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Fencing token: raised each time a process takes the partition's lease; a batch commits
+    # only under the epoch its owner took (see projections.batch).
+    Column("lease_epoch", BigInteger, nullable=False, server_default="0"),
+)
+
+#: One row per committed live batch: which owner, under which lease epoch, committed which
+#: offsets. The audit trail that shows a partition never had two owners commit.
+checkpoint_log: Final = Table(
+    "checkpoint_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("partition", Integer, nullable=False),
+    Column("first_offset", BigInteger, nullable=False),
+    Column("last_offset", BigInteger, nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("lease_epoch", BigInteger, nullable=False),
+    Column("applied", Integer, nullable=False),
+    Column("dead_lettered", Integer, nullable=False),
+    Column("committed_at", DateTime(timezone=True), nullable=False),
+    Index("checkpoint_log_partition_idx", "partition", "id"),
+)
+
+#: Processor processes that share the partitions, with their last heartbeat (database time).
+members: Final = Table(
+    "members",
+    metadata,
+    Column("member_id", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
 
 friendships: Final = Table(

@@ -140,6 +140,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "BATCH_SIZE": str(settings.batch_size),
             "BATCH_WAIT_S": str(settings.batch_wait_s),
             "LEASE_INTERVAL_S": str(settings.lease_interval_s),
+            "MEMBER_TIMEOUT_S": str(settings.member_timeout_s),
             "STREAM_MAX_AGE": settings.stream_max_age,
             "STREAM_MAX_LENGTH_BYTES": str(settings.stream_max_length_bytes),
             "STREAM_MAX_SEGMENT_SIZE_BYTES": str(settings.stream_max_segment_size_bytes),
