@@ -42,7 +42,7 @@ api: services
 # publish a JSON Lines file of events (confirmed); --allow-invalid publishes bad lines too
 [group('run')]
 publish FILE *FLAGS: services
-    {{python}} -m processor publish {{FILE}} {{FLAGS}}
+    {{python}} -m processor publish {{quote(FILE)}} {{FLAGS}}
 
 # per-partition checkpoint, tail, lag and owner
 [group('run')]
@@ -77,3 +77,10 @@ check:
     ruff check .
     ruff format --check .
     mypy
+
+# --- bench ----------------------------------------------------------------------------------
+
+# the benchmark (about 5 min; --quick: 1 min, README untouched): table, bench-results/, README
+[group('bench')]
+bench *ARGS: services
+    {{python}} -m bench --readme README.md {{ARGS}}

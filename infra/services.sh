@@ -60,16 +60,41 @@ start_rabbitmq() {
   wait_port 15672 "RabbitMQ management plugin" 120
 }
 
+# The vhost named in AMQP_URL, created through the management API (fast, idempotent).
 ensure_vhost() {
-  local vhost
-  vhost=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]).path; print(u.unquote(p[1:]) if len(p) > 1 else "/")' "$AMQP_URL")
-  if [[ "$vhost" != "/" ]]; then
-    rabbitmqctl add_vhost "$vhost" >/dev/null 2>&1 || true
-    rabbitmqctl set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null 2>&1 || true
-  fi
+  python3 - "$AMQP_URL" <<'PY'
+import base64, sys, urllib.parse as u, urllib.request as r
+url = u.urlsplit(sys.argv[1])
+vhost = u.unquote(url.path[1:]) if len(url.path) > 1 else "/"
+if vhost != "/":
+    user, password = u.unquote(url.username or "guest"), u.unquote(url.password or "guest")
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+            "Content-Type": "application/json"}
+    name = u.quote(vhost, safe="")
+    base = "http://127.0.0.1:15672/api"
+    r.urlopen(r.Request(f"{base}/vhosts/{name}", data=b"{}", method="PUT", headers=auth))
+    body = b'{"configure": ".*", "write": ".*", "read": ".*"}'
+    r.urlopen(r.Request(f"{base}/permissions/{name}/{u.quote(user, safe='')}", data=body,
+                        method="PUT", headers=auth))
+PY
 }
 
-start_postgres
-start_rabbitmq
+# Everything already up, plugins included (the management API lists x-consistent-hash)?
+ready() {
+  port_open 5432 && port_open 5672 && port_open 5552 && port_open 15672 &&
+    python3 -c 'import base64, urllib.request as r; print(r.urlopen(r.Request("http://127.0.0.1:15672/api/overview", headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}), timeout=5).read().decode())' 2>/dev/null |
+    grep -q x-consistent-hash
+}
+
+# Only a broker and database on this machine are ours to start.
+case "$AMQP_URL" in
+  *@127.0.0.1[:/]* | *@localhost[:/]* | amqp://127.0.0.1* | amqp://localhost*) ;;
+  *) log "AMQP_URL points elsewhere: not managing a local broker"; exit 0 ;;
+esac
+
+if ! ready; then
+  start_postgres
+  start_rabbitmq
+fi
 ensure_vhost
 log "RabbitMQ (5672, stream 5552, management 15672) and PostgreSQL (5432) are ready"

@@ -44,8 +44,24 @@ def running_pid(name: str) -> int | None:
         path.unlink(missing_ok=True)
         return None
     except PermissionError:
-        return pid
+        return None
+    if not _is_ours(pid):
+        # The pid was reused by an unrelated process: the file is stale.
+        path.unlink(missing_ok=True)
+        return None
     return pid
+
+
+def _is_ours(pid: int) -> bool:
+    """True when ``pid`` runs ``python -m processor`` (checked through /proc where it exists)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.exists():
+        return True
+    try:
+        arguments = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"processor" in arguments
 
 
 def start(name: str, args: list[str], env: dict[str, str] | None = None) -> int:

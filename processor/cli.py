@@ -14,6 +14,8 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+import psycopg
+
 from processor.errors import ProcessorError
 from processor.logs import configure_logging
 from processor.settings import Settings, SettingsError
@@ -38,7 +40,6 @@ def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     processor = Processor(settings.with_overrides(**overrides) if overrides else settings)
-    processor.prepare()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the batches in flight", signal.Signals(signum).name)
@@ -46,6 +47,7 @@ def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    processor.prepare()
     return processor.run()
 
 
@@ -125,6 +127,12 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.replay.cli import run_replay  # noqa: PLC0415
+
+    return run_replay(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="processor", description=__doc__)
@@ -164,6 +172,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "api", help="serve the HTTP ingest and read API on API_HOST:API_PORT"
     ).set_defaults(handler=_api)
+    replay = commands.add_parser(
+        "replay", help="rebuild projections from the log: verify, swap in, or a user's history"
+    )
+    mode = replay.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild into a shadow schema and compare with live at the same offsets "
+        "(exit 1 on any difference)",
+    )
+    mode.add_argument(
+        "--swap",
+        action="store_true",
+        help="rebuild into a shadow schema, catch up with live, swap it in atomically",
+    )
+    mode.add_argument("--user", metavar="ID", help="print one user's history from the log")
+    replay.add_argument("--batch-size", type=int, default=0, help="records per transaction")
+    replay.add_argument("--threads", type=int, default=0, help="threads applying batches")
+    replay.add_argument("--credit", type=int, default=0, help="chunks in flight per stream")
+    replay.add_argument(
+        "--no-read-rate", action="store_true", help="skip the raw stream read measurement"
+    )
+    replay.add_argument(
+        "--drop-replaced",
+        action="store_true",
+        help="after --swap, drop the replaced tables instead of keeping them",
+    )
+    replay.set_defaults(handler=_replay)
     return parser
 
 
@@ -179,6 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return int(args.handler(settings, args))
-    except (ProcessorError, TimeoutError, ValueError, OSError, RuntimeError) as exc:
+    except (ProcessorError, TimeoutError, ValueError, OSError, RuntimeError, psycopg.Error) as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return ExitCode.FAILURE

@@ -41,3 +41,16 @@ class LogTruncated(ProcessorError):
         self.partition = partition
         self.expected = expected
         self.first_available = first_available
+
+
+class LogStartUnknown(ProcessorError):
+    """The start of a partition's log could not be checked after a hole at the subscription's
+    first record; the owner stops the partition and tries again instead of guessing."""
+
+    def __init__(self, partition: int, expected: int, cause: str) -> None:
+        super().__init__(
+            f"partition {partition}: could not check whether offsets from {expected} are still "
+            f"in the log ({cause}); retrying"
+        )
+        self.partition = partition
+        self.expected = expected

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from processor.errors import LogTruncated
+from processor.errors import LogStartUnknown, LogTruncated
 from projections.batch import LogRecord
 
 #: Records a feed holds before the reader waits (back-pressure towards the broker), per batch.
@@ -85,7 +85,7 @@ class PartitionFeed:
         with self._lock:
             self._subscription_start = start
 
-    def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
+    def offer(self, offset: int, body: bytes, error: str | None = None) -> Awaitable[None] | None:
         """Append a record; returns an awaitable when the reader must wait (back-pressure, or
         checking the log start after a hole at the start of a subscription)."""
         with self._lock:
@@ -93,25 +93,40 @@ class PartitionFeed:
                 return None
             start, self._subscription_start = self._subscription_start, None
         if start is not None and offset > start:
-            return self._check_log_start(start, offset, body)
-        return self._append(offset, body)
+            return self._check_log_start(start, offset, body, error)
+        return self._append(offset, body, error)
 
-    async def _check_log_start(self, expected: int, offset: int, body: bytes) -> None:
-        first = await self._probe(self.partition)
-        if first is not None and first > expected:
+    async def _check_log_start(
+        self, expected: int, offset: int, body: bytes, error: str | None
+    ) -> None:
+        # Never raise from here: rstream would log the error and drop the rest of the chunk.
+        try:
+            first = await self._probe(self.partition)
+        except Exception as exc:  # noqa: BLE001 - any probe failure: stop and retry later
+            self.fail(LogStartUnknown(self.partition, expected, f"{type(exc).__name__}: {exc}"))
+            return
+        if first is None:
+            # A record just arrived from this stream, so it is not empty: the probe failed.
+            self.fail(LogStartUnknown(self.partition, expected, "no answer from the broker"))
+            return
+        if first > expected:
             self.fail(LogTruncated(self.partition, expected, first))
             return
-        waiting = self._append(offset, body)
+        waiting = self._append(offset, body, error)
         if waiting is not None:
             await waiting
 
-    def _append(self, offset: int, body: bytes) -> Awaitable[None] | None:
+    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
+        """Append a stream entry that is not a readable message: it will be dead-lettered."""
+        return self.offer(offset, entry, error=reason)
+
+    def _append(self, offset: int, body: bytes, error: str | None = None) -> Awaitable[None] | None:
         with self._lock:
             if self.error is not None or offset < self._next_offset:
                 return None
             if not self._records:
                 self._oldest_at = time.monotonic()
-            self._records.append(LogRecord(offset, body))
+            self._records.append(LogRecord(offset, body, error))
             self._next_offset = offset + 1
             self.highest_seen = offset
             ready_now = len(self._records) >= self._batch_size

@@ -23,7 +23,7 @@ from typing import Final
 import psycopg
 
 from processor.balance import plan_balance
-from processor.errors import LogTruncated
+from processor.errors import LogStartUnknown, LogTruncated
 from processor.feed import PartitionFeed
 from processor.leases import (
     begin_lease_epoch,
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
+#: Seconds a worker may take to finish its batch at shutdown.
+SHUTDOWN_TIMEOUT_S: Final = 60.0
 
 
 class Processor:
@@ -72,6 +74,7 @@ class Processor:
         self._workers: list[threading.Thread] = []
         self._reader = StreamReader(settings, name=f"friendship-stream {self.member}")
         self._control: psycopg.Connection | None = None
+        self._totals_lock = threading.Lock()
         self.applied_total = 0
         self.dead_lettered_total = 0
         self.duplicates_total = 0
@@ -291,7 +294,7 @@ class Processor:
                 self._stopped_partitions[owner.partition] = exc
             self._reader.unsubscribe(owner.partition)
             return
-        except (psycopg.Error, OffsetGap) as exc:
+        except (psycopg.Error, OffsetGap, LogStartUnknown) as exc:
             self._release(owner, f"{type(exc).__name__}: {exc}")
             return
         except Exception as exc:
@@ -299,9 +302,10 @@ class Processor:
             self._release(owner, f"{type(exc).__name__}: {exc}")
             return
         if result is not None:
-            self.applied_total += result.applied
-            self.dead_lettered_total += result.dead_lettered
-            self.duplicates_total += result.duplicates
+            with self._totals_lock:
+                self.applied_total += result.applied
+                self.dead_lettered_total += result.dead_lettered
+                self.duplicates_total += result.duplicates
             log.debug(
                 "partition %d: committed offsets %d..%d (%d applied, %d duplicates, %d dead)",
                 owner.partition,
@@ -329,7 +333,13 @@ class Processor:
         for _ in self._workers:
             self._ready.put(None)
         for worker in self._workers:
-            worker.join()
+            worker.join(timeout=SHUTDOWN_TIMEOUT_S)
+            if worker.is_alive():
+                log.error(
+                    "%s still busy after %.0f s; closing its connection (its batch rolls back)",
+                    worker.name,
+                    SHUTDOWN_TIMEOUT_S,
+                )
         with self._owners_lock:
             owners = list(self._owners.values())
             self._owners.clear()

@@ -53,8 +53,12 @@ class RecordSink(Protocol):
         back-pressure: the reader waits for it before taking the next record."""
         ...
 
+    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
+        """Take an entry that is not a readable message (it gets dead-lettered); like ``offer``."""
+        ...
+
     def fail(self, error: Exception) -> None:
-        """The subscription cannot go on (unreadable entry); the owner must stop."""
+        """The subscription cannot go on; the owner must stop."""
         ...
 
 
@@ -261,18 +265,12 @@ class StreamReader:
 def _make_callback(
     sink: RecordSink,
 ) -> Callable[[bytes, MessageContext], Awaitable[None] | None]:
-    failed = False
-
     def on_message(entry: bytes, context: MessageContext) -> Awaitable[None] | None:
-        nonlocal failed
-        if failed:
-            return None
         try:
             body = message_body(entry)
         except AmqpFormatError as exc:
-            failed = True
-            sink.fail(exc)
-            return None
+            reason = f"stream entry is not an AMQP 1.0 message: {exc}"
+            return sink.offer_unreadable(context.offset, bytes(entry), reason)
         return sink.offer(context.offset, body)
 
     return on_message
@@ -359,7 +357,9 @@ async def read_tail_offsets(
     """The last offset of each partition stream, -1 for an empty stream.
 
     Reads the last chunk of each stream (stream protocol, offset ``last``); RabbitMQ 3.10 has no
-    stream statistics command. Use it for lag: ``lag = tail - checkpoint``.
+    stream statistics command. A stream that sends nothing within ``wait_s`` is asked again with
+    four times the wait before it is taken as empty, so a slow answer is not mistaken for an
+    empty log (which would read as zero lag). Use it for lag: ``lag = tail - checkpoint``.
 
     Args:
         settings: broker endpoint and partition count.
@@ -369,5 +369,9 @@ async def read_tail_offsets(
     Raises:
         Exception: whatever rstream raises when the broker or a stream is unreachable.
     """
-    chosen = range(settings.partitions) if partitions is None else partitions
-    return await _probe_tails(settings, chosen, wait_s)
+    chosen = list(range(settings.partitions) if partitions is None else partitions)
+    tails = await _probe_tails(settings, chosen, wait_s)
+    silent = [p for p, tail in tails.items() if tail < 0]
+    if silent:
+        tails.update(await _probe_tails(settings, silent, wait_s * 4))
+    return tails

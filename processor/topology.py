@@ -46,7 +46,8 @@ def declare_topology(settings: Settings) -> list[str]:
 
     Raises:
         TopologyError: the broker refused a declaration (for example an existing stream with
-            other retention arguments, or the consistent-hash plugin not enabled).
+            other retention arguments, or the consistent-hash plugin not enabled), or it already
+            has a different number of partition streams.
     """
     streams = [stream_name(p) for p in range(settings.partitions)]
     try:
@@ -54,6 +55,7 @@ def declare_topology(settings: Settings) -> list[str]:
     except pika.exceptions.AMQPError as exc:
         raise TopologyError(f"cannot connect to the broker at {settings.amqp.host}: {exc}") from exc
     try:
+        _check_partition_count(connection, settings.partitions)
         channel = connection.channel()
         # A plugin exchange type: types-pika only knows the built-in ones.
         exchange_type: Any = "x-consistent-hash"
@@ -74,3 +76,40 @@ def declare_topology(settings: Settings) -> list[str]:
             connection.close()
     log.info("topology ready: exchange %s, %d partition streams", EXCHANGE, len(streams))
     return streams
+
+
+def _stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    channel.close()
+    return True
+
+
+def _check_partition_count(connection: pika.BlockingConnection, partitions: int) -> None:
+    """Refuse a ``PARTITIONS`` that differs from the streams the broker already has.
+
+    Changing the count changes the hash ring: users would move to other partitions and their
+    events would no longer be in one log in order.
+
+    Raises:
+        TopologyError: the vhost has ``events.p{partitions}`` (more partitions), or has
+            ``events.p000`` but not ``events.p{partitions - 1}`` (fewer).
+    """
+    if _stream_exists(connection, stream_name(partitions)):
+        raise TopologyError(
+            f"the broker already has stream {stream_name(partitions)}: this deployment has more "
+            f"than PARTITIONS={partitions} partitions; set PARTITIONS to the existing count"
+        )
+    if _stream_exists(connection, stream_name(0)) and not _stream_exists(
+        connection, stream_name(partitions - 1)
+    ):
+        raise TopologyError(
+            f"the broker has {stream_name(0)} but not {stream_name(partitions - 1)}: this "
+            f"deployment has fewer than PARTITIONS={partitions} partitions; changing the count "
+            "would move users to other partitions (drain, then re-create the topology)"
+        )

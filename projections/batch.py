@@ -16,7 +16,7 @@ A crash anywhere before COMMIT leaves nothing behind; the batch is read again an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -56,10 +56,15 @@ class OffsetGap(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One message of a partition stream: its offset (0-based, per stream) and raw body bytes."""
+    """One message of a partition stream: its offset (0-based, per stream) and raw body bytes.
+
+    ``error`` is set when the stream entry could not even be read as a message (it is then
+    dead-lettered with that reason and ``body`` holds the raw entry).
+    """
 
     offset: int
     body: bytes
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +112,31 @@ def _readable_event_id(body: bytes) -> str | None:
 
 
 def decode_records(
-    partition: int, records: Sequence[LogRecord]
+    partition: int,
+    records: Sequence[LogRecord],
+    poisoned: Mapping[int, str] | None = None,
 ) -> tuple[list[tuple[Event, int]], list[DeadLetter]]:
-    """Decode a batch: ``(valid (event, offset) in log order, dead letters)``. Pure, no I/O."""
+    """Decode a batch: ``(valid (event, offset) in log order, dead letters)``. Pure, no I/O.
+
+    Records with an ``error``, and those whose offset is in ``poisoned`` (offset -> reason), are
+    dead letters whatever their body holds.
+    """
     valid: list[tuple[Event, int]] = []
     dead: list[DeadLetter] = []
     for record in records:
+        reason = record.error or (poisoned or {}).get(record.offset)
+        if reason is not None:
+            dead.append(
+                DeadLetter(
+                    partition=partition,
+                    offset=record.offset,
+                    event_id=_readable_event_id(record.body),
+                    field="",
+                    reason=_storable(reason),
+                    raw=record.body,
+                )
+            )
+            continue
         try:
             valid.append((decode_event(record.body), record.offset))
         except EventValidationError as error:
@@ -133,9 +157,14 @@ _LOCK_CHECKPOINT: Final = (
     "SELECT committed_offset, lease_epoch FROM checkpoints WHERE partition = %s FOR UPDATE"
 )
 _ADVANCE_CHECKPOINT: Final = (
-    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now() "
+    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(), "
+    "applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s "
     "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
 )
+_EARLIER_USES: Final = """
+SELECT event_id::text, user_id, partition, log_offset FROM applied_events
+WHERE event_id = ANY(%s::uuid[])
+"""
 _LOG_COMMIT: Final = """
 INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
                             dead_lettered, committed_at)
@@ -211,6 +240,7 @@ def apply_batch(
     owner: str,
     *,
     lease_epoch: int | None = None,
+    poisoned: Mapping[int, str] | None = None,
 ) -> BatchResult:
     """Apply ``records`` (one partition, in log order) in one transaction.
 
@@ -224,6 +254,8 @@ def apply_batch(
         lease_epoch: the fencing token the owner got with its lease; the batch commits only
             while the checkpoint row still carries it, and is written to ``checkpoint_log``.
             None (replay into a shadow schema) checks no epoch and logs nothing.
+        poisoned: offsets to dead-letter with the given reason instead of applying them (the
+            owner found that the database rejects them, e.g. a value out of its range).
 
     Returns:
         The counts of the committed batch.
@@ -244,9 +276,9 @@ def apply_batch(
                 f"offset {previous}"
             )
         previous = record.offset
-    valid, dead = decode_records(partition, records)
+    valid, dead = decode_records(partition, records, poisoned)
     last_offset = records[-1].offset
-    result = BatchResult(partition, records[0].offset, last_offset, dead_lettered=len(dead))
+    result = BatchResult(partition, records[0].offset, last_offset)
 
     # The first occurrence of an event id in the batch wins; later ones are duplicates.
     first_seen: dict[str, tuple[Event, int]] = {}
@@ -283,8 +315,11 @@ def apply_batch(
             new_ids = {r[0] for r in cur.fetchall()}
         to_apply = [(e, o) for key, (e, o) in first_seen.items() if key in new_ids]
         to_apply.sort(key=lambda pair: pair[1])
+        bodies = {record.offset: record.body for record in records}
+        dead.extend(_reused_event_ids(cur, partition, first_seen, new_ids, bodies))
         result.applied = len(to_apply)
         result.duplicates = len(valid) - len(to_apply)
+        result.dead_lettered = len(dead)
         result.applied_events = to_apply
 
         if to_apply:
@@ -303,7 +338,16 @@ def apply_batch(
             )
         cur.execute(
             _ADVANCE_CHECKPOINT,
-            (last_offset, owner, partition, expected_checkpoint, lease_epoch, lease_epoch),
+            (
+                last_offset,
+                owner,
+                result.applied,
+                result.dead_lettered,
+                partition,
+                expected_checkpoint,
+                lease_epoch,
+                lease_epoch,
+            ),
         )
         if cur.rowcount != 1:
             raise CheckpointConflict(partition, expected_checkpoint, None)
@@ -321,6 +365,44 @@ def apply_batch(
                 ),
             )
     return result
+
+
+def _reused_event_ids(
+    cur: psycopg.Cursor,
+    partition: int,
+    first_seen: Mapping[str, tuple[Event, int]],
+    new_ids: set[str],
+    bodies: Mapping[int, bytes],
+) -> list[DeadLetter]:
+    """Dead letters for ids already applied for *another* user: a producer reused an event id.
+
+    A redelivery (same user, same id) stays a silent no-op; a reuse for another user would
+    otherwise vanish without trace, and which copy wins would depend on partition timing.
+    """
+    repeated = [key for key in first_seen if key not in new_ids]
+    if not repeated:
+        return []
+    dead = []
+    for event_id, user_id, earlier_partition, earlier_offset in cur.execute(
+        _EARLIER_USES, (repeated,)
+    ):
+        event, offset = first_seen[event_id]
+        if user_id == event.user_id:
+            continue
+        dead.append(
+            DeadLetter(
+                partition=partition,
+                offset=offset,
+                event_id=event.event_id,
+                field="event_id",
+                reason=_storable(
+                    f"event_id already applied for another user ({user_id!r}, partition "
+                    f"{earlier_partition}, offset {earlier_offset}); not applied"
+                ),
+                raw=bodies[offset],
+            )
+        )
+    return dead
 
 
 def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: BatchResult) -> None:
@@ -379,8 +461,23 @@ def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: Bat
         )
 
 
+class PartitionCountMismatch(RuntimeError):
+    """The database holds checkpoints for more partitions than configured (``PARTITIONS``)."""
+
+
 def ensure_checkpoints(conn: psycopg.Connection, partitions: int) -> None:
-    """Create the checkpoint rows 0..partitions-1 (offset -1) that do not exist yet."""
+    """Create the checkpoint rows 0..partitions-1 (offset -1) that do not exist yet.
+
+    Raises:
+        PartitionCountMismatch: rows exist for partitions >= ``partitions``: the deployment was
+            created with more partitions, and fewer would leave some unread.
+    """
+    row = conn.execute("SELECT max(partition) FROM checkpoints").fetchone()
+    if row is not None and row[0] is not None and int(row[0]) >= partitions:
+        raise PartitionCountMismatch(
+            f"the database has checkpoints for {int(row[0]) + 1} partitions but PARTITIONS="
+            f"{partitions}; set PARTITIONS to the deployment's count"
+        )
     with conn.transaction():
         conn.execute(
             "INSERT INTO checkpoints (partition) SELECT generate_series(0, %s - 1) "

@@ -24,6 +24,7 @@ from projections.fold import level_of
 from projections.tables import (
     SENTIMENT_COLUMNS,
     applied_events,
+    checkpoints,
     dead_letters,
     friendships,
     topic_metrics,
@@ -300,10 +301,14 @@ def event_status(conn: Connection, event_id: str) -> EventStatus | None:
 
 
 def totals(conn: Connection) -> Totals:
-    """Events applied (rows of ``applied_events``) and dead letters, in one round trip."""
-    applied = select(func.count()).select_from(applied_events).scalar_subquery()
-    dead = select(func.count()).select_from(dead_letters).scalar_subquery()
-    row = conn.execute(select(applied.label("applied"), dead.label("dead"))).one()
+    """Events applied and dead letters: the per-partition counters that advance with each
+    checkpoint (a sum over the partitions, not a count over every event)."""
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(checkpoints.c.applied_count), 0).label("applied"),
+            func.coalesce(func.sum(checkpoints.c.dead_lettered_count), 0).label("dead"),
+        )
+    ).one()
     return Totals(events_applied=int(row.applied), dead_lettered=int(row.dead))
 
 

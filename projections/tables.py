@@ -45,6 +45,9 @@ checkpoints: Final = Table(
     # Fencing token: raised each time a process takes the partition's lease; a batch commits
     # only under the epoch its owner took (see projections.batch).
     Column("lease_epoch", BigInteger, nullable=False, server_default="0"),
+    # Events applied and dead-lettered in this partition, advanced with the checkpoint.
+    Column("applied_count", BigInteger, nullable=False, server_default="0"),
+    Column("dead_lettered_count", BigInteger, nullable=False, server_default="0"),
 )
 
 #: One row per committed live batch: which owner, under which lease epoch, committed which

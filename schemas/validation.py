@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Final
 
 import msgspec
@@ -52,14 +53,28 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
 
     Raises:
         EventValidationError: not JSON, not an object, a missing or wrongly typed field, an unknown
-            ``type``, an out-of-range value or a naive timestamp (CONTRACT.md section 4).
+            ``type``, an out-of-range value, a naive timestamp or one whose instant falls outside
+            years 1-9999 in UTC (CONTRACT.md section 4).
     """
     try:
-        return _DECODER.decode(body)
+        event: Event = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
         raise _to_validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise EventValidationError("", f"not valid JSON: {exc}") from exc
+    _check_utc_range(event)
+    return event
+
+
+def _check_utc_range(event: Event) -> None:
+    """The instant must exist in UTC between years 1 and 9999 (``9999-12-31T23:59:59-01:00``
+    does not: it is in year 10000 in UTC, which no timestamp store can hold)."""
+    try:
+        event.occurred_at.astimezone(UTC)
+    except OverflowError as exc:
+        raise EventValidationError(
+            "occurred_at", "out of range: the instant in UTC must lie in years 0001-9999"
+        ) from exc
 
 
 def decode_event_batch(

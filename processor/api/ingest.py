@@ -27,7 +27,6 @@ from litestar.openapi.spec import (
 )
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
-    HTTP_400_BAD_REQUEST,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -107,7 +106,7 @@ def count_items(body: bytes) -> int:
     """How many events a body holds: its array length, or 1 for any other JSON value.
 
     Raises:
-        ApiError: 400 ``invalid_json`` when the body is not JSON.
+        ApiError: 422 ``invalid_json`` when the body is not JSON (CONTRACT §5: invalid is 422).
     """
     try:
         if body.lstrip().startswith(b"["):
@@ -115,7 +114,7 @@ def count_items(body: bytes) -> int:
         _RAW_VALUE.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(
-            HTTP_400_BAD_REQUEST, "invalid_json", f"the request body is not JSON: {exc}"
+            HTTP_422_UNPROCESSABLE_ENTITY, "invalid_json", f"the request body is not JSON: {exc}"
         ) from exc
     return 1
 
@@ -124,7 +123,7 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     """Decode and validate every item of an ingest body into events to publish, in order.
 
     Raises:
-        ApiError: 400 ``invalid_json`` (not JSON), 422 ``too_many_events`` (more than
+        ApiError: 422 ``invalid_json`` (not JSON), 422 ``too_many_events`` (more than
             ``MAX_EVENTS``) or 422 ``invalid_events`` with ``details`` = one
             ``{"index", "field", "reason"}`` per invalid item (index 0 for a single object).
     """
@@ -157,14 +156,14 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     summary="Publish events",
     description=__doc__,
     tags=["ingest"],
-    responses=error_responses(400, 413, 422, 503),
+    responses=error_responses(413, 422, 503),
 )
 async def post_events(
     request: Request[Any, Any, Any], ctx: NamedDependency[ApiContext]
 ) -> Accepted:
     """Validate the body's events and publish them; answer once the broker confirmed all.
 
-    Errors: 400 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
+    Errors: 422 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
     ``invalid_events``, 503 ``broker_unavailable`` (nothing published) / ``publish_failed``
     (some may be published; retrying the same events is safe).
     """

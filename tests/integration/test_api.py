@@ -226,7 +226,7 @@ def test_oversized_body_is_413(client: TestClient[Any]) -> None:
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b'[{"a": 1}', b'{"a": 1} trailing'])
 def test_body_that_is_not_json_is_400(client: TestClient[Any], body: bytes) -> None:
-    assert_error(client.post("/v1/events", content=body), 400, "invalid_json")
+    assert_error(client.post("/v1/events", content=body), 422, "invalid_json")
 
 
 def test_json_that_is_not_an_event_is_422(client: TestClient[Any]) -> None:

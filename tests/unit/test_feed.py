@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from processor.errors import LogTruncated
+from processor.errors import LogStartUnknown, LogTruncated
 from processor.feed import BUFFERED_BATCHES, PartitionFeed
 
 
@@ -151,3 +151,47 @@ def test_a_full_feed_pushes_back_until_a_worker_takes_a_batch(
 
 async def _await(awaitable: object) -> None:
     await awaitable  # type: ignore[misc]
+
+
+def test_a_failing_log_start_check_stops_the_partition_instead_of_skipping(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def broken_probe(_partition: int) -> int | None:
+        raise ConnectionError("broker went away")
+
+    feed = PartitionFeed(
+        3,
+        next_offset=10,
+        batch_size=10,
+        batch_wait_s=0.005,
+        loop=loop,
+        on_ready=lambda: None,
+        first_offset_probe=broken_probe,
+    )
+    offer_all(loop, feed, [(12, b"after a hole")])
+    assert isinstance(feed.error, LogStartUnknown)
+    assert feed.take(10) == []
+    assert feed.next_offset == 10  # nothing was skipped: a new owner resumes at 10
+
+
+def test_no_answer_about_the_log_start_is_not_taken_as_not_truncated(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, next_offset=10, first_available=None)
+    offer_all(loop, feed, [(12, b"after a hole")])
+    assert isinstance(feed.error, LogStartUnknown)
+
+
+def test_an_unreadable_entry_is_kept_with_its_reason_for_the_dead_letters(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, next_offset=0, batch_size=10)
+    offer_all(loop, feed, [(0, b"ok")])
+    waiting = feed.offer_unreadable(1, b"\x01raw", "stream entry is not an AMQP 1.0 message")
+    assert waiting is None
+    records = feed.take(10)
+    assert [(r.offset, r.error) for r in records] == [
+        (0, None),
+        (1, "stream entry is not an AMQP 1.0 message"),
+    ]
+    assert records[1].body == b"\x01raw"
