@@ -105,7 +105,7 @@ def _readable_event_id(body: bytes) -> str | None:
     """The ``event_id`` of an invalid body when it is a readable string, else None."""
     try:
         decoded = _EVENT_ID_PROBE.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
         return None
     value = decoded.get("event_id")
     return _storable(value[:64]) if isinstance(value, str) else None
@@ -163,7 +163,7 @@ _ADVANCE_CHECKPOINT: Final = (
 )
 _EARLIER_USES: Final = """
 SELECT event_id::text, user_id, partition, log_offset FROM applied_events
-WHERE event_id = ANY(%s::uuid[])
+WHERE event_id = ANY(%b::uuid[])
 """
 _LOG_COMMIT: Final = """
 INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
@@ -172,39 +172,39 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
 """
 _RECORD_EVENT_IDS: Final = """
 INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
-SELECT * FROM unnest(%s::uuid[], %s::int[], %s::bigint[], %s::text[], %s::text[],
-                     %s::timestamptz[])
+SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
+                     %b::timestamptz[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
 """
 _LOCK_FRIENDSHIPS: Final = """
 SELECT user_id, score, events_applied, last_event_at FROM friendships
-WHERE user_id = ANY(%s::text[]) ORDER BY user_id FOR UPDATE
+WHERE user_id = ANY(%b::text[]) ORDER BY user_id FOR UPDATE
 """
 _SENTIMENT_LIST: Final = ", ".join(SENTIMENT_COLUMNS)
 _LOCK_TOPICS: Final = f"""
 SELECT t.user_id, t.topic, t.conversations, t.turns, t.duration_s, {_SENTIMENT_LIST},
        t.last_discussed_at
 FROM topic_metrics t
-JOIN unnest(%s::text[], %s::text[]) AS k(user_id, topic)
+JOIN unnest(%b::text[], %b::text[]) AS k(user_id, topic)
   ON t.user_id = k.user_id AND t.topic = k.topic
 ORDER BY t.user_id, t.topic FOR UPDATE OF t
 """
 _UPSERT_FRIENDSHIPS: Final = """
 INSERT INTO friendships (user_id, score, events_applied, last_event_at)
-SELECT * FROM unnest(%s::text[], %s::smallint[], %s::bigint[], %s::timestamptz[])
+SELECT * FROM unnest(%b::text[], %b::smallint[], %b::bigint[], %b::timestamptz[])
 ON CONFLICT (user_id) DO UPDATE SET
   score = excluded.score,
   events_applied = excluded.events_applied,
   last_event_at = excluded.last_event_at
 """
-_SENTIMENT_ARRAYS: Final = ", ".join("%s::bigint[]" for _ in SENTIMENT_COLUMNS)
+_SENTIMENT_ARRAYS: Final = ", ".join("%b::bigint[]" for _ in SENTIMENT_COLUMNS)
 _SENTIMENT_SET: Final = ",\n  ".join(f"{c} = excluded.{c}" for c in SENTIMENT_COLUMNS)
 _UPSERT_TOPICS: Final = f"""
 INSERT INTO topic_metrics (user_id, topic, conversations, turns, duration_s, {_SENTIMENT_LIST},
                            last_discussed_at)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[],
-                     {_SENTIMENT_ARRAYS}, %s::timestamptz[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::float8[],
+                     {_SENTIMENT_ARRAYS}, %b::timestamptz[])
 ON CONFLICT (user_id, topic) DO UPDATE SET
   conversations = excluded.conversations,
   turns = excluded.turns,
@@ -214,7 +214,7 @@ ON CONFLICT (user_id, topic) DO UPDATE SET
 """
 _INSERT_DEAD_LETTERS: Final = """
 INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw)
-SELECT * FROM unnest(%s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::bytea[])
+SELECT * FROM unnest(%b::int[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bytea[])
 ON CONFLICT (partition, log_offset) DO NOTHING
 """
 
