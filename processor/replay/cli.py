@@ -1,0 +1,77 @@
+"""``python -m processor replay``: the command's behaviour (``processor.cli`` declares its flags).
+
+Exit codes: 0 success (``--verify``: identical), 1 failure or (``--verify``) differences,
+2 usage or configuration error (as every command).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+
+from rich.console import Console
+
+from processor.replay.history import read_user_history, user_partitions
+from processor.replay.progress import ReplayProgress
+from processor.replay.reader import DEFAULT_CREDIT
+from processor.replay.report import print_history, print_report
+from processor.replay.run import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, ReplayOptions, swap, verify
+from processor.settings import Settings
+from projections.database import connect
+from projections.fold import Friendship
+
+OK: Final = 0
+#: Failure, or ``--verify`` found differences.
+DIFFERENT: Final = 1
+#: Columns of the report when stdout is not a terminal.
+PIPE_WIDTH: Final = 200
+
+
+def options_from(args: argparse.Namespace) -> ReplayOptions:
+    """The run options of the parsed flags (0 = the default)."""
+    return ReplayOptions(
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        threads=args.threads or DEFAULT_THREADS,
+        credit=args.credit or DEFAULT_CREDIT,
+        measure_read=not args.no_read_rate,
+        drop_replaced=args.drop_replaced,
+    )
+
+
+def _live_friendship(settings: Settings, user_id: str) -> tuple[Friendship | None, list[int]]:
+    with connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT score, events_applied, last_event_at FROM friendships WHERE user_id = %s",
+            (user_id,),
+        ).fetchone()
+        partitions = user_partitions(conn, user_id)
+    live = None if row is None else Friendship(int(row[0]), int(row[1]), row[2])
+    return live, partitions
+
+
+def run_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Run ``replay --verify``, ``--swap`` or ``--user ID``; returns the exit code."""
+    out = Console()
+    if not out.is_terminal:  # a file or a pipe: no 80-column wrapping of tables and lines
+        out = Console(width=max(out.width, PIPE_WIDTH))
+    options = options_from(args)
+    if args.user is not None:
+        live, partitions = _live_friendship(settings, args.user)
+        history = read_user_history(
+            settings,
+            args.user,
+            partitions or range(settings.partitions),
+            credit=options.credit,
+        )
+        print_history(out, history, live)
+        return OK
+    with ReplayProgress(Console(stderr=True)) as progress:
+        report = (
+            verify(settings, options, progress)
+            if args.verify
+            else swap(settings, options, progress)
+        )
+    print_report(out, report)
+    if report.comparison is not None and not report.comparison.identical:
+        return DIFFERENT
+    return OK

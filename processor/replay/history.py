@@ -1,0 +1,176 @@
+"""One user's history from the log: every record of the user, in log order, with the score after.
+
+The consistent-hash ring belongs to the broker, so the partition of a user is found from what
+live recorded (``applied_events.partition``); a user live never applied is searched in every
+partition. The records are folded with ``projections.fold`` exactly as a batch does: an event id
+seen before in the partition is a duplicate and changes nothing (a dead letter when another
+user's event had it first), an invalid record is a dead letter (marked when its body names the
+user), and the score is clamped after every change. Ids reused across partitions are not seen
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+import msgspec
+import psycopg
+
+from processor.replay.logstart import ensure_log_complete
+from processor.replay.reader import DEFAULT_CREDIT, LogRange, read_log_ranges
+from processor.settings import Settings
+from processor.streams import read_tail_offsets
+from projections.batch import LogRecord, decode_records
+from projections.fold import (
+    Friendship,
+    clamp_score,
+    evolve_friendship,
+    level_of,
+    score_delta,
+)
+from schemas.events import ConversationCompleted, Event, FriendshipAdjusted, TurnRecorded
+
+_PROBE: Final = msgspec.json.Decoder(dict[str, object])
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLine:
+    """One record of the user.
+
+    ``delta`` is the score change the event asks for (before clamping); ``score`` is the score
+    after it (None for a record that changed nothing: a duplicate or a dead letter).
+    """
+
+    partition: int
+    offset: int
+    occurred_at: datetime | None
+    type: str
+    detail: str
+    delta: int | None
+    score: int | None
+    note: str = ""
+
+
+@dataclass
+class History:
+    """The user's lines in log order and the friendship they fold to."""
+
+    user_id: str
+    lines: list[HistoryLine] = field(default_factory=list)
+    friendship: Friendship = field(default_factory=Friendship)
+    records_scanned: int = 0
+    partitions_scanned: tuple[int, ...] = ()
+
+    @property
+    def level(self) -> str:
+        """The level of the folded score."""
+        return level_of(self.friendship.score)
+
+
+def _detail(event: Event) -> str:
+    if isinstance(event, TurnRecorded):
+        data = event.data
+        return f"{data.topic}: {data.speaker} {data.sentiment}"
+    if isinstance(event, ConversationCompleted):
+        return f"{event.data.topic}: {event.data.rating}, {event.data.turns} turns"
+    assert isinstance(event, FriendshipAdjusted)
+    return event.data.reason
+
+
+def _names_user(body: bytes, user_id: str) -> bool:
+    try:
+        decoded = _PROBE.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return decoded.get("user_id") == user_id
+
+
+class HistoryBuilder:
+    """Folds one user's records out of whole partitions (feed each partition in log order)."""
+
+    def __init__(self, user_id: str) -> None:
+        self.history = History(user_id)
+        self._seen: dict[int, dict[str, tuple[int, str]]] = {}
+
+    def take(self, partition: int, records: Sequence[LogRecord]) -> None:
+        """Take the next records of ``partition`` (every user's; the user's are kept)."""
+        history = self.history
+        history.records_scanned += len(records)
+        seen = self._seen.setdefault(partition, {})
+        valid, dead = decode_records(partition, records)
+        by_offset: dict[int, tuple[Event | None, str]] = {}
+        for event, offset in valid:
+            first, first_user = seen.setdefault(event.event_id.lower(), (offset, event.user_id))
+            if event.user_id != history.user_id:
+                continue
+            note = ""
+            if first != offset and first_user == event.user_id:
+                note = f"duplicate of offset {first}: no effect"
+            elif first != offset:
+                note = f"dead letter: event_id already applied for {first_user!r} at offset {first}"
+            by_offset[offset] = (event, note)
+        for letter in dead:
+            if _names_user(letter.raw, history.user_id):
+                by_offset[letter.offset] = (None, f"dead letter: {letter.field}: {letter.reason}")
+        for offset in sorted(by_offset):
+            found, note = by_offset[offset]
+            history.lines.append(self._line(partition, offset, found, note))
+
+    def _line(self, partition: int, offset: int, event: Event | None, note: str) -> HistoryLine:
+        if event is None:
+            return HistoryLine(partition, offset, None, "-", "", None, None, note)
+        kind = type(event).__struct_config__.tag
+        delta = score_delta(event)
+        if note:
+            return HistoryLine(
+                partition, offset, event.occurred_at, str(kind), _detail(event), delta, None, note
+            )
+        before = self.history.friendship.score
+        self.history.friendship = evolve_friendship(self.history.friendship, event)
+        if clamp_score(before + delta) != before + delta:
+            note = f"clamped from {before + delta}"
+        return HistoryLine(
+            partition,
+            offset,
+            event.occurred_at,
+            str(kind),
+            _detail(event),
+            delta,
+            self.history.friendship.score,
+            note,
+        )
+
+
+def user_partitions(conn: psycopg.Connection, user_id: str) -> list[int]:
+    """The partitions where live applied events of ``user_id`` (empty when none)."""
+    rows = conn.execute(
+        "SELECT DISTINCT partition FROM applied_events WHERE user_id = %s ORDER BY 1", (user_id,)
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def read_user_history(
+    settings: Settings,
+    user_id: str,
+    partitions: Iterable[int],
+    *,
+    credit: int = DEFAULT_CREDIT,
+) -> History:
+    """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records.
+
+    Raises:
+        LogIncomplete: a partition's log is truncated (the history would be partial).
+    """
+    chosen = sorted(set(partitions))
+    tails: Mapping[int, int] = asyncio.run(read_tail_offsets(settings, chosen))
+    ensure_log_complete(settings, {}, tails)
+    builder = HistoryBuilder(user_id)
+    ranges = [LogRange(p, 0, tail) for p, tail in sorted(tails.items()) if tail >= 0]
+    read_log_ranges(settings, ranges, builder.take, batch_size=5_000, credit=credit)
+    builder.history.lines.sort(key=lambda line: (line.partition, line.offset))
+    builder.history.partitions_scanned = tuple(chosen)
+    return builder.history

@@ -1,0 +1,138 @@
+"""Replay progress: one rich progress bar per phase (events, events/s, ETA) and the rate lines.
+
+Bars go to stderr so that stdout carries only the report. Rates are events per second measured
+on the monotonic clock; nothing here reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class _RateColumn(ProgressColumn):
+    """``12,345 events/s``: the phase's records over its elapsed time (``rate`` field)."""
+
+    def render(self, task: Task) -> Text:
+        value = float(task.fields.get("rate", 0.0))
+        return Text(f"{value:>8,.0f} events/s", style="progress.data.speed")
+
+
+@dataclass
+class Phase:
+    """One phase's counters (records read or applied, seconds on the monotonic clock)."""
+
+    name: str
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+
+    @property
+    def records_per_s(self) -> float:
+        """Records per second of the phase (0 when it took no time)."""
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ReplayProgress:
+    """The bars of one replay run and the counters behind its final line.
+
+    Use as a context manager; ``phase()`` starts a bar, ``advance()`` moves it (thread-safe).
+    """
+
+    console: Console
+    phases: list[Phase] = field(default_factory=list)
+    _progress: Progress | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> ReplayProgress:
+        self._progress = Progress(
+            TextColumn("{task.description:<17}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            speed_estimate_period=5.0,
+        )
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def phase(self, name: str, total: int) -> PhaseBar:
+        """Start a bar of ``total`` records (an upper bound: offsets may have holes)."""
+        phase = Phase(name)
+        self.phases.append(phase)
+        task = self._progress.add_task(name, total=total, rate=0.0) if self._progress else None
+        return PhaseBar(self, phase, task)
+
+    def _advance(self, task: TaskID | None, records: int, rate: float) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, advance=records, rate=rate)
+
+    def _finish(self, task: TaskID | None, records: int) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, total=max(records, 1), completed=max(records, 1))
+            self._progress.stop_task(task)
+
+
+@dataclass
+class PhaseBar:
+    """A running phase: ``advance`` from any thread, ``finish`` once, from the caller."""
+
+    owner: ReplayProgress
+    phase: Phase
+    task: TaskID | None
+    started: float = field(default_factory=time.monotonic)
+
+    def advance(self, records: int, applied: int = 0, duplicates: int = 0, dead: int = 0) -> None:
+        """Count ``records`` done (of which applied, duplicates and dead-lettered)."""
+        with self.owner._lock:
+            self.phase.records += records
+            self.phase.applied += applied
+            self.phase.duplicates += duplicates
+            self.phase.dead_lettered += dead
+            elapsed = time.monotonic() - self.started
+            speed = self.phase.records / elapsed if elapsed > 0 else 0.0
+        self.owner._advance(self.task, records, speed)
+
+    def finish(self) -> Phase:
+        """Stop the clock and the bar; returns the phase's counters."""
+        self.phase.seconds = time.monotonic() - self.started
+        self.owner._finish(self.task, self.phase.records)
+        return self.phase
+
+
+def rate(records: int, seconds: float) -> str:
+    """``"12,345 events/s"`` (``"-"`` when nothing was timed)."""
+    if seconds <= 0 or records == 0:
+        return "-"
+    return f"{records / seconds:,.0f} events/s"

@@ -1,0 +1,411 @@
+"""A replay run: rebuild into a shadow schema, catch up with live, then verify or swap.
+
+Phases (each a progress bar):
+
+1. *prepare*: read the live checkpoints ``L0`` and the stream tails; refuse a truncated log
+   (``LogIncomplete``); create the shadow schema ``replay_<id>``.
+2. *raw read* (optional): read offsets ``0..L0`` of every partition without the database, to
+   report the raw stream read rate of the same records next to the replay rate.
+3. *rebuild*: read ``0..L0`` and apply it to the shadow with ``apply_batch`` in large batches.
+4. *catch-up*: while live moved on by more than ``final_gap`` offsets, apply up to its current
+   checkpoints (live keeps running; nothing waits for replay).
+5. *final*, in ONE transaction on the shadow connection:
+   - verify: ``REPEATABLE READ``. Its first statement reads the live checkpoints ``L``, fixing a
+     snapshot where live is exactly at ``L`` (every live batch commits checkpoint and effects
+     together). The remaining records up to ``L`` are applied to the shadow in the same
+     transaction, which sees its own writes, and the comparison runs there. Live never pauses.
+   - swap: the live checkpoint rows are locked ``FOR UPDATE`` (live owners' next batch waits on
+     that lock: the fence). The remaining records up to those checkpoints are applied to the
+     shadow, the shadow's checkpoints must equal live's, and the tables are swapped
+     (``shadow.swap_tables``). After COMMIT the waiting owners go on from the same checkpoints,
+     so nothing is skipped or applied twice. Live writes pause for this step only.
+6. the shadow schema is dropped (after a swap it holds only its checkpoint rows).
+
+Nothing here reads the wall clock: durations come from the monotonic clock, and what is written
+depends on the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final
+
+import psycopg
+
+from processor.replay.applier import ShadowApplier, apply_replayed_batch
+from processor.replay.compare import Comparison, compare_projections
+from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift, SwapRefused
+from processor.replay.logstart import ensure_log_complete
+from processor.replay.progress import Phase, ReplayProgress
+from processor.replay.reader import (
+    DEFAULT_CREDIT,
+    LogRange,
+    ranges_between,
+    read_log_ranges,
+    read_log_ranges_into_memory,
+)
+from processor.replay.shadow import (
+    REPLACED_SUFFIX,
+    analyze,
+    connect_shadow,
+    create_shadow,
+    drop_schema,
+    ensure_migrated,
+    live_schema,
+    new_run_id,
+    read_checkpoints,
+    replaced_schema,
+    replay_schemas,
+    schema_differences,
+    shadow_schema,
+    swap_tables,
+)
+from processor.settings import Settings
+from processor.streams import read_tail_offsets
+from projections.batch import LogRecord
+from projections.database import connect
+
+log = logging.getLogger(__name__)
+
+#: Records per transaction when replaying (live uses ``BATCH_SIZE``, 2000 by default).
+DEFAULT_BATCH_SIZE: Final = 10_000
+#: Worker threads applying batches to the shadow.
+DEFAULT_THREADS: Final = 2
+#: Advisory lock (class, key) held by a swapping replay: one swap at a time per database.
+SWAP_LOCK: Final = (0x7270, 0)  # "rp"
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How a replay runs.
+
+    Attributes:
+        batch_size: records per shadow transaction.
+        threads: worker threads applying batches (partitions in parallel).
+        credit: chunks in flight per stream subscription.
+        measure_read: also read the log without the database, to report the raw read rate.
+        drop_replaced: after a swap, drop the replaced tables instead of keeping them.
+        catch_up_rounds: most catch-up rounds before the final step.
+        final_gap: offsets the final step may still have to apply (under the snapshot or, for
+            a swap, while live writes wait); more than this triggers another catch-up round.
+        lock_timeout_s: longest wait, in seconds, for the swap's table locks (readers).
+        checkpoint_lock_timeout_s: longest wait for the live checkpoint rows (batches in flight).
+        swap_attempts: tries of the final swap step when its locks time out.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    threads: int = DEFAULT_THREADS
+    credit: int = DEFAULT_CREDIT
+    measure_read: bool = True
+    drop_replaced: bool = False
+    catch_up_rounds: int = 10
+    final_gap: int = 20_000
+    lock_timeout_s: float = 5.0
+    checkpoint_lock_timeout_s: float = 60.0
+    swap_attempts: int = 3
+
+
+@dataclass
+class ReplayReport:
+    """What a run did: its schemas, where it ended, each phase's counters, and the outcome."""
+
+    run_id: str
+    mode: str
+    live_schema: str
+    checkpoints: dict[int, int] = field(default_factory=dict)
+    raw_read: Phase | None = None
+    phases: list[Phase] = field(default_factory=list)
+    comparison: Comparison | None = None
+    replaced_schema: str | None = None
+    seconds: float = 0.0
+    #: Seconds the swap held the live checkpoint rows (live writes paused), None without a swap.
+    paused_s: float | None = None
+
+    @property
+    def replayed(self) -> Phase:
+        """All replay phases added up (records, applied, duplicates, dead letters, seconds)."""
+        total = Phase("replay")
+        for phase in self.phases:
+            total.records += phase.records
+            total.applied += phase.applied
+            total.duplicates += phase.duplicates
+            total.dead_lettered += phase.dead_lettered
+            total.seconds += phase.seconds
+        return total
+
+
+class _Run:
+    """One replay's shadow schema, its checkpoints and the steps on it (see the module doc)."""
+
+    def __init__(self, settings: Settings, options: ReplayOptions, progress: ReplayProgress):
+        self.settings = settings
+        self.options = options
+        self.progress = progress
+        self.run_id = new_run_id()
+        self.shadow = shadow_schema(self.run_id)
+        self.owner = f"replay {self.run_id}"
+        self.conn = connect(
+            settings.database_url, application_name=f"friendship-stream {self.owner}"
+        )
+        self.live = live_schema(self.conn)
+        self.checkpoints: dict[int, int] = {}
+        self.report = ReplayReport(self.run_id, "", self.live)
+        self._created = False
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._created:
+                drop_schema(self.settings.database_url, self.shadow)
+        finally:
+            self.conn.close()
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def prepare(self) -> dict[int, int]:
+        """Live checkpoints ``L0``, log completeness, the shadow schema; returns ``L0``."""
+        ensure_migrated(self.conn)
+        leftovers = [s for s in replay_schemas(self.conn) if not s.endswith(REPLACED_SUFFIX)]
+        if leftovers:
+            log.warning(
+                "replay schemas exist already (another replay is running, or a killed one left "
+                "them; DROP SCHEMA <name> CASCADE frees them): %s",
+                ", ".join(leftovers),
+            )
+        live0 = read_checkpoints(self.conn, self.live)
+        partitions = sorted(set(range(self.settings.partitions)) | set(live0))
+        tails = asyncio.run(read_tail_offsets(self.settings, partitions))
+        ensure_log_complete(self.settings, live0, tails)
+        create_shadow(self.settings.database_url, self.shadow, len(partitions))
+        self._created = True
+        self.checkpoints = dict.fromkeys(partitions, -1)
+        log.info("replay %s: shadow schema %s, live schema %s", self.run_id, self.shadow, self.live)
+        return {p: live0.get(p, -1) for p in partitions}
+
+    def check_schema(self, *, strict: bool) -> None:
+        """Compare live's table definitions with the shadow's (``projections.tables``).
+
+        Raises:
+            SchemaDrift: they differ and ``strict`` (a swap would lose what only live has).
+        """
+        differences = schema_differences(self.conn, self.live, self.shadow)
+        if not differences:
+            return
+        listed = "; ".join(differences[:10])
+        if strict:
+            raise SchemaDrift(
+                f"the live tables differ from projections/tables.py, refusing to swap: {listed}"
+            )
+        log.warning("live tables differ from projections/tables.py: %s", listed)
+
+    def raw_read(self, ranges: Sequence[LogRange]) -> None:
+        """Read ``ranges`` without the database: the raw stream read rate of the same records."""
+        bar = self.progress.phase("read only (no db)", sum(r.span for r in ranges))
+
+        def count(_partition: int, batch: list[LogRecord]) -> None:
+            bar.advance(len(batch))
+
+        read_log_ranges(
+            self.settings,
+            ranges,
+            count,
+            batch_size=self.options.batch_size,
+            credit=self.options.credit,
+        )
+        self.report.raw_read = bar.finish()
+
+    def apply(self, ranges: Sequence[LogRange], name: str) -> None:
+        """Read ``ranges`` and apply them to the shadow with the worker threads."""
+        if not ranges:
+            return
+        bar = self.progress.phase(name, sum(r.span for r in ranges))
+        options = self.options
+        with ShadowApplier(
+            self.settings.database_url,
+            self.shadow,
+            self.checkpoints,
+            threads=options.threads,
+            owner=self.owner,
+            on_applied=lambda r, n: bar.advance(n, r.applied, r.duplicates, r.dead_lettered),
+            max_pending_records=options.batch_size * max(4, 2 * options.threads),
+        ) as applier:
+            read_log_ranges(
+                self.settings,
+                ranges,
+                applier.deliver,
+                batch_size=options.batch_size,
+                credit=options.credit,
+                check=applier.check,
+            )
+            applier.drain()
+        self.report.phases.append(bar.finish())
+
+    def rebuild(self, live0: Mapping[int, int]) -> None:
+        """Raw read (optional), rebuild up to ``live0``, then catch up while live moves on."""
+        ranges = ranges_between(self.checkpoints, live0)
+        if self.options.measure_read:
+            self.raw_read(ranges)
+        self.apply(ranges, "rebuild")
+        for round_number in range(1, self.options.catch_up_rounds + 1):
+            live = read_checkpoints(self.conn, self.live)
+            self._check_not_behind(live)
+            ranges = ranges_between(self.checkpoints, live)
+            if sum(r.span for r in ranges) <= self.options.final_gap:
+                return
+            self.apply(ranges, f"catch-up {round_number}")
+
+    def final_apply(self, conn: psycopg.Connection, live: Mapping[int, int]) -> None:
+        """Apply the records up to ``live`` to the shadow inside ``conn``'s transaction, then
+        check that the shadow's checkpoints equal ``live``.
+
+        Raises:
+            ReplayError: the shadow's checkpoints differ from ``live`` afterwards (a bug).
+        """
+        self._check_not_behind(live)
+        ranges = ranges_between(self.checkpoints, live)
+        if ranges:
+            bar = self.progress.phase("final catch-up", sum(r.span for r in ranges))
+            records = read_log_ranges_into_memory(self.settings, ranges, credit=self.options.credit)
+            size = self.options.batch_size
+            for partition, partition_records in sorted(records.items()):
+                for start in range(0, len(partition_records), size):
+                    batch = partition_records[start : start + size]
+                    expected = self.checkpoints[partition]
+                    result = apply_replayed_batch(conn, partition, batch, expected, self.owner)
+                    self.checkpoints[partition] = result.last_offset
+                    bar.advance(len(batch), result.applied, result.duplicates, result.dead_lettered)
+            self.report.phases.append(bar.finish())
+        reached = read_checkpoints(conn, self.shadow)
+        wrong = {p: (reached.get(p), o) for p, o in live.items() if reached.get(p) != o}
+        if wrong:
+            raise ReplayError(
+                "the rebuild did not end at the live checkpoints "
+                f"(partition: (rebuild, live)): {wrong}"
+            )
+
+    def _check_not_behind(self, live: Mapping[int, int]) -> None:
+        behind = {
+            p: (o, self.checkpoints.get(p, -1))
+            for p, o in live.items()
+            if o < self.checkpoints.get(p, -1)
+        }
+        if behind:
+            raise LiveMovedBackwards(
+                "live checkpoints went back below what replay already applied "
+                f"(partition: (live, replay)): {behind}; was a checkpoint reset?"
+            )
+
+    def compare_at_live(self) -> Comparison:
+        """The final verify step: one repeatable-read snapshot of live, the shadow brought to
+        the same checkpoints inside it, and the comparison."""
+        conn = connect_shadow(self.settings.database_url, self.shadow)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        try:
+            with conn.transaction():
+                live = read_checkpoints(conn, self.live)  # the snapshot starts here
+                self.final_apply(conn, live)
+                self.report.checkpoints = live
+                return compare_projections(conn, self.live, self.shadow, live)
+        finally:
+            conn.close()
+
+    def swap_in(self) -> None:
+        """The final swap step, retried when a reader holds a table too long."""
+        analyze(self.settings.database_url, self.shadow)
+        conn = connect_shadow(self.settings.database_url, self.shadow)
+        conn.execute("SET synchronous_commit TO on")
+        replaced = replaced_schema(self.run_id)
+        try:
+            for attempt in range(1, self.options.swap_attempts + 1):
+                before = dict(self.checkpoints)
+                locked_at = time.monotonic()
+                try:
+                    with conn.transaction():
+                        timeout_ms = int(self.options.checkpoint_lock_timeout_s * 1000)
+                        conn.execute(f"SET LOCAL lock_timeout = '{timeout_ms}ms'")
+                        live = read_checkpoints(conn, self.live, lock="FOR UPDATE")
+                        self.final_apply(conn, live)
+                        drift = schema_differences(conn, self.live, self.shadow)
+                        if drift:
+                            raise SchemaDrift("; ".join(drift[:10]))
+                        swap_tables(
+                            conn, self.live, self.shadow, replaced, self.options.lock_timeout_s
+                        )
+                    self.report.paused_s = time.monotonic() - locked_at
+                    self.report.checkpoints = live
+                    self.report.replaced_schema = replaced
+                    return
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                    self.checkpoints = before
+                    if attempt == self.options.swap_attempts:
+                        raise SwapRefused(
+                            f"could not lock the live tables in {attempt} attempts ({exc}); "
+                            "nothing changed, try again when readers are quieter"
+                        ) from exc
+                    log.warning(
+                        "swap attempt %d could not take its locks (%s); retrying", attempt, exc
+                    )
+                    time.sleep(0.5 * attempt)
+        finally:
+            conn.close()
+
+    def take_swap_lock(self) -> None:
+        """One swap at a time per database (a session advisory lock on the run's connection)."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", SWAP_LOCK).fetchone()
+        if not (row and row[0]):
+            raise SwapRefused("another replay --swap is running on this database")
+
+
+def verify(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -> ReplayReport:
+    """Rebuild into a shadow schema and compare it with live at the same checkpoints.
+
+    Returns:
+        The report; ``report.comparison.identical`` tells the outcome.
+
+    Raises:
+        LogIncomplete: the log is truncated. ReplayError: another replay failure.
+        psycopg.Error, OSError: the database or broker failed; the shadow schema is dropped.
+    """
+    started = time.monotonic()
+    with _Run(settings, options, progress) as run:
+        run.report.mode = "verify"
+        live0 = run.prepare()
+        run.check_schema(strict=False)
+        run.rebuild(live0)
+        run.report.comparison = run.compare_at_live()
+    run.report.seconds = time.monotonic() - started
+    return run.report
+
+
+def swap(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -> ReplayReport:
+    """Rebuild into a shadow schema, catch up with live and swap it in (see the module doc).
+
+    Raises:
+        LogIncomplete, SchemaDrift, SwapRefused, ReplayError: nothing was changed.
+        psycopg.Error, OSError: the database or broker failed; nothing was changed.
+    """
+    started = time.monotonic()
+    with _Run(settings, options, progress) as run:
+        run.report.mode = "swap"
+        run.take_swap_lock()
+        live0 = run.prepare()
+        run.check_schema(strict=True)
+        run.rebuild(live0)
+        run.swap_in()
+    if options.drop_replaced and run.report.replaced_schema is not None:
+        drop_schema(settings.database_url, run.report.replaced_schema)
+        run.report.replaced_schema = None
+    run.report.seconds = time.monotonic() - started
+    return run.report
