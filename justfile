@@ -49,6 +49,11 @@ publish FILE *FLAGS: services
 status:
     {{python}} -m processor status
 
+# rebuild projections from the log: --verify (diff with live), --swap (swap in), --user ID
+[group('run')]
+replay *ARGS: services
+    {{python}} -m processor replay {{ARGS}}
+
 # the bundled Topical-Chat conversations through the whole pipeline; leaves processor and API up
 [group('run')]
 demo: services
@@ -80,7 +85,7 @@ check:
 
 # --- bench ----------------------------------------------------------------------------------
 
-# the benchmark (about 5 min; --quick: 1 min, README untouched): table, bench-results/, README
+# the benchmark (about 6 min; --quick: 1 min, README untouched): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
     {{python}} -m bench --readme README.md {{ARGS}}

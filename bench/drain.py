@@ -1,0 +1,79 @@
+"""Step 2a, draining a backlog: publish the workload, then start ``python -m processor run`` and
+time it until every partition's checkpoint reached its stream tail; then check every user's
+stored projection against the sequential fold (``tests.reference.reference_fold``)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+from bench.harness import (
+    DRAIN_POLL_S,
+    cpu_sample,
+    cpu_use,
+    deployment,
+    mismatched_users,
+    publish_timed,
+    read_tails,
+    wait_until_committed,
+)
+from bench.results import DrainResult
+from bench.workload import Workload
+from tests.integration.support import processor_process, stored_projections
+from tests.reference import reference_fold
+from tests.services import Services
+
+#: Something run around the drain with the processor's process (a profiler), or None.
+Observer = Callable[[subprocess.Popen[bytes]], AbstractContextManager[object]]
+
+
+def measure_drain(
+    services: Services,
+    workload: Workload,
+    log_path: Path,
+    *,
+    timeout_s: float = 600.0,
+    observer: Observer | None = None,
+    verify: bool = True,
+) -> DrainResult:
+    """Drain ``workload`` from the streams with one processor process (default settings).
+
+    Args:
+        services: the broker and database server.
+        workload: the events, published before the processor starts.
+        log_path: the processor's log file.
+        timeout_s: give up (``BenchError``) after this many seconds of draining.
+        observer: entered with the processor's process once it started (e.g. py-spy).
+        verify: compare every user with the sequential fold (else ``mismatched_users = -1``).
+    """
+    with deployment(services) as settings:
+        publish_timed(settings, workload.events)
+        tails = read_tails(settings)
+        started = time.monotonic()
+        with (
+            processor_process(settings, log_path) as process,
+            observer(process) if observer else nullcontext(),
+        ):
+            before = cpu_sample(process.pid)
+            times = wait_until_committed(settings, tails, timeout_s)
+            cpu = cpu_use(before, cpu_sample(process.pid), time.monotonic() - started)
+        stored = stored_projections(settings) if verify else {}
+    mismatched = mismatched_users(stored, reference_fold(workload.bodies)) if verify else -1
+    seconds = times.done_at - started
+    steady = times.done_at - times.first_commit_at
+    events = len(workload.events)
+    return DrainResult(
+        events=events,
+        users=workload.distinct_users(),
+        seconds=seconds,
+        steady_seconds=steady,
+        events_per_s=events / seconds if seconds > 0 else 0.0,
+        steady_events_per_s=events / steady if steady > 0 else 0.0,
+        mismatched_users=mismatched,
+        poll_interval_ms=DRAIN_POLL_S * 1000,
+        processor_cpu_cores=cpu.process_cores,
+        machine_cpu_busy=cpu.machine_busy,
+    )

@@ -1,0 +1,355 @@
+"""The report: a table of every measurement, the targets with their ratios and pass/fail, the
+profile summaries, written as ``bench.json`` and ``bench.md`` (the README's section); the chart
+is ``bench.chart``."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.results import (
+    BenchResults,
+    LatencyResult,
+    PreviousDesignResult,
+    ProfileResult,
+    ReplayResult,
+)
+
+#: The README section between these markers is replaced by ``write_readme_section``.
+README_START: Final = "<!-- bench:start -->"
+README_END: Final = "<!-- bench:end -->"
+
+#: Targets of the issue, as ratios measured in one run.
+SPEEDUP_TARGET: Final = 60.0
+DRAIN_TARGET: Final = 1.0
+P99_TARGET_MS: Final = 100.0
+REPLAY_TARGET: Final = 0.8
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: what, its headline figure, and the detail behind it."""
+
+    step: str
+    figure: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: the measured ratio or figure, the goal, and whether it was met (None = not
+    measured in this run)."""
+
+    name: str
+    measured: str
+    goal: str
+    passed: bool | None
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f} events/s"
+
+
+def ms(value: float) -> str:
+    """Milliseconds for a table (``never`` for an event that was not committed)."""
+    return f"{value:,.1f} ms" if math.isfinite(value) else "never"
+
+
+def _previous(results: BenchResults, threads: int) -> PreviousDesignResult | None:
+    return next((p for p in results.previous if p.threads == threads), None)
+
+
+def _cpu(cores: float, busy: float) -> str:
+    return f"processor CPU {cores:.2f} cores, machine {busy:.0%} busy"
+
+
+def _latency_detail(latency: LatencyResult) -> str:
+    return (
+        f"{latency.offered_rate:,.0f} events/s offered (target {latency.target_rate:,.0f}) for "
+        f"{latency.seconds:.1f} s; p90 {ms(latency.p90_ms)}, max {ms(latency.max_ms)}; "
+        f"{latency.committed:,}/{latency.events:,} committed; checkpoint polled every "
+        f"{latency.resolution_ms:.1f} ms; "
+        f"{_cpu(latency.processor_cpu_cores, latency.machine_cpu_busy)}"
+        + "".join(
+            f"; p{w.partition}: {w.events:,} events in {w.commits:,} commits, p99 {ms(w.p99_ms)}"
+            for w in latency.worst_partitions[:2]
+        )
+    )
+
+
+def _raw_read_detail(replay: ReplayResult) -> str:
+    detail = (
+        f"{replay.events:,} events; rstream (the live reader's client) "
+        f"{_rate(replay.raw_read_events_per_s)}"
+    )
+    if replay.replay_raw_read_events_per_s > 0:
+        detail += f", replay's reader {_rate(replay.replay_raw_read_events_per_s)}"
+    return detail + "; the faster one is the baseline"
+
+
+def rows(results: BenchResults) -> list[Row]:
+    """Every measurement of the run, one row each (a step not run says so)."""
+    table: list[Row] = []
+    ingest = results.ingest
+    table.append(
+        Row(
+            "1. ingest ceiling (exchange, confirms)",
+            _rate(ingest.events_per_s) if ingest else "not run",
+            f"{ingest.events:,} events in {ingest.seconds:.2f} s" if ingest else "",
+        )
+    )
+    drain = results.drain
+    table.append(
+        Row(
+            "2. processor: backlog drain",
+            _rate(drain.events_per_s) if drain else "not run",
+            (
+                f"{drain.events:,} events, {drain.users:,} users, {drain.seconds:.2f} s from "
+                f"process start ({_rate(drain.steady_events_per_s)} from the first commit); "
+                f"{drain.mismatched_users} users differ from the sequential fold; "
+                f"{_cpu(drain.processor_cpu_cores, drain.machine_cpu_busy)}"
+            )
+            if drain
+            else "",
+        )
+    )
+    for title, latency in (
+        ("2. processor: publish-to-commit latency, half the ceiling", results.latency),
+        ("2. processor: publish-to-commit latency, light load", results.light_latency),
+    ):
+        if latency is None and title.endswith("light load"):
+            continue
+        table.append(
+            Row(
+                title,
+                f"p50 {ms(latency.p50_ms)}, p99 {ms(latency.p99_ms)}" if latency else "not run",
+                _latency_detail(latency) if latency else "",
+            )
+        )
+    for threads in (1, 10):
+        previous = _previous(results, threads)
+        table.append(
+            Row(
+                f"3. previous design, {threads} thread{'s' if threads > 1 else ''}",
+                _rate(previous.events_per_s) if previous else "not run",
+                (
+                    f"{previous.events:,} events, {previous.users:,} users, "
+                    f"{previous.seconds:.2f} s; {previous.mismatched_users} users' final score "
+                    "differs from the sequential fold"
+                    + ("" if previous.completed else " (timed out before the end)")
+                )
+                if previous
+                else "",
+            )
+        )
+    replay = results.replay
+    table.append(
+        Row(
+            "4. raw stream read",
+            _rate(replay.best_raw_read_events_per_s) if replay else "not run",
+            _raw_read_detail(replay) if replay else "",
+        )
+    )
+    if replay is None:
+        table.append(Row("4. replay", "not run", ""))
+    elif not replay.available:
+        table.append(Row("4. replay", "not available", replay.reason))
+    else:
+        verdict = {True: "identical to live", False: "DIFFERS from live", None: "no verdict"}
+        table.append(
+            Row(
+                "4. replay",
+                _rate(replay.replay_events_per_s),
+                f"{replay.events:,} events in {replay.replay_seconds:.2f} s "
+                f"({replay.replay_method}); verify: {verdict[replay.replay_identical]}",
+            )
+        )
+    return table
+
+
+def targets(results: BenchResults) -> list[Target]:
+    """The issue's four targets, computed from this run's figures."""
+    drain, ingest, latency, replay = results.drain, results.ingest, results.latency, results.replay
+    previous = _previous(results, 10)
+    found: list[Target] = []
+    if drain and previous and previous.events_per_s > 0:
+        speedup = drain.events_per_s / previous.events_per_s
+        found.append(
+            Target(
+                "processor vs previous design at 10 threads",
+                f"{speedup:,.1f}x; processor {drain.mismatched_users} mismatched users "
+                f"(previous design {previous.mismatched_users})",
+                f">= {SPEEDUP_TARGET:.0f}x and 0 mismatched users",
+                speedup >= SPEEDUP_TARGET and drain.mismatched_users == 0,
+            )
+        )
+    else:
+        found.append(Target("processor vs previous design at 10 threads", "-", "", None))
+    if drain and ingest and ingest.events_per_s > 0:
+        ratio = drain.events_per_s / ingest.events_per_s
+        found.append(
+            Target(
+                "backlog drain vs ingest ceiling",
+                f"{ratio:.2f}x",
+                f">= {DRAIN_TARGET:.2f}x",
+                ratio >= DRAIN_TARGET,
+            )
+        )
+    else:
+        found.append(Target("backlog drain vs ingest ceiling", "-", "", None))
+    if latency:
+        found.append(
+            Target(
+                "p99 publish-to-commit at half the ceiling",
+                ms(latency.p99_ms),
+                f"<= {P99_TARGET_MS:.0f} ms",
+                math.isfinite(latency.p99_ms) and latency.p99_ms <= P99_TARGET_MS,
+            )
+        )
+    else:
+        found.append(Target("p99 publish-to-commit at half the ceiling", "-", "", None))
+    if replay and replay.available and replay.best_raw_read_events_per_s > 0:
+        ratio = replay.replay_events_per_s / replay.best_raw_read_events_per_s
+        found.append(
+            Target(
+                "replay vs raw stream read",
+                f"{ratio:.0%}",
+                f">= {REPLAY_TARGET:.0%}",
+                ratio >= REPLAY_TARGET,
+            )
+        )
+    else:
+        reason = replay.reason if replay and not replay.available else "-"
+        found.append(Target("replay vs raw stream read", reason or "-", "", None))
+    return found
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def print_report(results: BenchResults, console: Console) -> None:
+    """The measurements and targets as two tables."""
+    measurements = Table(title="benchmark")
+    measurements.add_column("step")
+    measurements.add_column("figure", justify="right")
+    measurements.add_column("detail")
+    for row in rows(results):
+        measurements.add_row(row.step, row.figure, row.detail)
+    console.print(measurements)
+    goals = Table(title="targets")
+    for column in ("target", "measured", "goal", "result"):
+        goals.add_column(column)
+    for target in targets(results):
+        style = {True: "green", False: "red", None: "yellow"}[target.passed]
+        goals.add_row(
+            target.name, target.measured, target.goal, f"[{style}]{_verdict(target.passed)}"
+        )
+    console.print(goals)
+    for step, error in results.failures.items():
+        console.print(f"[red]step {step} failed: {error}")
+    print_profiles(results, console)
+
+
+#: Thread groups shown in the Markdown profile summary (the others are start-up and helpers).
+PROFILED_THREADS: Final = ("worker-*", "stream-reader", "MainThread")
+
+
+def _profile_title(profile: ProfileResult) -> str:
+    if profile.mode == "live":
+        title = f"live load, {profile.offered_rate:,.0f} events/s offered"
+    else:
+        title = f"backlog drain, {profile.events:,} events"
+    if profile.sampling == "gil":
+        return f"{title}; GIL holder only (held {profile.gil_held:.0%} of the time)"
+    return f"{title}; every thread, waiting included"
+
+
+def print_profiles(results: BenchResults, console: Console, top: int = 6) -> None:
+    """Each recording's thread groups with their top frames by self time."""
+    for profile in results.profiles:
+        if not profile.available:
+            console.print(f"profile ({profile.mode}): {profile.reason}")
+            continue
+        table = Table(title=f"py-spy: {_profile_title(profile)} ({profile.raw_path})")
+        table.add_column("threads")
+        table.add_column("samples", justify="right")
+        table.add_column("self time (top frames)")
+        table.add_column("product frames, inclusive")
+        for thread in profile.threads:
+            table.add_row(
+                thread.thread,
+                str(thread.samples),
+                "\n".join(f"{f.percent:5.1f}% {f.frame}" for f in thread.self_time[:top]),
+                "\n".join(f"{f.percent:5.1f}% {f.frame}" for f in thread.inclusive[:top]),
+            )
+        console.print(table)
+
+
+def markdown_profiles(results: BenchResults, top: int = 5) -> str:
+    """The profiles' main thread groups and their top self-time frames, as Markdown."""
+    lines: list[str] = []
+    for profile in results.profiles:
+        if not profile.available:
+            continue
+        lines += [
+            "",
+            f"py-spy, {_profile_title(profile)}: share of each thread group's samples",
+            "",
+            "| threads | top frames by self time |",
+            "| --- | --- |",
+        ]
+        for thread in profile.threads:
+            if thread.thread in PROFILED_THREADS:
+                frames = "; ".join(f"{f.percent:.0f}% `{f.frame}`" for f in thread.self_time[:top])
+                lines.append(f"| {thread.thread} | {frames} |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def markdown(results: BenchResults) -> str:
+    """The measurements and targets as Markdown tables (the README section's body)."""
+    lines = ["| step | figure | detail |", "| --- | ---: | --- |"]
+    lines += [f"| {r.step} | {r.figure} | {r.detail} |" for r in rows(results)]
+    lines += ["", "| target | measured | goal | result |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {t.name} | {t.measured} | {t.goal} | {_verdict(t.passed)} |" for t in targets(results)
+    ]
+    lines += [f"\nStep {step} failed: {error}" for step, error in results.failures.items()]
+    return "\n".join(lines) + "\n" + markdown_profiles(results)
+
+
+def _finite(value: object) -> object:
+    """JSON has no infinity or NaN: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(results: BenchResults, path: Path) -> None:
+    """Every figure, the targets and the run's metadata as JSON."""
+    document = asdict(results)
+    document["targets"] = [asdict(t) for t in targets(results)]
+    path.write_text(json.dumps(_finite(document), indent=2, default=str) + "\n")
+
+
+def write_readme_section(readme: Path, body: str) -> bool:
+    """Replace the README text between the bench markers with ``body``; False when the README
+    has no markers (nothing is written then)."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        return False
+    replacement = f"{README_START}\n{body.rstrip()}\n{README_END}"
+    readme.write_text(pattern.sub(lambda _match: replacement, text, count=1))
+    return True

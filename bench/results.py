@@ -1,0 +1,191 @@
+"""What each benchmark step measured: plain frozen records, serialised as they are to JSON.
+
+Rates are events per second, durations seconds, latencies milliseconds. A step that could not run
+keeps its record with ``available = False`` and a ``reason``, so the report always has every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Publish ceiling: events published through the ``events`` exchange with confirms.
+
+    ``seconds`` runs from the first publish to the last broker confirm (the connection is open
+    before and a warm-up of ``warmup_events`` is published before the clock starts).
+    """
+
+    events: int
+    warmup_events: int
+    seconds: float
+    events_per_s: float
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """The processor draining a backlog of ``events`` already in the partition streams.
+
+    ``seconds`` runs from starting ``python -m processor run`` (start-up included) until every
+    partition's checkpoint reached its tail; ``steady_seconds`` from the first committed batch.
+    ``mismatched_users`` counts users whose stored projection differs from the sequential fold.
+    ``processor_cpu_cores`` is the processor's CPU time over the drain's wall time (one Python
+    process: its threads share one GIL); ``machine_cpu_busy`` the share of all cores busy.
+    """
+
+    events: int
+    users: int
+    seconds: float
+    steady_seconds: float
+    events_per_s: float
+    steady_events_per_s: float
+    mismatched_users: int
+    poll_interval_ms: float
+    processor_cpu_cores: float = 0.0
+    machine_cpu_busy: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartitionLatency:
+    """Publish-to-commit latency of the events of one partition, and how many checkpoint
+    commits (batches) carried them."""
+
+    partition: int
+    events: int
+    p50_ms: float
+    p99_ms: float
+    commits: int = 0
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Publish-to-commit latency at a steady offered load.
+
+    The publish time of an event is taken just before its ``basic.publish``; its commit time is
+    the first poll of the checkpoint table, from a separate process every ``poll_interval_ms``,
+    that showed its partition's checkpoint at or past its offset (offsets are read afterwards from
+    ``applied_events``). A commit is therefore seen up to one poll interval plus one query late:
+    ``resolution_ms`` is the mean interval between polls as measured. The CPU figures (as in
+    ``DrainResult``) cover the load and the catch-up after it.
+    """
+
+    target_rate: float
+    offered_rate: float
+    seconds: float
+    events: int
+    committed: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    poll_interval_ms: float
+    resolution_ms: float
+    drained_after_s: float
+    processor_cpu_cores: float = 0.0
+    machine_cpu_busy: float = 0.0
+    worst_partitions: list[PartitionLatency] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreviousDesignResult:
+    """The previous design (one classic queue, thread pool, row locks per event) on a backlog.
+
+    ``seconds`` runs from the consumer's start to the last ack; ``mismatched_users`` counts users
+    whose final score differs from the sequential fold of the same events.
+    """
+
+    threads: int
+    events: int
+    users: int
+    seconds: float
+    events_per_s: float
+    mismatched_users: int
+    completed: bool
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Replay rate next to the raw stream read rate of the same log.
+
+    ``raw_read_events_per_s`` reads every partition from its first offset on one stream
+    connection and extracts each body; nothing is decoded or stored. ``replay_*`` is the replay
+    feature's own run over the same log, when it exists: its rebuild phases, its own raw read of
+    the same records (its reader, no database) and whether its verify found live identical.
+    """
+
+    events: int
+    raw_read_seconds: float
+    raw_read_events_per_s: float
+    available: bool
+    reason: str = ""
+    replay_seconds: float = 0.0
+    replay_events_per_s: float = 0.0
+    replay_method: str = ""
+    replay_raw_read_seconds: float = 0.0
+    replay_raw_read_events_per_s: float = 0.0
+    replay_identical: bool | None = None
+
+    @property
+    def best_raw_read_events_per_s(self) -> float:
+        """The faster of the two raw reads: the replay is held to the stricter baseline."""
+        return max(self.raw_read_events_per_s, self.replay_raw_read_events_per_s)
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """One frame (``function (file)``) and its share of a thread group's samples."""
+
+    frame: str
+    samples: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class ThreadProfile:
+    """Self time of the busiest frames of one group of threads (same entry function)."""
+
+    thread: str
+    samples: int
+    self_time: list[FrameCount]
+    inclusive: list[FrameCount]
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """A py-spy recording of the processor, summarised per thread group.
+
+    ``mode`` says what the processor did meanwhile: ``drain`` (a backlog) or ``live`` (a steady
+    offered load of ``offered_rate`` events/s). ``sampling`` is ``gil`` (only the thread holding
+    the GIL: where Python spends CPU; ``gil_held`` is the share of the recording's wall time in
+    which some thread held it) or ``wall`` (every thread, waiting included).
+    """
+
+    available: bool
+    mode: str = "drain"
+    reason: str = ""
+    sampling: str = ""
+    events: int = 0
+    rate_hz: int = 0
+    seconds: float = 0.0
+    gil_held: float = 0.0
+    raw_path: str = ""
+    offered_rate: float = 0.0
+    threads: list[ThreadProfile] = field(default_factory=list)
+
+
+@dataclass
+class BenchResults:
+    """Everything one run measured (a step not run stays None)."""
+
+    meta: dict[str, object] = field(default_factory=dict)
+    ingest: IngestResult | None = None
+    drain: DrainResult | None = None
+    latency: LatencyResult | None = None
+    light_latency: LatencyResult | None = None
+    previous: list[PreviousDesignResult] = field(default_factory=list)
+    replay: ReplayResult | None = None
+    profiles: list[ProfileResult] = field(default_factory=list)
+    #: Steps that failed, with the error (their rows say "not run").
+    failures: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,326 @@
+"""``python -m bench``: every step on one seeded workload, then the report.
+
+Usage: ``python -m bench [--events N] [--quick] [--out bench-results/] [--readme README.md]``.
+Exit codes: 0 the run finished (targets missed are reported, not failures), 1 a step failed,
+2 the services are down or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import psycopg
+from rich.console import Console
+
+from bench.chart import write_chart
+from bench.drain import measure_drain
+from bench.harness import BenchError, require_services
+from bench.ingest import measure_ingest
+from bench.latency import measure_latency
+from bench.previous_design import measure_previous_design
+from bench.profile import profile_drain, profile_live
+from bench.replay_rate import measure_replay
+from bench.report import markdown, print_report, write_json, write_readme_section
+from bench.results import BenchResults, LatencyResult
+from bench.workload import make_workload
+from processor.errors import ProcessorError
+from processor.settings import Settings
+from tests.services import Services
+
+log = logging.getLogger("bench")
+
+STEPS: Final = ("ingest", "drain", "latency", "previous", "replay", "profile")
+#: Errors after which a step is reported as failed and the run goes on with the next one.
+STEP_ERRORS: Final = (BenchError, ProcessorError, psycopg.Error, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of one run (events, seconds) and where its results go.
+
+    Attributes:
+        events: events of the processor's backlog drain (and of the ingest and replay steps).
+        previous_events: the first events of the same workload for the previous design.
+        users: users the events are spread over (skewed: a few get most events).
+        seed: the workload's seed.
+        latency_seconds: duration of the steady load of the latency step.
+        latency_rate: offered load in events/s; None = half the measured ingest ceiling.
+        light_load_fraction: a second latency run at this fraction of the ceiling shows the
+            latency of a processor that keeps up (0 = no second run).
+        profile_events: events of the profiled drain (0 = no drain profile).
+        profile_live_seconds: seconds of the profiled steady load, offered at the light load's
+            rate (0 = no live profile).
+        previous_threads: thread counts of the previous design.
+        steps: which steps run.
+        out: the results folder (``bench.json``, ``bench.md``, ``bench.png``, logs).
+    """
+
+    events: int = 150_000
+    previous_events: int = 3_000
+    users: int = 10_000
+    seed: int = 2024
+    latency_seconds: float = 20.0
+    latency_rate: float | None = None
+    light_load_fraction: float = 0.1
+    profile_events: int = 60_000
+    profile_live_seconds: float = 10.0
+    previous_threads: tuple[int, ...] = (1, 10)
+    steps: tuple[str, ...] = STEPS
+    out: Path = Path("bench-results")
+
+    @classmethod
+    def quick(cls, out: Path = Path("bench-results")) -> BenchConfig:
+        """About a minute: a smoke run of every step but the profile."""
+        return cls(
+            events=20_000,
+            previous_events=600,
+            users=2_000,
+            latency_seconds=5.0,
+            profile_events=0,
+            profile_live_seconds=0.0,
+            out=out,
+        )
+
+
+@dataclass
+class _Runner:
+    """Runs the steps in order, keeping going when one fails."""
+
+    config: BenchConfig
+    services: Services
+    console: Console
+    results: BenchResults = field(default_factory=BenchResults)
+    failed: list[str] = field(default_factory=list)
+
+    def step(self, name: str, action: Callable[[], None]) -> None:
+        if name not in self.config.steps:
+            return
+        started = time.monotonic()
+        self.console.print(f"[bold]{name}[/bold] ...")
+        try:
+            action()
+        except STEP_ERRORS as exc:
+            self.failed.append(name)
+            self.results.failures[name] = f"{type(exc).__name__}: {exc}"
+            self.console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}")
+            log.debug("step %s failed", name, exc_info=True)
+        self.console.print(f"  {name} took {time.monotonic() - started:.1f} s")
+
+
+def _git_commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def _meta(config: BenchConfig) -> dict[str, object]:
+    defaults = Settings()
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "processor": {
+            "threads": defaults.threads,
+            "batch_size": defaults.batch_size,
+            "batch_wait_s": defaults.batch_wait_s,
+            "partitions": defaults.partitions,
+        },
+    }
+
+
+def run_bench(
+    config: BenchConfig, console: Console | None = None, services: Services | None = None
+) -> tuple[BenchResults, list[str]]:
+    """Run the configured steps and write the report files into ``config.out``.
+
+    Args:
+        config: sizes, steps and the results folder.
+        console: where progress goes (default: the terminal).
+        services: the broker and database (default: this machine's, ``require_services``).
+
+    Returns:
+        The results and the names of the steps that failed.
+
+    Raises:
+        BenchError: the broker or the database does not answer.
+    """
+    console = console or Console()
+    services = services or require_services()
+    config.out.mkdir(parents=True, exist_ok=True)
+    logs = config.out / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.monotonic()
+    biggest = max(config.events, config.previous_events, config.profile_events)
+    workload = make_workload(biggest, config.users, config.seed)
+    runner = _Runner(config, services, console)
+    results = runner.results
+    results.meta = _meta(config)
+
+    def ingest() -> None:
+        results.ingest = measure_ingest(services, workload.head(config.events))
+
+    def drain() -> None:
+        results.drain = measure_drain(services, workload.head(config.events), logs / "drain.log")
+
+    def latency() -> None:
+        ceiling = results.ingest.events_per_s if results.ingest else None
+        rate = config.latency_rate
+        if rate is None:
+            if ceiling is None:
+                raise BenchError("no ingest ceiling to take half of; pass --latency-rate")
+            rate = ceiling / 2
+        results.latency = _latency_at(rate, "latency.log")
+        if ceiling is not None and config.light_load_fraction > 0:
+            light = ceiling * config.light_load_fraction
+            results.light_latency = _latency_at(light, "latency-light.log")
+
+    def _latency_at(rate: float, log_name: str) -> LatencyResult:
+        count = max(1, int(rate * config.latency_seconds))
+        load = make_workload(count, config.users, config.seed + 1)
+        warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
+        return measure_latency(services, load, warmup, rate, logs / log_name)
+
+    def previous() -> None:
+        for threads in config.previous_threads:
+            results.previous.append(
+                measure_previous_design(services, workload.head(config.previous_events), threads)
+            )
+
+    def replay() -> None:
+        results.replay = measure_replay(services, workload.head(config.events), logs)
+
+    def profile() -> None:
+        if config.profile_events > 0:
+            drain_load = workload.head(config.profile_events)
+            results.profiles.append(profile_drain(services, drain_load, logs))
+        ceiling = results.ingest.events_per_s if results.ingest else None
+        if config.profile_live_seconds > 0 and ceiling is not None:
+            rate = ceiling * config.light_load_fraction
+            count = max(1, int(rate * config.profile_live_seconds))
+            load = make_workload(count, config.users, config.seed + 3)
+            warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
+            results.profiles.append(profile_live(services, load, warmup, rate, logs))
+
+    for name, action in zip(
+        STEPS, (ingest, drain, latency, previous, replay, profile), strict=True
+    ):
+        runner.step(name, action)
+
+    results.meta["seconds"] = round(time.monotonic() - started, 1)
+    results.meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_report(results, config.out)
+    return results, runner.failed
+
+
+def write_report(results: BenchResults, out: Path) -> None:
+    """``bench.json``, ``bench.md`` and ``bench.png`` in ``out``."""
+    write_json(results, out / "bench.json")
+    (out / "bench.md").write_text(markdown(results))
+    write_chart(results, out / "bench.png")
+
+
+def publish_to_readme(results: BenchResults, out: Path, readme: Path) -> bool:
+    """Copy the chart to ``docs/bench.png`` beside the README and put the tables between its
+    bench markers; False when the README has no markers."""
+    docs = readme.parent / "docs"
+    docs.mkdir(exist_ok=True)
+    shutil.copyfile(out / "bench.png", docs / "bench.png")
+    meta = results.meta
+    load = meta.get("load_average_at_start")
+    body = (
+        f"Latest run: {meta.get('started_at')} (commit {meta.get('commit')}), "
+        f"{meta.get('cpus')} cores, load average {load} at start, {meta.get('seconds')} s.\n\n"
+        + markdown(results)
+        + "\n![benchmark](docs/bench.png)\n"
+    )
+    return write_readme_section(readme, body)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m bench``."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--events", type=int, help="events of the drain, ingest and replay steps")
+    parser.add_argument("--previous-events", type=int, help="events for the previous design")
+    parser.add_argument("--users", type=int, help="users the events are spread over")
+    parser.add_argument("--seed", type=int, help="workload seed")
+    parser.add_argument("--latency-seconds", type=float, help="duration of the steady load")
+    parser.add_argument("--latency-rate", type=float, help="events/s (default: half the ceiling)")
+    parser.add_argument("--profile-events", type=int, help="events of the profiled drain (0: none)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    parser.add_argument("--readme", type=Path, help="README whose bench section is replaced")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The run's configuration: ``--quick`` or the defaults, then each explicit flag."""
+    base = BenchConfig.quick(args.out) if args.quick else BenchConfig(out=args.out)
+    steps = base.steps
+    if args.steps:
+        steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
+    return replace(
+        base,
+        events=base.events if args.events is None else args.events,
+        previous_events=(
+            base.previous_events if args.previous_events is None else args.previous_events
+        ),
+        users=base.users if args.users is None else args.users,
+        seed=base.seed if args.seed is None else args.seed,
+        latency_seconds=(
+            base.latency_seconds if args.latency_seconds is None else args.latency_seconds
+        ),
+        latency_rate=base.latency_rate if args.latency_rate is None else args.latency_rate,
+        profile_events=base.profile_events if args.profile_events is None else args.profile_events,
+        steps=steps,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; see the module docstring for the exit codes."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # pika logs the topology's expected 404s (probing for extra partitions) as warnings.
+    logging.getLogger("pika").setLevel(logging.ERROR)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    try:
+        config = config_from_args(args)
+        results, failed = run_bench(config, console)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except BenchError as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    print_report(results, console)
+    if args.readme is not None and args.quick:
+        console.print(f"a --quick run is a smoke test: {args.readme} was left as it was")
+    elif args.readme is not None:
+        if publish_to_readme(results, config.out, args.readme):
+            console.print(f"updated the benchmark section of {args.readme} and docs/bench.png")
+        else:
+            console.print(f"[yellow]{args.readme} has no {'<!-- bench:start -->'} marker")
+    console.print(f"results in {config.out}/ (bench.json, bench.md, bench.png, logs/)")
+    return 1 if failed else 0

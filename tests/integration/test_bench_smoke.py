@@ -1,0 +1,70 @@
+"""The benchmark harness at tiny sizes: every step runs against the real services and every row
+of the report is there. Timings are never asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench.report import rows, targets
+from bench.run import BenchConfig, run_bench
+from tests.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_path: Path) -> None:
+    config = BenchConfig(
+        events=300,
+        previous_events=300,
+        users=40,
+        seed=11,
+        latency_seconds=1.0,
+        latency_rate=300.0,
+        light_load_fraction=0.0,
+        profile_events=0,
+        profile_live_seconds=0.0,
+        out=tmp_path,
+    )
+    output = io.StringIO()
+    results, failed = run_bench(config, Console(file=output, width=200), services)
+
+    assert failed == [], output.getvalue()
+    assert results.ingest is not None and results.ingest.events > 0
+    assert results.drain is not None
+    assert results.drain.events == 300
+    assert results.drain.mismatched_users == 0
+    assert results.latency is not None
+    assert results.latency.committed == results.latency.events
+    assert [p.threads for p in results.previous] == [1, 10]
+    for previous in results.previous:
+        assert previous.completed
+        assert isinstance(previous.mismatched_users, int)
+        assert previous.mismatched_users >= 0
+    # One thread applies the queue in order: it agrees with the sequential fold.
+    assert results.previous[0].mismatched_users == 0
+    assert results.replay is not None
+    assert results.replay.events == 300
+    assert results.replay.available or results.replay.reason
+
+    reported = rows(results)
+    assert [row.step for row in reported] == [
+        "1. ingest ceiling (exchange, confirms)",
+        "2. processor: backlog drain",
+        "2. processor: publish-to-commit latency, half the ceiling",
+        "3. previous design, 1 thread",
+        "3. previous design, 10 threads",
+        "4. raw stream read",
+        "4. replay",
+    ]
+    assert all(row.figure != "not run" for row in reported)
+    assert len(targets(results)) == 4
+
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert {"meta", "ingest", "drain", "latency", "previous", "replay", "targets"} <= set(document)
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert "| target |" in (tmp_path / "bench.md").read_text()
