@@ -76,6 +76,12 @@ test *ARGS: services
 test-unit *ARGS:
     {{python}} -m pytest tests/unit {{ARGS}}
 
+# fault suite, long version (FAULTS_LONG=1, ~9 min; `just test` runs the short one): fault-results.md
+[group('quality')]
+faults *ARGS: services
+    FAULTS_LONG=1 FAULTS_REPORT=fault-results.md {{python}} -m pytest tests/faults \
+        tests/integration/test_pipeline.py::test_a_truncated_log_stops_only_its_partition_with_a_loud_error {{ARGS}}
+
 # ruff (lint and format check) and mypy --strict on the packages
 [group('quality')]
 check:

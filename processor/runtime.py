@@ -170,6 +170,15 @@ class Processor:
                 self._control.close()
             self._control = None
             return
+        # A lease lives on its connection: one this member no longer holds was lost with that
+        # connection (terminated, database restarted). Give the partition up now, not at its
+        # next batch (which may never come on an idle partition), so it is owned again.
+        with self._owners_lock:
+            lost = [p for p in self._owners if p not in holders or holders[p].owner != self.member]
+        for partition in lost:
+            self._hand_off(
+                partition, "its lease was lost with its database connection", logging.WARNING
+            )
         with self._owners_lock:
             owned = set(self._owners)
             unavailable = set(self._stopped_partitions)
@@ -235,7 +244,7 @@ class Processor:
             checkpoint,
         )
 
-    def _hand_off(self, partition: int, reason: str) -> None:
+    def _hand_off(self, partition: int, reason: str, level: int = logging.INFO) -> None:
         """Release a partition gracefully: the batch in flight (if any) commits first."""
         with self._owners_lock:
             owner = self._owners.get(partition)
@@ -246,7 +255,7 @@ class Processor:
             busy = owner.scheduled
         self._reader.unsubscribe(partition)
         if not busy:
-            self._release(owner, f"handed off ({reason})", level=logging.INFO)
+            self._release(owner, f"handed off ({reason})", level=level)
 
     def _release(self, owner: PartitionOwner, reason: str, level: int = logging.WARNING) -> None:
         """Give a partition up: stop reading it and close the lease connection."""

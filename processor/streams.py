@@ -120,7 +120,12 @@ class StreamReader:
         self._loop.call_soon_threadsafe(self._want, partition, sink)
 
     def unsubscribe(self, partition: int) -> Future[None]:
-        """Stop delivering the partition's records (thread-safe); the future ends when done."""
+        """Stop delivering the partition's records (thread-safe); the future ends when done.
+
+        Takes effect in call order with ``subscribe``: a ``subscribe`` of the same partition made
+        right after (a retake) wins, however busy the loop is.
+        """
+        self._loop.call_soon_threadsafe(self._wanted.pop, partition, None)
         return asyncio.run_coroutine_threadsafe(self._unwant(partition), self._loop)
 
     # -- loop side ------------------------------------------------------------------------------
@@ -137,7 +142,10 @@ class StreamReader:
         self._changed.set()
 
     async def _unwant(self, partition: int) -> None:
-        self._wanted.pop(partition, None)
+        # ``unsubscribe`` already dropped the wish; a coroutine only starts on the loop's next
+        # round, after a ``subscribe`` made meanwhile, whose newer sink ``_reconcile`` installs.
+        if partition in self._wanted:
+            return
         if partition in self._subscribed and self._consumer is not None:
             await self._unsubscribe_stream(partition)
 
@@ -158,10 +166,12 @@ class StreamReader:
             try:
                 if self._consumer is None:
                     await self._open_consumer()
-                    attempt = 0
                 # Clear before reconciling: a change made meanwhile must wake the next round.
                 self._changed.clear()
                 await self._reconcile()
+                # rstream connects lazily (on the first subscribe): only a reconcile that went
+                # through proves the connection, so only then does the back-off start over.
+                attempt = 0
                 waiters = [
                     asyncio.create_task(self._changed.wait()),
                     asyncio.create_task(self._connection_lost.wait()),

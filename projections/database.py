@@ -111,8 +111,12 @@ def connect(url: str, *, application_name: str = "friendship-stream") -> psycopg
 
     psycopg 3 otherwise opens an implicit transaction on the first statement, which would keep
     locks and snapshots alive between batches.
+
+    The session's time zone is UTC, whatever the database's: a valid instant near year 1 or 9999
+    (``9999-12-31T23:59:59Z``) may fall outside years 1-9999 in a local time zone, where psycopg
+    cannot load it, and every later batch of that user would fail.
     """
-    return psycopg.connect(
+    conn = psycopg.connect(
         libpq_url(url),
         autocommit=True,
         application_name=application_name,
@@ -121,3 +125,9 @@ def connect(url: str, *, application_name: str = "friendship-stream") -> psycopg
         keepalives_interval=5,
         keepalives_count=3,
     )
+    try:
+        conn.execute("SET TIME ZONE 'UTC'")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -37,6 +37,8 @@ DEFAULT_PAGE_LIMIT: Final = 50
 MAX_PAGE_LIMIT: Final = 500
 #: Longest ``event_id`` kept on a dead letter (``projections.batch`` truncates to it).
 DEAD_LETTER_EVENT_ID_CHARS: Final = 64
+#: Largest dead-letter id (a bigint), so the largest position a cursor can hold.
+_MAX_ID: Final = 2**63 - 1
 
 _UUID_RE: Final = re.compile(UUID_PATTERN)
 
@@ -163,7 +165,7 @@ def parse_cursor(cursor: str) -> int:
         position = int(base64.urlsafe_b64decode(cursor.encode("ascii") + b"==").decode("ascii"))
     except (UnicodeError, binascii.Error, ValueError) as exc:
         raise ValueError(f"cursor {cursor!r} is not valid") from exc
-    if position < 1:
+    if not 1 <= position <= _MAX_ID:
         raise ValueError(f"cursor {cursor!r} is not valid")
     return position
 
@@ -174,6 +176,8 @@ def _make_cursor(position: int) -> str:
 
 def friendship_of(conn: Connection, user_id: str) -> FriendshipView | None:
     """The friendship of ``user_id``, or None when the user has no applied event."""
+    if "\x00" in user_id:  # PostgreSQL text holds no NUL, so no stored user has one
+        return None
     row = conn.execute(
         select(
             friendships.c.score, friendships.c.events_applied, friendships.c.last_event_at
@@ -197,6 +201,8 @@ def topics_of(conn: Connection, user_id: str) -> UserTopics | None:
         None when the user has no applied event; a user whose events were all
         ``friendship.adjusted`` has an empty ``topics`` list.
     """
+    if "\x00" in user_id:  # PostgreSQL text holds no NUL, so no stored user has one
+        return None
     known = conn.execute(
         select(friendships.c.user_id).where(friendships.c.user_id == user_id)
     ).first()
@@ -265,9 +271,10 @@ def event_status(conn: Connection, event_id: str) -> EventStatus | None:
                 type=row.type,
                 occurred_at=utc(row.occurred_at),
             )
+    # Stored the way ``projections.batch`` stores a dead letter's id: cut, then NUL escaped.
     spellings = sorted(
         {
-            spelling[:DEAD_LETTER_EVENT_ID_CHARS]
+            spelling[:DEAD_LETTER_EVENT_ID_CHARS].replace("\x00", "\\u0000")
             for spelling in (event_id, event_id.lower(), event_id.upper())
         }
     )

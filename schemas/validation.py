@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 from datetime import UTC
 from typing import Final
@@ -14,6 +15,8 @@ _DECODER: Final = msgspec.json.Decoder(Event)
 _RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _ENCODER: Final = msgspec.json.Encoder()
 _AT_PATH: Final = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+#: Why a body nested deeper than the decoder's recursion limit is invalid.
+TOO_DEEP: Final = "nested too deeply to decode"
 
 
 class EventValidationError(ValueError):
@@ -52,16 +55,27 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
         A frozen ``TurnRecorded``, ``ConversationCompleted`` or ``FriendshipAdjusted``.
 
     Raises:
-        EventValidationError: not JSON, not an object, a missing or wrongly typed field, an unknown
-            ``type``, an out-of-range value, a naive timestamp or one whose instant falls outside
-            years 1-9999 in UTC (CONTRACT.md section 4).
+        EventValidationError: not JSON (bytes that are not UTF-8 included), not an object, a
+            missing or wrongly typed field, an unknown ``type``, an out-of-range value, a naive
+            timestamp or one whose instant falls outside years 1-9999 in UTC (CONTRACT.md section
+            4), or nesting deeper than the decoder's recursion limit.
     """
+    if not isinstance(body, str):
+        # msgspec skips unknown fields without checking their bytes; the whole body must be UTF-8.
+        try:
+            codecs.utf_8_decode(body, "strict", True)
+        except UnicodeDecodeError as exc:
+            raise EventValidationError(
+                "", f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
     try:
         event: Event = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
         raise _to_validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise EventValidationError("", f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise EventValidationError("", TOO_DEEP) from exc
     _check_utc_range(event)
     return event
 
@@ -91,7 +105,8 @@ def decode_event_batch(
         so a lone non-object or non-JSON body comes back as invalid item 0.
 
     Raises:
-        EventValidationError: the body starts as an array but is not valid JSON.
+        EventValidationError: the body starts as an array but is not valid JSON (or is nested
+            too deeply to decode).
     """
     stripped = body.lstrip()
     if stripped.startswith(b"["):
@@ -99,6 +114,8 @@ def decode_event_batch(
             items = _RAW_LIST_DECODER.decode(body)
         except msgspec.DecodeError as exc:
             raise EventValidationError("", f"not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise EventValidationError("", TOO_DEEP) from exc
         raws = [bytes(item) for item in items]
     else:
         raws = [bytes(body)]

@@ -45,7 +45,8 @@ def create_db_engine(database_url: str) -> Engine:
         connect_args={
             "connect_timeout": DB_CONNECT_TIMEOUT_S,
             "application_name": APPLICATION_NAME,
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            # UTC sessions: instants near years 1 and 9999 load whatever the database's zone.
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC",
         },
     )
 

@@ -106,7 +106,8 @@ def count_items(body: bytes) -> int:
     """How many events a body holds: its array length, or 1 for any other JSON value.
 
     Raises:
-        ApiError: 422 ``invalid_json`` when the body is not JSON (CONTRACT §5: invalid is 422).
+        ApiError: 422 ``invalid_json`` when the body is not JSON, or is nested too deeply to
+            decode (CONTRACT §5: invalid is 422).
     """
     try:
         if body.lstrip().startswith(b"["):
@@ -115,6 +116,12 @@ def count_items(body: bytes) -> int:
     except msgspec.DecodeError as exc:
         raise ApiError(
             HTTP_422_UNPROCESSABLE_ENTITY, "invalid_json", f"the request body is not JSON: {exc}"
+        ) from exc
+    except RecursionError as exc:
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            "the request body is nested too deeply to decode",
         ) from exc
     return 1
 

@@ -37,6 +37,8 @@ from projections.queries import (
 )
 
 _DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
+#: Largest ``offset`` of ``GET /v1/dead-letters``: PostgreSQL's OFFSET is a bigint.
+MAX_OFFSET: Final = 2**63 - 1
 
 
 class PartitionView(msgspec.Struct, frozen=True):
@@ -176,7 +178,11 @@ async def get_dead_letters(
     ] = None,
     offset: Annotated[
         int,
-        QueryParameter(ge=0, description="dead letters to skip (after the cursor, if any)"),
+        QueryParameter(
+            ge=0,
+            le=MAX_OFFSET,
+            description="dead letters to skip (after the cursor, if any)",
+        ),
     ] = 0,
 ) -> DeadLetterPage:
     """One page of dead letters, newest first: ``{"dead_letters": [...], "limit",

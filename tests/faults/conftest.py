@@ -1,0 +1,55 @@
+"""Fault scenarios: per-test isolation (own vhost and database) and the figures table.
+
+Every scenario records one row (scenario, rounds, events, invalid inputs tried, lost, applied
+twice) before it asserts; the rows are printed as a table at the end of the session and, with
+``FAULTS_REPORT=path``, written there as Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processor.settings import Settings
+from processor.topology import declare_topology
+from tests.faults.support import FaultReport, render_table
+from tests.services import Services, isolated_settings
+
+_REPORT = pytest.StashKey[FaultReport]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults: a fault scenario (tests/faults)")
+    config.stash[_REPORT] = FaultReport()
+
+
+@pytest.fixture
+def settings(services: Services) -> Iterator[Settings]:
+    """Settings on a fresh vhost (topology declared) and a fresh migrated database."""
+    with isolated_settings(services) as isolated:
+        declare_topology(isolated)
+        yield isolated
+
+
+@pytest.fixture
+def fault_report(request: pytest.FixtureRequest) -> FaultReport:
+    """Where a scenario records its figures."""
+    return request.config.stash[_REPORT]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    report = config.stash.get(_REPORT, None)
+    if report is None or not report.rows:
+        return
+    table = render_table(report.rows)
+    terminalreporter.write_sep("=", "fault scenarios")
+    terminalreporter.write_line(table)
+    target = os.environ.get("FAULTS_REPORT")
+    if target:
+        Path(target).write_text(table + "\n")
+        terminalreporter.write_line(f"(written to {target})")
