@@ -1,13 +1,16 @@
-"""Reading partition streams with the RabbitMQ stream protocol (rstream).
+"""Reading partition streams with the RabbitMQ stream protocol.
 
 One ``StreamReader`` per process runs an asyncio loop in its own thread. Partition owners ask it
 to subscribe their stream from an offset and hand it a ``RecordSink``; it delivers
-``(offset, body)`` in log order. rstream's own recovery is off: the reader supervises the
-connection itself and, after any connection loss, resubscribes every partition from the next
-offset its sink still needs, so nothing is skipped and nothing is read twice into a sink.
+``(offset, body)`` in log order. The live path reads with ``processor.wire`` (frames parsed from
+large socket reads, credit granted in bulk): this log has one or two messages per chunk, so the
+cost per chunk decides the read rate, and rstream's was the processor's largest CPU cost. The
+reader supervises the connection itself and, after any connection loss, resubscribes every
+partition from the next offset its sink still needs, so nothing is skipped and nothing is read
+twice into a sink. The occasional probes (a stream's first and last offsets) use rstream.
 
-rstream swallows exceptions raised by message callbacks, so the callback here never raises:
-failures are handed to the sink (``RecordSink.fail``) where the owner sees them.
+Callbacks never raise into the connection's read loop: failures are handed to the sink
+(``RecordSink.fail``) where the owner sees them.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
 from rstream.recovery import BackOffRecoveryStrategy
 
 from processor.amqp_body import AmqpFormatError, message_body
 from processor.settings import Settings, stream_name
+from processor.wire import MAX_SUBSCRIPTIONS, StreamConnection
 
 log = logging.getLogger(__name__)
 
 #: Chunks the broker may send ahead of the reader, per subscription.
-DEFAULT_INITIAL_CREDIT: Final = 32
+DEFAULT_INITIAL_CREDIT: Final = 256
 #: Reconnect back-off bounds, in seconds (full jitter between them).
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
@@ -82,7 +86,8 @@ class StreamReader:
         self._wanted: dict[int, RecordSink] = {}
         self._subscribed: dict[int, RecordSink] = {}
         self._subscription_ids: dict[int, int] = {}
-        self._consumer: Consumer | None = None
+        self._consumer: StreamConnection | None = None
+        self._next_subscription_id = 0
         self._changed = asyncio.Event()
         self._connection_lost = asyncio.Event()
         self._stopping = False
@@ -169,8 +174,8 @@ class StreamReader:
                 # Clear before reconciling: a change made meanwhile must wake the next round.
                 self._changed.clear()
                 await self._reconcile()
-                # rstream connects lazily (on the first subscribe): only a reconcile that went
-                # through proves the connection, so only then does the back-off start over.
+                # Only a reconcile that went through (subscriptions accepted) proves the
+                # connection, so only then does the back-off start over.
                 attempt = 0
                 waiters = [
                     asyncio.create_task(self._changed.wait()),
@@ -205,23 +210,31 @@ class StreamReader:
     async def _open_consumer(self) -> None:
         amqp = self._settings.amqp
         self._connection_lost.clear()
-        consumer = Consumer(
+        self._subscribed.clear()
+        self._subscription_ids.clear()
+        connection = StreamConnection(
             amqp.host,
             self._settings.stream_port,
             username=amqp.username,
             password=amqp.password,
             vhost=amqp.vhost,
-            connection_name=self._name,
-            max_retries=1,
-            on_close_handler=self._on_close,
-            recovery_strategy=BackOffRecoveryStrategy(False),
+            name=self._name,
         )
-        self._consumer = consumer
-        self._subscribed.clear()
-        self._subscription_ids.clear()
+        try:
+            await connection.open()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._consumer = connection
+        failed = connection.failed
+        assert failed is not None
+        failed.add_done_callback(self._on_failed)
 
-    async def _on_close(self, info: Any) -> None:
-        log.warning("stream connection closed by the broker: %s", getattr(info, "reason", info))
+    def _on_failed(self, failed: asyncio.Future[None]) -> None:
+        if self._stopping or failed.cancelled():
+            return
+        log.warning("stream connection lost: %s", failed.exception())
         self._connection_lost.set()
 
     async def _close_consumer(self) -> None:
@@ -231,6 +244,16 @@ class StreamReader:
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), timeout=5)
+
+    def _free_subscription_id(self) -> int:
+        """A subscription id not in use, cycling so an id is not reused right away."""
+        used = set(self._subscription_ids.values())
+        for _ in range(MAX_SUBSCRIPTIONS):
+            candidate = self._next_subscription_id
+            self._next_subscription_id = (candidate + 1) % MAX_SUBSCRIPTIONS
+            if candidate not in used:
+                return candidate
+        raise ConnectionError(f"more than {MAX_SUBSCRIPTIONS} subscriptions on one connection")
 
     async def _reconcile(self) -> None:
         for partition in [p for p in self._subscribed if p not in self._wanted]:
@@ -247,13 +270,9 @@ class StreamReader:
             raise ConnectionError("no stream connection")
         start = sink.next_offset
         sink.subscribed(start)
-        callback = _make_callback(sink)
-        subscription_id = await consumer.subscribe(
-            stream_name(partition),
-            callback,
-            offset_specification=ConsumerOffsetSpecification(OffsetType.OFFSET, start),
-            initial_credit=self._credit,
-            subscriber_name=f"{self._name}-p{partition:03d}",
+        subscription_id = self._free_subscription_id()
+        await consumer.subscribe(
+            subscription_id, stream_name(partition), start, self._credit, _chunk_handler(sink)
         )
         self._subscribed[partition] = sink
         self._subscription_ids[partition] = subscription_id
@@ -266,24 +285,44 @@ class StreamReader:
         if consumer is None or subscription_id is None:
             return
         try:
+            # Answered after every chunk sent before it: no stale chunk reaches a later
+            # subscription that reuses the id.
             await consumer.unsubscribe(subscription_id)
         except Exception as exc:  # noqa: BLE001 - a failed unsubscribe means a broken connection
             log.warning("unsubscribing %s failed (%s); reconnecting", stream_name(partition), exc)
             self._connection_lost.set()
 
 
-def _make_callback(
+def _chunk_handler(
     sink: RecordSink,
-) -> Callable[[bytes, MessageContext], Awaitable[None] | None]:
-    def on_message(entry: bytes, context: MessageContext) -> Awaitable[None] | None:
+) -> Callable[[int, list[memoryview]], Awaitable[None] | None]:
+    """Hand a chunk's records to ``sink`` in offset order, waiting where it pushes back."""
+
+    def offer(offset: int, entry: memoryview) -> Awaitable[None] | None:
         try:
             body = message_body(entry)
         except AmqpFormatError as exc:
             reason = f"stream entry is not an AMQP 1.0 message: {exc}"
-            return sink.offer_unreadable(context.offset, bytes(entry), reason)
-        return sink.offer(context.offset, body)
+            return sink.offer_unreadable(offset, bytes(entry), reason)
+        return sink.offer(offset, body)
 
-    return on_message
+    async def rest(
+        waiting: Awaitable[None], first_offset: int, entries: list[memoryview], index: int
+    ) -> None:
+        await waiting
+        for position in range(index, len(entries)):
+            more = offer(first_offset + position, entries[position])
+            if more is not None:
+                await more
+
+    def on_chunk(first_offset: int, entries: list[memoryview]) -> Awaitable[None] | None:
+        for index, entry in enumerate(entries):
+            waiting = offer(first_offset + index, entry)
+            if waiting is not None:
+                return rest(waiting, first_offset, entries, index + 1)
+        return None
+
+    return on_chunk
 
 
 def _probe_consumer(settings: Settings) -> Consumer:

@@ -1,6 +1,6 @@
 """Bulk reading of the log for replay: offset ranges of partition streams, in large batches.
 
-Replay reads every partition concurrently with the stream protocol (``processor.replay.wire``,
+Replay reads every partition concurrently with the stream protocol (``processor.wire``,
 one connection, a large credit per subscription) and hands each partition's records over in
 batches of up to ``batch_size`` records, in log order. The event loop is never blocked: a
 consumer that needs time returns an awaitable from ``deliver`` and reading pauses until it is
@@ -23,9 +23,9 @@ from typing import Final
 
 from processor.amqp_body import AmqpFormatError, message_body
 from processor.replay.errors import LogIncomplete, MissingRange, ReplayStalled
-from processor.replay.wire import MAX_SUBSCRIPTIONS, StreamConnection
 from processor.settings import Settings, stream_name
 from processor.streams import read_first_offset
+from processor.wire import MAX_SUBSCRIPTIONS, StreamConnection
 from projections.batch import LogRecord
 
 #: Chunks the broker may send ahead per subscription (the live reader uses 32). This log has one
@@ -311,7 +311,7 @@ def read_log_ranges(
     Raises:
         LogIncomplete: retention removed records of a range while it was read.
         ReplayStalled: the broker sent nothing for ``stall_timeout_s``.
-        processor.replay.wire.StreamProtocolError: the broker refused a subscription, closed
+        processor.wire.StreamProtocolError: the broker refused a subscription, closed
             the connection or sent a corrupt chunk.
         Exception: whatever ``check`` raises.
     """

@@ -195,3 +195,21 @@ def test_an_unreadable_entry_is_kept_with_its_reason_for_the_dead_letters(
         (1, "stream entry is not an AMQP 1.0 message"),
     ]
     assert records[1].body == b"\x01raw"
+
+
+def test_the_live_chunk_handler_waits_where_the_feed_pushes_back_and_keeps_order(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from processor.streams import _chunk_handler  # noqa: PLC0415
+
+    feed, _ = make_feed(loop, next_offset=0, batch_size=1)  # capacity: BUFFERED_BATCHES records
+    entries = [memoryview(b"\x00\x53\x75\xa0\x01" + bytes([65 + i])) for i in range(6)]
+    waiting = _chunk_handler(feed)(0, entries)
+    assert waiting is not None  # the feed filled up inside the chunk
+    task = loop.create_task(_await(waiting))
+    taken: list[int] = []
+    while not task.done():
+        loop.run_until_complete(asyncio.sleep(0.01))
+        taken.extend(r.offset for r in feed.take(10))
+    taken.extend(r.offset for r in feed.take(10))
+    assert taken == [0, 1, 2, 3, 4, 5]

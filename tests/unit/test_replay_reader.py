@@ -17,7 +17,7 @@ from processor.replay.reader import (
     ranges_between,
     unreadable_reason,
 )
-from processor.streams import _make_callback
+from processor.streams import _chunk_handler
 from projections.batch import LogRecord
 
 
@@ -184,9 +184,6 @@ def test_an_unreadable_entry_becomes_a_record_with_the_live_readers_reason() -> 
         def offer_unreadable(self, _offset: int, _entry: bytes, reason: str) -> None:
             LiveSink.reason = reason
 
-    class Context:
-        offset = 1
-
-    _make_callback(LiveSink())(b"\x01garbage", Context())  # type: ignore[arg-type]
+    _chunk_handler(LiveSink())(1, [memoryview(b"\x01garbage")])  # type: ignore[arg-type]
     assert captured[1].error == LiveSink.reason
     assert unreadable_reason(AmqpFormatError("x")) == "stream entry is not an AMQP 1.0 message: x"

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from processor.replay.wire import StreamProtocolError, chunk_entries
+from processor.wire import StreamProtocolError, chunk_entries
 
 
 def deliver_frame(

@@ -1,6 +1,6 @@
-"""A minimal read-only client of the RabbitMQ stream protocol, for bulk reads of the log.
+"""A minimal read-only client of the RabbitMQ stream protocol: the live reader and replay use it.
 
-Why not rstream (which the live path uses): events reach the streams through the AMQP 0.9.1
+Why not rstream: events reach the streams through the AMQP 0.9.1
 exchange, and a stream writes what its writer's mailbox holds as one chunk, so this log has about
 one or two messages per chunk. The read rate is then decided by the cost per chunk, and rstream
 decodes every frame generically and sends one ``Credit`` frame per chunk. This client parses
@@ -9,7 +9,8 @@ frames out of large socket reads, checks each chunk's CRC, and grants credit in 
 
 Scope: connect (peer properties, SASL PLAIN, tune, open), subscribe from an offset, deliveries,
 credit, heartbeats, close. Nothing else: no publishing, no offset tracking, no reconnection (a
-lost connection fails the read; the replay is then dropped as a whole and can be run again).
+lost connection resolves ``failed``: the live ``StreamReader`` reconnects and resubscribes from
+its sinks' next offsets; a replay is dropped as a whole and can be run again).
 It connects to the node named by ``AMQP_URL`` on ``STREAM_PORT``. Any member of a stream serves
 consumers, so in a cluster that node must host a member of every partition stream.
 
@@ -174,7 +175,7 @@ class StreamConnection:
         username: str,
         password: str,
         vhost: str,
-        name: str = "friendship-stream replay",
+        name: str = "friendship-stream",
         timeout_s: float = 10.0,
     ) -> None:
         self._address = (host, port)
@@ -380,7 +381,7 @@ class StreamConnection:
         if key == _METADATA_UPDATE:
             (length,) = struct.unpack_from(">h", frame, 6)
             stream = frame[8 : 8 + length].decode(errors="replace")
-            raise StreamProtocolError(f"stream {stream} changed (deleted or moved) during replay")
+            raise StreamProtocolError(f"stream {stream} changed (deleted or moved)")
         return None  # heartbeats and anything a reader need not answer
 
     def _deliver(self, frame: bytes) -> Awaitable[None] | None:
