@@ -88,6 +88,7 @@ class StreamReader:
         self._subscription_ids: dict[int, int] = {}
         self._consumer: StreamConnection | None = None
         self._next_subscription_id = 0
+        self._pumps: dict[int, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._connection_lost = asyncio.Event()
         self._stopping = False
@@ -241,6 +242,8 @@ class StreamReader:
         consumer, self._consumer = self._consumer, None
         self._subscribed.clear()
         self._subscription_ids.clear()
+        for partition in list(self._pumps):
+            self._stop_pump(partition)
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), timeout=5)
@@ -271,14 +274,66 @@ class StreamReader:
         start = sink.next_offset
         sink.subscribed(start)
         subscription_id = self._free_subscription_id()
+        # The connection's read loop only queues chunks: a partition whose feed is full must not
+        # hold up the other partitions or the answers to requests on the same connection. Its
+        # pump task waits instead, and grants credit only for chunks it handed on, so a slow
+        # partition stops its own stream at the broker (at most ``initial_credit`` chunks queued).
+        chunks: asyncio.Queue[tuple[int, list[memoryview]]] = asyncio.Queue()
+
+        def on_chunk(first_offset: int, entries: list[memoryview]) -> None:
+            chunks.put_nowait((first_offset, entries))
+
         await consumer.subscribe(
-            subscription_id, stream_name(partition), start, self._credit, _chunk_handler(sink)
+            subscription_id,
+            stream_name(partition),
+            start,
+            self._credit,
+            on_chunk,
+            auto_credit=False,
+        )
+        self._stop_pump(partition)
+        self._pumps[partition] = asyncio.create_task(
+            self._pump(partition, subscription_id, consumer, chunks, sink)
         )
         self._subscribed[partition] = sink
         self._subscription_ids[partition] = subscription_id
         log.debug("subscribed %s from offset %d", stream_name(partition), start)
 
+    async def _pump(
+        self,
+        partition: int,
+        subscription_id: int,
+        consumer: StreamConnection,
+        chunks: asyncio.Queue[tuple[int, list[memoryview]]],
+        sink: RecordSink,
+    ) -> None:
+        """Hand queued chunks to ``sink`` in order, granting credit as they are taken."""
+        handler = _chunk_handler(sink)
+        step = max(1, self._credit // 2)
+        taken = 0
+        try:
+            while True:
+                first_offset, entries = await chunks.get()
+                waiting = handler(first_offset, entries)
+                if waiting is not None:
+                    await waiting
+                taken += 1
+                if taken >= step:
+                    consumer.grant(subscription_id, taken)
+                    taken = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the connection broke under the pump
+            log.warning("reading %s stopped (%s); reconnecting", stream_name(partition), exc)
+            self._connection_lost.set()
+
+    def _stop_pump(self, partition: int) -> None:
+        pump = self._pumps.pop(partition, None)
+        if pump is not None:
+            pump.cancel()
+
     async def _unsubscribe_stream(self, partition: int) -> None:
+        self._stop_pump(partition)
         self._subscribed.pop(partition, None)
         subscription_id = self._subscription_ids.pop(partition, None)
         consumer = self._consumer

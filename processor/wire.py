@@ -225,7 +225,14 @@ class StreamConnection:
             self._tasks.append(asyncio.create_task(self._send_heartbeats(heartbeat_s)))
 
     async def subscribe(
-        self, subscription_id: int, stream: str, offset: int, credit: int, on_chunk: OnChunk
+        self,
+        subscription_id: int,
+        stream: str,
+        offset: int,
+        credit: int,
+        on_chunk: OnChunk,
+        *,
+        auto_credit: bool = True,
     ) -> None:
         """Read ``stream`` from ``offset`` (the chunk holding it may start earlier: callers skip
         offsets below the one they asked for); ``on_chunk`` gets every chunk in log order.
@@ -237,7 +244,8 @@ class StreamConnection:
             raise ValueError(f"subscription id {subscription_id} out of range")
         credit = max(2, min(credit, 0xFFFF))
         self._handlers[subscription_id] = on_chunk
-        self._credit_step[subscription_id] = credit // 2
+        # Without auto credit the caller grants credit (``grant``) as it consumes chunks.
+        self._credit_step[subscription_id] = credit // 2 if auto_credit else 0
         self._credit_due[subscription_id] = 0
         payload = (
             struct.pack(">B", subscription_id)
@@ -247,6 +255,11 @@ class StreamConnection:
             + _properties({})
         )
         await self._request(_SUBSCRIBE, payload, f"subscribe to {stream}")
+
+    def grant(self, subscription_id: int, chunks: int) -> None:
+        """Let the broker send ``chunks`` more chunks of a subscription made without auto credit."""
+        if subscription_id in self._handlers and chunks > 0:
+            self._write(_frame(_CREDIT, struct.pack(">BH", subscription_id, min(chunks, 0xFFFF))))
 
     async def unsubscribe(self, subscription_id: int) -> None:
         """Stop a subscription (chunks already on the wire are dropped)."""
@@ -390,8 +403,9 @@ class StreamConnection:
         handler = self._handlers.get(subscription_id)
         if handler is None:
             return None  # unsubscribed meanwhile
+        step = self._credit_step[subscription_id]
         due = self._credit_due[subscription_id] + 1
-        if due >= self._credit_step[subscription_id]:
+        if step and due >= step:
             self._write(_frame(_CREDIT, struct.pack(">BH", subscription_id, due)))
             due = 0
         self._credit_due[subscription_id] = due
