@@ -3,7 +3,7 @@
 The workload is published into a fresh vhost and drained by a processor (replay verifies against
 live projections), then:
 
-- the harness's own raw read (``bench.raw_read``: rstream, the live reader's client) reads it;
+- the harness's own raw read (``bench.raw_read``: rstream, as a second client) reads it;
 - ``processor.replay``'s ``verify`` rebuilds it into a shadow schema and compares it with live.
   Its report gives the replay phases' records and seconds, and its own raw read of the same
   records without the database (the replay reader, ``measure_read``).

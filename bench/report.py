@@ -85,12 +85,10 @@ def _latency_detail(latency: LatencyResult) -> str:
 
 
 def _raw_read_detail(replay: ReplayResult) -> str:
-    detail = (
-        f"{replay.events:,} events; rstream (the live reader's client) "
-        f"{_rate(replay.raw_read_events_per_s)}"
-    )
+    detail = f"{replay.events:,} events; rstream {_rate(replay.raw_read_events_per_s)}"
     if replay.replay_raw_read_events_per_s > 0:
-        detail += f", replay's reader {_rate(replay.replay_raw_read_events_per_s)}"
+        wire_rate = _rate(replay.replay_raw_read_events_per_s)
+        detail += f", processor.wire (live and replay reader) {wire_rate}"
     return detail + "; the faster one is the baseline"
 
 
