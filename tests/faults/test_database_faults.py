@@ -234,6 +234,9 @@ def test_a_deadlock_with_an_admin_write_retries_the_batch_whole(
             - deadlocks_before
         )
     retries = batch_retries(log_path)
+    # After BATCH_ATTEMPTS deadlocks in a row the owner gives the partition up; the next owner
+    # re-reads the batch from the checkpoint: still whole, but logged as a release.
+    give_ups = log_text(log_path).count("released (DeadlockDetected")
     verify(
         settings,
         fault_report,
@@ -241,8 +244,9 @@ def test_a_deadlock_with_an_admin_write_retries_the_batch_whole(
         rounds=rounds,
         valid=bodies,
         notes=f"{deadlocks} deadlocks detected, the processor's batch aborted {processor_victims} "
-        f"times (the admin's {admin_victims}), {retries} whole-batch retries",
+        f"times (the admin's {admin_victims}), {retries} whole-batch retries, {give_ups} "
+        "give-ups (batch re-read by the next owner)",
     )
     assert processor_victims == rounds, "the processor's batch was never the deadlock victim"
     assert deadlocks >= rounds
-    assert retries >= rounds
+    assert retries + give_ups >= rounds
