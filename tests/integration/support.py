@@ -137,6 +137,47 @@ def drain_except(
             time.sleep(0.2)
 
 
+async def read_bodies(
+    settings: Settings,
+    partition: int,
+    *,
+    count: int | None = None,
+    until_offset: int | None = None,
+    timeout_s: float = 60.0,
+) -> list[bytes]:
+    """Bodies of a partition stream from its first available offset, read with rstream (a
+    client independent of the product's reader): the first ``count`` of them, or all up to
+    ``until_offset``. Raises ``TimeoutError`` when they do not arrive within ``timeout_s``."""
+    amqp = settings.amqp
+    consumer = Consumer(
+        amqp.host,
+        settings.stream_port,
+        username=amqp.username,
+        password=amqp.password,
+        vhost=amqp.vhost,
+    )
+    bodies: list[bytes] = []
+    done = asyncio.Event()
+
+    def on_message(entry: bytes, context: MessageContext) -> None:
+        bodies.append(message_body(entry))
+        if (count is not None and len(bodies) >= count) or (
+            until_offset is not None and context.offset >= until_offset
+        ):
+            done.set()
+
+    try:
+        await consumer.subscribe(
+            stream_name(partition),
+            on_message,
+            offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
+        )
+        await asyncio.wait_for(done.wait(), timeout=timeout_s)
+    finally:
+        await consumer.close()
+    return bodies[:count] if count is not None else bodies
+
+
 def read_stream_bodies(settings: Settings, partition: int) -> list[bytes]:
     """Every body still in a partition stream, from its first available offset to its tail."""
 
@@ -144,32 +185,7 @@ def read_stream_bodies(settings: Settings, partition: int) -> list[bytes]:
         tail = (await read_tail_offsets(settings, [partition]))[partition]
         if tail < 0:
             return []
-        amqp = settings.amqp
-        consumer = Consumer(
-            amqp.host,
-            settings.stream_port,
-            username=amqp.username,
-            password=amqp.password,
-            vhost=amqp.vhost,
-        )
-        bodies: list[bytes] = []
-        done = asyncio.Event()
-
-        def on_message(entry: bytes, context: MessageContext) -> None:
-            bodies.append(message_body(entry))
-            if context.offset >= tail:
-                done.set()
-
-        try:
-            await consumer.subscribe(
-                stream_name(partition),
-                on_message,
-                offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
-            )
-            await asyncio.wait_for(done.wait(), timeout=60)
-        finally:
-            await consumer.close()
-        return bodies
+        return await read_bodies(settings, partition, until_offset=tail)
 
     return asyncio.run(read())
 

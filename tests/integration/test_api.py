@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 from psycopg import sql
-from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
 
-from processor.amqp_body import message_body
 from processor.api import create_app
 from processor.leases import OWNER_APPLICATION_PREFIX, try_acquire_lease
-from processor.settings import Settings, stream_name
+from processor.settings import Settings
 from processor.streams import read_tail_offsets
 from projections.batch import LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect, database_name
+from tests.integration.support import read_bodies
 
 pytestmark = pytest.mark.integration
 
@@ -91,36 +90,6 @@ def tails(settings: Settings) -> dict[int, int]:
     return asyncio.run(read_tail_offsets(settings))
 
 
-async def _read_partition(settings: Settings, partition: int, count: int) -> list[bytes]:
-    """The first ``count`` bodies of a partition stream; fails after 10 s without them."""
-    amqp = settings.amqp
-    consumer = Consumer(
-        amqp.host,
-        settings.stream_port,
-        username=amqp.username,
-        password=amqp.password,
-        vhost=amqp.vhost,
-    )
-    bodies: list[bytes] = []
-    enough = asyncio.Event()
-
-    def on_message(entry: bytes, _context: MessageContext) -> None:
-        bodies.append(message_body(entry))
-        if len(bodies) >= count:
-            enough.set()
-
-    try:
-        await consumer.subscribe(
-            stream_name(partition),
-            on_message,
-            offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
-        )
-        await asyncio.wait_for(enough.wait(), timeout=10)
-    finally:
-        await consumer.close()
-    return bodies[:count]
-
-
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -153,7 +122,7 @@ def test_post_one_event_is_published_and_confirmed(
     filled = {p: t for p, t in tails(settings).items() if t >= 0}
     assert list(filled.values()) == [0]
     (partition,) = filled
-    assert asyncio.run(_read_partition(settings, partition, 1)) == [body]
+    assert asyncio.run(read_bodies(settings, partition, count=1, timeout_s=10)) == [body]
 
 
 def test_post_array_is_published_with_the_exact_item_bytes(
@@ -173,7 +142,9 @@ def test_post_array_is_published_with_the_exact_item_bytes(
     filled = {p: t for p, t in tails(settings).items() if t >= 0}
     assert list(filled.values()) == [2]  # one user, one partition, three events in order
     (partition,) = filled
-    assert asyncio.run(_read_partition(settings, partition, 3)) == [encode(e) for e in events]
+    assert asyncio.run(read_bodies(settings, partition, count=3, timeout_s=10)) == [
+        encode(e) for e in events
+    ]
 
 
 def test_one_invalid_item_refuses_the_whole_batch(
