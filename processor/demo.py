@@ -11,6 +11,7 @@ ids, which the processor applies once: the summary does not change.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -31,19 +32,24 @@ from processor.topology import declare_topology
 from projections.database import connect, migrate
 from projections.fold import LEVELS
 
-#: The mapping in brief; the whole of it is ``processor.demo_data.mapping_description()``.
-MAPPING_SUMMARY: Final = """\
-1,617 conversations (valid_freq, valid_rare, test_freq) -> 200 children (hash of the
-conversation id); agent_2 plays the child, agent_1 the robot. Each turn ->
-conversation.turn_recorded (dataset sentiment label -> contract label); then one
-conversation.completed (the child's rating, 15 s per turn). Topic = the most common topic
-of the conversation's reading-set entities. Deterministic event ids and times: a re-run
-applies nothing twice. Full mapping: processor/demo_data.py."""
+#: The mapping in brief, one paragraph (the console wraps it to its width); the whole of it is
+#: ``processor.demo_data.mapping_description()``.
+MAPPING_SUMMARY: Final = (
+    "1,617 conversations (valid_freq, valid_rare, test_freq) -> 200 children (hash of the "
+    "conversation id); agent_2 plays the child, agent_1 the robot. Each turn -> "
+    "conversation.turn_recorded (dataset sentiment label -> contract label); then one "
+    "conversation.completed (the child's rating, 15 s per turn). Topic = the most common topic "
+    "of the conversation's reading-set entities. Deterministic event ids and times: a re-run "
+    "applies nothing twice. Full mapping: processor/demo_data.py."
+)
 
 #: Events per confirm round when publishing the demo data.
 PUBLISH_CHUNK: Final = 5000
 #: Seconds the demo waits for zero lag before giving up.
 DRAIN_TIMEOUT_S: Final = 600.0
+#: Seconds the demo waits for the API's ``/healthz`` to answer.
+API_START_TIMEOUT_S: Final = 30.0
+_POLL_S: Final = 0.2
 
 
 class DemoError(RuntimeError):
@@ -51,18 +57,68 @@ class DemoError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Counters:
+    """Counters read from the database: how far the checkpoints are and what they produced.
+
+    Attributes:
+        consumed: sum over partitions of checkpoint + 1 (log records consumed so far).
+        applied: sum of ``events_applied`` over users.
+        dead_lettered: rows in the dead-letter table.
+    """
+
+    consumed: int
+    applied: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True)
 class DrainMeasurement:
-    """How fast the processor consumed the demo's backlog: log records (applied, duplicate or
-    dead-lettered) and seconds to zero lag."""
+    """What the processor did with the demo's backlog and how long it took.
+
+    Attributes:
+        events: log records consumed (applied, duplicate or dead-lettered).
+        applied: events that changed the projections (first time seen).
+        dead_lettered: events dead-lettered.
+        seconds: from ``since`` to zero lag on every partition.
+        processor_was_running: the processor was already running before the demo published,
+            so the time counts from the start of publishing, not from processor start.
+    """
 
     events: int
     seconds: float
+    applied: int = 0
+    dead_lettered: int = 0
     processor_was_running: bool = False
 
     @property
+    def duplicates(self) -> int:
+        """Records whose event id was already applied (no effect)."""
+        return max(0, self.events - self.applied - self.dead_lettered)
+
+    @property
     def events_per_s(self) -> float:
-        """Events applied per second."""
+        """Log records consumed per second."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """One sentence for people: what was consumed, how fast, and what it changed."""
+        since = (
+            "from the start of publishing; the processor was already running"
+            if self.processor_was_running
+            else "from processor start, start-up included"
+        )
+        text = (
+            f"processor reached zero lag on every partition in {self.seconds:.2f} s ({since}): "
+            f"{self.events} log records consumed = {self.events_per_s:.0f} records/s; "
+            f"{self.applied} applied, {self.duplicates} duplicates (event id already applied: "
+            f"no effect), {self.dead_lettered} dead-lettered."
+        )
+        if self.events and self.applied == 0 and self.dead_lettered == 0:
+            text += (
+                " Every event was already applied by an earlier run (a re-run republishes the "
+                "same event ids), so nothing changed."
+            )
+        return text
 
 
 async def _publish(settings: Settings, events: list[OutgoingEvent], console: Console) -> float:
@@ -89,53 +145,93 @@ async def _publish(settings: Settings, events: list[OutgoingEvent], console: Con
     return time.perf_counter() - started
 
 
-def _consumed_offsets(settings: Settings) -> int:
-    """How far the checkpoints are into the logs: sum over partitions of checkpoint + 1."""
+def _read_progress(settings: Settings) -> Counters:
     with connect(settings.database_url) as conn:
         row = conn.execute(
-            "SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints"
+            """SELECT (SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints),
+                      (SELECT coalesce(sum(events_applied), 0) FROM friendships),
+                      (SELECT count(*) FROM dead_letters)"""
         ).fetchone()
-    return int(row[0]) if row else 0
+    consumed, applied, dead = row if row else (0, 0, 0)
+    return Counters(int(consumed), int(applied), int(dead))
 
 
-def _drain(settings: Settings, console: Console) -> DrainMeasurement:
-    already_running = background.running_pid("processor") is not None
-    consumed_before = _consumed_offsets(settings)
-    started = time.perf_counter()
-    background.start("processor", ["run"])
+def _drain(
+    settings: Settings, console: Console, before: Counters, publish_started: float
+) -> DrainMeasurement:
+    """Start the processor unless it runs, and wait for zero lag on every partition.
+
+    Raises:
+        DemoError: the processor died (with its exit status and log tail), or lag stayed above
+            zero for ``DRAIN_TIMEOUT_S`` seconds.
+    """
+    existing = background.find("processor")
+    started = publish_started if existing is not None else time.perf_counter()
+    processor = existing or background.start("processor", ["run"])
     with connect(settings.database_url) as conn, console.status("processing") as status:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
+            if not processor.alive():
+                raise DemoError(processor.death_report())
             statuses = asyncio.run(read_partition_status(settings, conn))
             lag = sum(s.lag for s in statuses)
             status.update(f"processing: consumer lag {lag} events")
             if lag == 0:
                 break
-            if background.running_pid("processor") is None:
-                raise DemoError(f"the processor exited; see {background.log_file('processor')}")
             if time.monotonic() > deadline:
                 raise DemoError(f"lag still {lag} after {DRAIN_TIMEOUT_S:.0f} s")
-            time.sleep(0.2)
+            time.sleep(_POLL_S)
     seconds = time.perf_counter() - started
+    after = _read_progress(settings)
     return DrainMeasurement(
-        events=_consumed_offsets(settings) - consumed_before,
+        events=after.consumed - before.consumed,
         seconds=seconds,
-        processor_was_running=already_running,
+        applied=after.applied - before.applied,
+        dead_lettered=after.dead_lettered - before.dead_lettered,
+        processor_was_running=existing is not None,
     )
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2):  # noqa: S310 - local API
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _start_api(settings: Settings) -> str:
-    background.start("api", ["api"])
+    """Start the API unless the demo's API runs, and wait until it answers ``/healthz``.
+
+    Raises:
+        DemoError: another process (not started by the demo) holds API_HOST:API_PORT, the
+            API died (with its exit status and log tail), or it did not answer in time.
+    """
     base = f"http://{settings.api_host}:{settings.api_port}"
-    deadline = time.monotonic() + 30
+    existing = background.find("api")
+    if existing is None and _port_in_use(settings.api_host, settings.api_port):
+        raise DemoError(
+            f"{settings.api_host}:{settings.api_port} is already in use by a process the demo "
+            "did not start (`just down` stops only what the demo started); stop it, or set "
+            "API_PORT to a free port"
+        )
+    api = existing or background.start("api", ["api"])
+    deadline = time.monotonic() + API_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2):  # noqa: S310 - local API
-                return base
-        except (urllib.error.URLError, OSError):
-            if background.running_pid("api") is None:
-                raise DemoError(f"the API exited; see {background.log_file('api')}") from None
-            time.sleep(0.2)
+        healthy = _healthy(base)
+        # Judge the process after the probe: an answer from a process that is not ours
+        # (ours died, say, on "address already in use") must not count.
+        if not api.alive():
+            raise DemoError(api.death_report())
+        if healthy:
+            return base
+        time.sleep(_POLL_S)
     raise DemoError(f"the API did not answer at {base}; see {background.log_file('api')}")
 
 
@@ -204,23 +300,16 @@ def run_demo(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> DrainMeas
     console.print(MAPPING_SUMMARY, highlight=False)
     events = [OutgoingEvent(e.event_id, e.user_id, e.body) for e in iter_demo_events(data_dir)]
     console.print(f"{len(events)} events from {data_dir}")
+    before = _read_progress(settings)
+    publish_started = time.perf_counter()
     publish_s = asyncio.run(_publish(settings, events, console))
     console.print(
         f"published {len(events)} events in {publish_s:.2f} s "
         f"({len(events) / publish_s:.0f} events/s, every one confirmed by the broker)"
     )
     console.rule("Processing")
-    drain = _drain(settings, console)
-    since = (
-        "from the end of publishing (the processor was already running)"
-        if drain.processor_was_running
-        else "from processor start, start-up included"
-    )
-    console.print(
-        f"processor reached zero lag: {drain.events} log records consumed (applied, duplicate "
-        f"or dead-lettered) in {drain.seconds:.2f} s = {drain.events_per_s:.0f} events/s "
-        f"({since}, to zero lag on every partition)"
-    )
+    drain = _drain(settings, console, before, publish_started)
+    console.print(drain.describe(), highlight=False)
     base_url = _start_api(settings)
     console.rule("Result")
     _summary(settings, console, base_url)
