@@ -19,6 +19,7 @@ import psycopg
 from processor.errors import ProcessorError
 from processor.logs import configure_logging
 from processor.settings import Settings, SettingsError
+from processor.terminal import foreground_process_group
 
 log = logging.getLogger("processor")
 
@@ -47,8 +48,9 @@ def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    processor.prepare()
-    return processor.run()
+    with foreground_process_group():
+        processor.prepare()
+        return processor.run()
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -67,12 +69,27 @@ def _topology(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from processor.publish_file import publish_file_sync  # noqa: PLC0415
+    from processor.publish_file import (  # noqa: PLC0415
+        check_readable,
+        describe_invalid,
+        publish_events_of,
+        read_events,
+    )
     from processor.topology import declare_topology  # noqa: PLC0415
 
+    path = Path(args.file)
+    check_readable(path)
+    contents = read_events(path, allow_invalid=args.allow_invalid)
     declare_topology(settings)
-    count = publish_file_sync(settings, Path(args.file), allow_invalid=args.allow_invalid)
-    log.info("published %d events from %s (all confirmed by the broker)", count, args.file)
+    count = asyncio.run(publish_events_of(settings, contents))
+    log.info("published %d events from %s (all confirmed by the broker)", count, path)
+    if contents.invalid:
+        log.warning(
+            "%d of them are invalid lines, published as they are: the processor dead-letters "
+            "them (`just status`, GET /v1/dead-letters):\n%s",
+            len(contents.invalid),
+            describe_invalid(path, contents.invalid),
+        )
     return ExitCode.OK
 
 
@@ -81,8 +98,10 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     from processor.status import read_partition_status  # noqa: PLC0415
+    from processor.topology import ensure_partition_count  # noqa: PLC0415
     from projections.database import connect  # noqa: PLC0415
 
+    ensure_partition_count(settings)
     with connect(settings.database_url) as conn:
         statuses = asyncio.run(read_partition_status(settings, conn))
     table = Table(title="partitions")
@@ -114,16 +133,19 @@ def _demo(settings: Settings, _args: argparse.Namespace) -> int:
 def _down(_settings: Settings, _args: argparse.Namespace) -> int:
     from processor import background  # noqa: PLC0415
 
-    for name in ("api", "processor"):
-        if background.stop(name):
-            log.info("stopped the background %s", name)
+    stopped = [name for name in ("api", "processor") if background.stop(name)]
+    if stopped:
+        log.info("stopped the background %s", " and ".join(stopped))
+    else:
+        log.info("nothing to stop: no background processor or API of the demo is running")
     return ExitCode.OK
 
 
 def _api(settings: Settings, _args: argparse.Namespace) -> int:
     from processor.api import serve  # noqa: PLC0415
 
-    serve(settings)
+    with foreground_process_group():
+        serve(settings)
     return ExitCode.OK
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -16,7 +15,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from processor.errors import PublishError
+from processor.errors import ProcessorError, PublishError
 from processor.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 from schemas.validation import EventValidationError, decode_event
@@ -25,13 +24,77 @@ log = logging.getLogger(__name__)
 
 #: Events published per confirm round.
 CHUNK: Final = 5000
+#: Invalid lines named one by one in an error or a report; the rest are counted.
+MAX_REPORTED_LINES: Final = 20
 
 
-class InvalidLine(ValueError):
-    """A line of the input file is not a valid event; nothing of the file was published."""
+@dataclass(frozen=True)
+class InvalidLine:
+    """One line of the input file that is not a valid event.
+
+    Attributes:
+        number: the line number (1-based).
+        reason: why (the field and the rule it breaks).
+    """
+
+    number: int
+    reason: str
 
 
-def read_events(path: Path, *, allow_invalid: bool = False) -> Iterator[OutgoingEvent]:
+@dataclass(frozen=True)
+class FileEvents:
+    """What a JSON Lines file holds: the events to publish, in file order, and its bad lines.
+
+    With ``allow_invalid``, ``events`` also holds the invalid lines as they are (the processor
+    dead-letters them); ``invalid`` lists them either way.
+    """
+
+    events: list[OutgoingEvent]
+    invalid: list[InvalidLine]
+
+
+def describe_invalid(path: Path, invalid: list[InvalidLine]) -> str:
+    """The invalid lines, one per line, at most ``MAX_REPORTED_LINES`` of them, then a count."""
+    shown = [f"  {path}:{line.number}: {line.reason}" for line in invalid[:MAX_REPORTED_LINES]]
+    if len(invalid) > MAX_REPORTED_LINES:
+        shown.append(f"  ... and {len(invalid) - MAX_REPORTED_LINES} more invalid lines")
+    return "\n".join(shown)
+
+
+class InvalidFile(ProcessorError):
+    """Lines of the input file are not valid events; nothing of the file was published.
+
+    Attributes:
+        path: the file.
+        invalid: every invalid line (the message names the first ``MAX_REPORTED_LINES``).
+    """
+
+    def __init__(self, path: Path, invalid: list[InvalidLine]) -> None:
+        super().__init__(
+            f"{path}: {len(invalid)} invalid lines, nothing published (--allow-invalid publishes "
+            f"them too, and the processor dead-letters them):\n{describe_invalid(path, invalid)}"
+        )
+        self.path = path
+        self.invalid = invalid
+
+
+def check_readable(path: Path) -> None:
+    """Fail early, before any connection, when ``path`` is not a readable file.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        IsADirectoryError: it is a directory.
+        PermissionError: it cannot be read.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a JSON Lines file")
+    with path.open("rb"):
+        pass
+
+
+def read_events(path: Path, *, allow_invalid: bool = False) -> FileEvents:
     """Read events from a JSON Lines file (one event object per line, blank lines skipped).
 
     Args:
@@ -40,8 +103,12 @@ def read_events(path: Path, *, allow_invalid: bool = False) -> Iterator[Outgoing
             dead-letters them) instead of refusing the file.
 
     Raises:
-        InvalidLine: a line is not a valid event (names the line number, field and reason).
+        InvalidFile: lines are not valid events and ``allow_invalid`` is false (names each,
+            up to ``MAX_REPORTED_LINES``, with its line number, field and reason).
+        OSError: the file cannot be read.
     """
+    events: list[OutgoingEvent] = []
+    invalid: list[InvalidLine] = []
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             body = line.strip()
@@ -50,12 +117,14 @@ def read_events(path: Path, *, allow_invalid: bool = False) -> Iterator[Outgoing
             try:
                 event = decode_event(body)
             except EventValidationError as error:
-                if not allow_invalid:
-                    raise InvalidLine(f"{path}:{number}: {error}") from error
+                invalid.append(InvalidLine(number, str(error)))
                 routing = _routing_key_of_invalid(body, number)
-                yield OutgoingEvent(routing[0], routing[1], body)
+                events.append(OutgoingEvent(routing[0], routing[1], body))
                 continue
-            yield OutgoingEvent(event.event_id, event.user_id, body)
+            events.append(OutgoingEvent(event.event_id, event.user_id, body))
+    if invalid and not allow_invalid:
+        raise InvalidFile(path, invalid)
+    return FileEvents(events, invalid)
 
 
 def _routing_key_of_invalid(body: bytes, number: int) -> tuple[str, str]:
@@ -78,10 +147,19 @@ async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = 
     a re-published event once.
 
     Raises:
-        InvalidLine: a line is invalid and ``allow_invalid`` is false (checked before publishing).
+        InvalidFile: lines are invalid and ``allow_invalid`` is false (checked before publishing).
         PublishError: a chunk still failed after the retries.
     """
-    events = list(read_events(path, allow_invalid=allow_invalid))
+    return await publish_events_of(settings, read_events(path, allow_invalid=allow_invalid))
+
+
+async def publish_events_of(settings: Settings, contents: FileEvents) -> int:
+    """Publish ``contents.events`` with confirms (see ``publish_file``); returns the count.
+
+    Raises:
+        PublishError: a chunk still failed after the retries.
+    """
+    events = contents.events
     publisher = AsyncPublisher(settings)
     published = 0
     try:
@@ -101,8 +179,3 @@ async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = 
     finally:
         await publisher.close()
     return published
-
-
-def publish_file_sync(settings: Settings, path: Path, *, allow_invalid: bool = False) -> int:
-    """``publish_file`` for synchronous callers."""
-    return asyncio.run(publish_file(settings, path, allow_invalid=allow_invalid))

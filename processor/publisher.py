@@ -24,6 +24,7 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties, Confirm
 
+from processor.broker_errors import connection_failure_reason
 from processor.errors import PublishError
 from processor.settings import EXCHANGE, Settings
 
@@ -52,6 +53,7 @@ class AsyncPublisher:
 
     def __init__(self, settings: Settings, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self._parameters = pika.URLParameters(settings.amqp_url)
+        self._address = f"{settings.amqp.host}:{settings.amqp.port}"
         self._max_in_flight = max_in_flight
         self._connection: AsyncioConnection | None = None
         self._channel: Channel | None = None
@@ -84,7 +86,7 @@ class AsyncPublisher:
 
         def fail(reason: str) -> None:
             if not ready.done():
-                ready.set_exception(PublishError(f"cannot open the broker channel: {reason}", 0))
+                ready.set_exception(PublishError(f"cannot open the broker channel ({reason})", 0))
 
         def on_confirm_mode(_frame: Method[Confirm.SelectOk]) -> None:
             if not ready.done():
@@ -100,7 +102,7 @@ class AsyncPublisher:
             connection.channel(on_open_callback=on_channel)
 
         def on_open_error(_connection: object, error: BaseException | str) -> None:
-            fail(str(error))
+            fail(f"cannot connect to {self._address}: {connection_failure_reason(error)}")
 
         def on_close(_connection: object, reason: BaseException) -> None:
             self._fail_all(f"connection closed: {reason}")

@@ -6,12 +6,15 @@ bound with weight ``"1"`` in partition order, so the hash ring is the same after
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any, Final
 
 import pika
 import pika.exceptions
 
+from processor.broker_errors import connection_failure_reason
 from processor.errors import TopologyError
 from processor.settings import EXCHANGE, Settings, stream_name
 
@@ -19,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: Binding weight of every partition (equal weights = equal share of the hash ring).
 BINDING_WEIGHT: Final = "1"
+#: Most partition streams ``count_partition_streams`` looks for.
+MAX_PARTITIONS: Final = 1000
 
 
 def stream_arguments(settings: Settings) -> dict[str, object]:
@@ -50,10 +55,7 @@ def declare_topology(settings: Settings) -> list[str]:
             has a different number of partition streams.
     """
     streams = [stream_name(p) for p in range(settings.partitions)]
-    try:
-        connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    except pika.exceptions.AMQPError as exc:
-        raise TopologyError(f"cannot connect to the broker at {settings.amqp.host}: {exc}") from exc
+    connection = _connect(settings)
     try:
         _check_partition_count(connection, settings.partitions)
         channel = connection.channel()
@@ -78,10 +80,88 @@ def declare_topology(settings: Settings) -> list[str]:
     return streams
 
 
+def _connect(settings: Settings) -> pika.BlockingConnection:
+    """A blocking AMQP connection to ``AMQP_URL``.
+
+    Raises:
+        TopologyError: it cannot be opened (one line naming host, port and the reason).
+    """
+    try:
+        return pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise TopologyError(
+            f"cannot connect to the broker at {settings.amqp.host}:{settings.amqp.port}: "
+            f"{connection_failure_reason(exc)}"
+        ) from None
+
+
+def count_partition_streams(settings: Settings, limit: int = MAX_PARTITIONS) -> int:
+    """How many partition streams the broker's vhost has: ``events.p000`` onwards, consecutive.
+
+    Returns:
+        0 when the topology was never declared.
+
+    Raises:
+        TopologyError: the broker cannot be reached.
+    """
+    connection = _connect(settings)
+    try:
+        count = 0
+        while count < limit and _stream_exists(connection, stream_name(count)):
+            count += 1
+        return count
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def ensure_partition_count(settings: Settings) -> None:
+    """Refuse to go on when ``PARTITIONS`` differs from the broker's partition streams.
+
+    A read-only check for commands that only look (``status``): showing 8 of 16 partitions
+    without a word would mislead.
+
+    Raises:
+        TopologyError: the counts differ (names both, and what to set), or the broker cannot
+            be reached.
+    """
+    existing = count_partition_streams(settings, limit=max(settings.partitions, MAX_PARTITIONS))
+    if existing and existing != settings.partitions:
+        raise TopologyError(
+            f"the broker has {existing} partition streams ({stream_name(0)}.."
+            f"{stream_name(existing - 1)}) but PARTITIONS={settings.partitions}; "
+            f"set PARTITIONS={existing}"
+        )
+
+
+class _ExpectedNotFound(logging.Filter):
+    """Drops pika's WARNING about the channel the broker closes on a passive declare's 404.
+
+    The probe asks whether a stream exists by declaring it passively; "no" arrives as a
+    channel close with 404, which pika logs as a warning a user would have to decode.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "NOT_FOUND - no queue" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_not_found() -> Iterator[None]:
+    channel_log = logging.getLogger("pika.channel")
+    expected = _ExpectedNotFound()
+    channel_log.addFilter(expected)
+    try:
+        yield
+    finally:
+        channel_log.removeFilter(expected)
+
+
 def _stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
+    """Whether the vhost has the queue ``name`` (a passive declare; a 404 means no)."""
     channel = connection.channel()
     try:
-        channel.queue_declare(name, passive=True)
+        with _quiet_not_found():
+            channel.queue_declare(name, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 404:
             return False
