@@ -1,7 +1,8 @@
 """``python -m processor replay``: the command's behaviour (``processor.cli`` declares its flags).
 
-Exit codes: 0 success (``--verify``: identical), 1 failure or (``--verify``) differences,
-2 usage or configuration error (as every command).
+Exit codes: 0 success (``--verify``: identical), 1 failure, (``--verify``) differences or
+(``--user``) no events of the user in the log, 2 usage or configuration error (as every
+command).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from rich.console import Console
 from processor.replay.history import read_user_history, user_partitions
 from processor.replay.progress import ReplayProgress
 from processor.replay.reader import DEFAULT_CREDIT
-from processor.replay.report import print_history, print_report
+from processor.replay.report import print_history, print_no_history, print_report
 from processor.replay.run import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, ReplayOptions, swap, verify
 from processor.settings import Settings
 from projections.database import connect
 from projections.fold import Friendship
 
 OK: Final = 0
-#: Failure, or ``--verify`` found differences.
+#: Failure, ``--verify`` found differences, or ``--user`` found no events of the user.
 DIFFERENT: Final = 1
 #: Columns of the report when stdout is not a terminal.
 PIPE_WIDTH: Final = 200
@@ -63,6 +64,9 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
             partitions or range(settings.partitions),
             credit=options.credit,
         )
+        if not history.lines:
+            print_no_history(out, history)
+            return DIFFERENT
         print_history(out, history, live)
         return OK
     with ReplayProgress(Console(stderr=True)) as progress:

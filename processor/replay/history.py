@@ -41,8 +41,8 @@ _PROBE: Final = msgspec.json.Decoder(dict[str, object])
 class HistoryLine:
     """One record of the user.
 
-    ``delta`` is the score change the event asks for (before clamping); ``score`` is the score
-    after it (None for a record that changed nothing: a duplicate or a dead letter).
+    ``delta`` is the score change the event made (before clamping) and ``score`` the score
+    after it; both are None for a record that changed nothing (a duplicate or a dead letter).
     """
 
     partition: int
@@ -124,11 +124,11 @@ class HistoryBuilder:
         if event is None:
             return HistoryLine(partition, offset, None, "-", "", None, None, note)
         kind = type(event).__struct_config__.tag
-        delta = score_delta(event)
         if note:
             return HistoryLine(
-                partition, offset, event.occurred_at, str(kind), _detail(event), delta, None, note
+                partition, offset, event.occurred_at, str(kind), _detail(event), None, None, note
             )
+        delta = score_delta(event)
         before = self.history.friendship.score
         self.history.friendship = evolve_friendship(self.history.friendship, event)
         if clamp_score(before + delta) != before + delta:

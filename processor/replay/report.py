@@ -6,7 +6,7 @@ be read in a terminal, grepped and diffed; summaries and histories are rich tabl
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from rich.console import Console
@@ -22,9 +22,17 @@ from projections.fold import Friendship, level_of
 DEFAULT_USERS_SHOWN: Final = 10
 
 
+def format_instant(moment: datetime) -> str:
+    """An instant as RFC 3339 in UTC with ``Z``, as the HTTP API writes it.
+
+    ``2024-01-01T01:00:00+01:00`` becomes ``2024-01-01T00:00:00Z``; fractions are kept.
+    """
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _value(value: Any) -> str:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return format_instant(value)
     if isinstance(value, bytes | memoryview):
         raw = bytes(value)
         return repr(raw[:60]) + ("..." if len(raw) > 60 else "")
@@ -143,6 +151,17 @@ def print_report(console: Console, report: ReplayReport) -> None:
     console.print(summary_line(report), highlight=False, soft_wrap=True)
 
 
+def print_no_history(console: Console, history: History) -> None:
+    """Say that the log holds no record of the user, and where it looked."""
+    console.print(
+        f"{history.user_id}: no events of this user in the log "
+        f"({history.records_scanned:,} records read in partitions "
+        f"{list(history.partitions_scanned)})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def print_history(console: Console, history: History, live: Friendship | None) -> None:
     """The user's records as a table, then the folded score next to live's."""
     several = len({line.partition for line in history.lines}) > 1
@@ -158,7 +177,7 @@ def print_history(console: Console, history: History, live: Friendship | None) -
     for line in history.lines:
         cells = [
             str(line.offset),
-            line.occurred_at.isoformat() if line.occurred_at else "-",
+            format_instant(line.occurred_at) if line.occurred_at else "-",
             line.type,
             line.detail,
             "-" if line.delta is None else f"{line.delta:+d}",
