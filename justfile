@@ -49,6 +49,11 @@ publish FILE *FLAGS: services
 status:
     {{python}} -m processor status
 
+# wait until every partition's checkpoint reached its log tail (zero consumer lag); --timeout S
+[group('run')]
+wait-idle *ARGS:
+    {{python}} -m processor wait-idle {{ARGS}}
+
 # rebuild projections from the log: --verify (diff with live), --swap (swap in), --user ID
 [group('run')]
 replay *ARGS: services
@@ -59,14 +64,14 @@ replay *ARGS: services
 demo: services
     {{python}} -m processor demo
 
-# stop the processor and API that the demo left running
+# stop the processor and API that the demo left running (and anything they started)
 [group('run')]
 down:
     {{python}} -m processor down
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test: unit, then integration against the real broker and database
+# every test (about 5 min here): short fault suite, integration, unit; real broker and database
 [group('quality')]
 test *ARGS: services
     {{python}} -m pytest {{ARGS}}
