@@ -15,8 +15,16 @@ from typing import Final
 _DESCRIBED: Final = 0x00
 _SMALL_ULONG: Final = 0x53
 _ULONG: Final = 0x80
+_MESSAGE_ANNOTATIONS_SECTION: Final = 0x72
 _DATA_SECTION: Final = 0x75
 _AMQP_VALUE_SECTION: Final = 0x77
+#: The annotation RabbitMQ writes with the routing key of an AMQP 0.9.1 publish.
+ROUTING_KEY_ANNOTATION: Final = b"x-routing-key"
+#: How RabbitMQ 3.9+ starts a converted message: message annotations as a map8, whose first
+#: entry is ``x-routing-key`` (symbol) with a str8 value. Checked as bytes first (fast path).
+_MAP8_FIRST_ROUTING_KEY: Final = (
+    b"\xa3" + bytes([len(ROUTING_KEY_ANNOTATION)]) + (ROUTING_KEY_ANNOTATION) + b"\xa1"
+)
 
 
 class AmqpFormatError(ValueError):
@@ -43,6 +51,73 @@ def _skip_value(buf: bytes | memoryview, pos: int) -> int:
     if size_width is None:
         raise AmqpFormatError(f"unknown AMQP type code 0x{code:02x} at byte {pos - 1}")
     return pos + size_width + int.from_bytes(buf[pos : pos + size_width], "big")
+
+
+def _string_at(buf: bytes | memoryview, pos: int) -> tuple[str | None, int]:
+    """A str8/str32/sym8/sym32 value at ``pos`` (None for any other type), and the next position.
+
+    Raises:
+        AmqpFormatError: the bytes are not UTF-8.
+    """
+    code = buf[pos]
+    if code in (0xA1, 0xA3):
+        size, start = buf[pos + 1], pos + 2
+    elif code in (0xB1, 0xB3):
+        size, start = int.from_bytes(buf[pos + 1 : pos + 5], "big"), pos + 5
+    else:
+        return None, _skip_value(buf, pos)
+    try:
+        return bytes(buf[start : start + size]).decode("utf-8"), start + size
+    except UnicodeDecodeError as exc:
+        raise AmqpFormatError(f"annotation at byte {pos} is not UTF-8") from exc
+
+
+def _routing_key(buf: bytes | memoryview, pos: int) -> str | None:
+    """The ``x-routing-key`` of the message-annotations map at ``pos``, or None."""
+    code = buf[pos]
+    if code == 0xC1:  # map8: size, count, then the pairs
+        count, pos = buf[pos + 2], pos + 3
+    elif code == 0xD1:  # map32
+        count, pos = int.from_bytes(buf[pos + 5 : pos + 9], "big"), pos + 9
+    else:
+        return None
+    for _ in range(count // 2):
+        key, pos = _string_at(buf, pos)
+        if key == ROUTING_KEY_ANNOTATION.decode():
+            value, pos = _string_at(buf, pos)
+            return value
+        pos = _skip_value(buf, pos)
+    return None
+
+
+def read_message(entry: bytes | memoryview) -> tuple[bytes, str | None]:
+    """The body bytes of one stream entry and the routing key it was published with.
+
+    Args:
+        entry: one AMQP 1.0 encoded message as stored in the stream.
+
+    Returns:
+        ``(body, routing_key)``: the body as in ``message_body``; the ``x-routing-key``
+        message annotation that RabbitMQ keeps for an AMQP 0.9.1 publish, or None for an entry
+        written straight to the stream without one.
+
+    Raises:
+        AmqpFormatError: the entry is not a sequence of described AMQP 1.0 sections.
+    """
+    routing_key: str | None = None
+    try:
+        if entry[:4] == b"\x00Sr\xc1" and entry[6 : 6 + len(_MAP8_FIRST_ROUTING_KEY)] == (
+            _MAP8_FIRST_ROUTING_KEY
+        ):
+            value_at = 6 + len(_MAP8_FIRST_ROUTING_KEY)
+            size = entry[value_at]
+            raw = bytes(entry[value_at + 1 : value_at + 1 + size])
+            routing_key = raw.decode("utf-8")
+        elif entry[:3] == b"\x00Sr":
+            routing_key = _routing_key(entry, 3)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise AmqpFormatError("unreadable message annotations") from exc
+    return message_body(entry), routing_key
 
 
 def message_body(entry: bytes | memoryview) -> bytes:

@@ -85,21 +85,19 @@ class PartitionFeed:
         with self._lock:
             self._subscription_start = start
 
-    def offer(self, offset: int, body: bytes, error: str | None = None) -> Awaitable[None] | None:
+    def offer(self, record: LogRecord) -> Awaitable[None] | None:
         """Append a record; returns an awaitable when the reader must wait (back-pressure, or
         checking the log start after a hole at the start of a subscription)."""
         with self._lock:
-            if self.error is not None or offset < self._next_offset:
+            if self.error is not None or record.offset < self._next_offset:
                 return None
             start, self._subscription_start = self._subscription_start, None
-        if start is not None and offset > start:
-            return self._check_log_start(start, offset, body, error)
-        return self._append(offset, body, error)
+        if start is not None and record.offset > start:
+            return self._check_log_start(start, record)
+        return self._append(record)
 
-    async def _check_log_start(
-        self, expected: int, offset: int, body: bytes, error: str | None
-    ) -> None:
-        # Never raise from here: rstream would log the error and drop the rest of the chunk.
+    async def _check_log_start(self, expected: int, record: LogRecord) -> None:
+        # Never raise from here: the reader would drop the rest of the chunk.
         try:
             first = await self._probe(self.partition)
         except Exception as exc:  # noqa: BLE001 - any probe failure: stop and retry later
@@ -112,23 +110,19 @@ class PartitionFeed:
         if first > expected:
             self.fail(LogTruncated(self.partition, expected, first))
             return
-        waiting = self._append(offset, body, error)
+        waiting = self._append(record)
         if waiting is not None:
             await waiting
 
-    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
-        """Append a stream entry that is not a readable message: it will be dead-lettered."""
-        return self.offer(offset, entry, error=reason)
-
-    def _append(self, offset: int, body: bytes, error: str | None = None) -> Awaitable[None] | None:
+    def _append(self, record: LogRecord) -> Awaitable[None] | None:
         with self._lock:
-            if self.error is not None or offset < self._next_offset:
+            if self.error is not None or record.offset < self._next_offset:
                 return None
             if not self._records:
                 self._oldest_at = time.monotonic()
-            self._records.append(LogRecord(offset, body, error))
-            self._next_offset = offset + 1
-            self.highest_seen = offset
+            self._records.append(record)
+            self._next_offset = record.last_offset + 1
+            self.highest_seen = record.last_offset
             ready_now = len(self._records) >= self._batch_size
             if len(self._records) >= self._capacity:
                 self._space.clear()

@@ -118,7 +118,7 @@ class PartitionOwner:
 
     def _apply_isolating_poison(self, records: list[LogRecord]) -> BatchResult:
         """Apply records one per transaction; one the database rejects is dead-lettered."""
-        total = BatchResult(self.partition, records[0].offset, records[-1].offset)
+        total = BatchResult(self.partition, records[0].offset, records[-1].last_offset)
         for record in records:
             try:
                 result = self._apply([record])

@@ -2,12 +2,13 @@
 
 One ``StreamReader`` per process runs an asyncio loop in its own thread. Partition owners ask it
 to subscribe their stream from an offset and hand it a ``RecordSink``; it delivers
-``(offset, body)`` in log order. The live path reads with ``processor.wire`` (frames parsed from
-large socket reads, credit granted in bulk): this log has one or two messages per chunk, so the
-cost per chunk decides the read rate, and rstream's was the processor's largest CPU cost. The
-reader supervises the connection itself and, after any connection loss, resubscribes every
-partition from the next offset its sink still needs, so nothing is skipped and nothing is read
-twice into a sink. The occasional probes (a stream's first and last offsets) use rstream.
+``LogRecord`` values in log order (``processor.records``). The live path reads with
+``processor.wire`` (frames parsed from large socket reads, credit granted in bulk): this log has
+one or two messages per chunk, so the cost per chunk decides the read rate, and rstream's was
+the processor's largest CPU cost. The reader supervises the connection itself and, after any
+connection loss, resubscribes every partition from the next offset its sink still needs, so
+nothing is skipped and nothing is read twice into a sink. The occasional probes (a stream's
+first and last offsets) use rstream.
 
 Callbacks never raise into the connection's read loop: failures are handed to the sink
 (``RecordSink.fail``) where the owner sees them.
@@ -20,16 +21,17 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Final, Protocol
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
 from rstream.recovery import BackOffRecoveryStrategy
 
-from processor.amqp_body import AmqpFormatError, message_body
+from processor.records import chunk_records
 from processor.settings import Settings, stream_name
-from processor.wire import MAX_SUBSCRIPTIONS, StreamConnection
+from processor.wire import MAX_SUBSCRIPTIONS, ChunkEntry, StreamConnection
+from projections.batch import LogRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,10 @@ class RecordSink(Protocol):
         """A subscription from offset ``start`` is about to begin (called on the reader's loop)."""
         ...
 
-    def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
-        """Take one record (called on the reader's loop). May return an awaitable to apply
-        back-pressure: the reader waits for it before taking the next record."""
-        ...
-
-    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
-        """Take an entry that is not a readable message (it gets dead-lettered); like ``offer``."""
+    def offer(self, record: LogRecord) -> Awaitable[None] | None:
+        """Take one record (called on the reader's loop); an unreadable entry is a record with
+        an ``error`` (it gets dead-lettered). May return an awaitable to apply back-pressure:
+        the reader waits for it before taking the next record."""
         ...
 
     def fail(self, error: Exception) -> None:
@@ -278,9 +277,9 @@ class StreamReader:
         # hold up the other partitions or the answers to requests on the same connection. Its
         # pump task waits instead, and grants credit only for chunks it handed on, so a slow
         # partition stops its own stream at the broker (at most ``initial_credit`` chunks queued).
-        chunks: asyncio.Queue[tuple[int, list[memoryview]]] = asyncio.Queue()
+        chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]] = asyncio.Queue()
 
-        def on_chunk(first_offset: int, entries: list[memoryview]) -> None:
+        def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> None:
             chunks.put_nowait((first_offset, entries))
 
         await consumer.subscribe(
@@ -304,7 +303,7 @@ class StreamReader:
         partition: int,
         subscription_id: int,
         consumer: StreamConnection,
-        chunks: asyncio.Queue[tuple[int, list[memoryview]]],
+        chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]],
         sink: RecordSink,
     ) -> None:
         """Hand queued chunks to ``sink`` in order, granting credit as they are taken."""
@@ -350,31 +349,22 @@ class StreamReader:
 
 def _chunk_handler(
     sink: RecordSink,
-) -> Callable[[int, list[memoryview]], Awaitable[None] | None]:
+) -> Callable[[int, list[ChunkEntry]], Awaitable[None] | None]:
     """Hand a chunk's records to ``sink`` in offset order, waiting where it pushes back."""
 
-    def offer(offset: int, entry: memoryview) -> Awaitable[None] | None:
-        try:
-            body = message_body(entry)
-        except AmqpFormatError as exc:
-            reason = f"stream entry is not an AMQP 1.0 message: {exc}"
-            return sink.offer_unreadable(offset, bytes(entry), reason)
-        return sink.offer(offset, body)
-
-    async def rest(
-        waiting: Awaitable[None], first_offset: int, entries: list[memoryview], index: int
-    ) -> None:
+    async def rest(waiting: Awaitable[None], records: Iterator[LogRecord]) -> None:
         await waiting
-        for position in range(index, len(entries)):
-            more = offer(first_offset + position, entries[position])
+        for record in records:
+            more = sink.offer(record)
             if more is not None:
                 await more
 
-    def on_chunk(first_offset: int, entries: list[memoryview]) -> Awaitable[None] | None:
-        for index, entry in enumerate(entries):
-            waiting = offer(first_offset + index, entry)
+    def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
+        records = chunk_records(first_offset, entries)
+        for record in records:
+            waiting = sink.offer(record)
             if waiting is not None:
-                return rest(waiting, first_offset, entries, index + 1)
+                return rest(waiting, records)
         return None
 
     return on_chunk

@@ -26,6 +26,7 @@ import itertools
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 from processor.errors import ProcessorError
@@ -56,6 +57,8 @@ _CHUNK_DATA_AT: Final = 5 + _CHUNK.size
 _UINT16: Final = struct.Struct(">H")
 _UINT32: Final = struct.Struct(">I")
 _SUBENTRY: Final = struct.Struct(">HII")  # records, uncompressed size, size
+#: Sub-entry compression codecs of the stream protocol (only 0 and 1 are read here).
+_CODECS: Final = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 _READ_BYTES: Final = 1 << 20
 #: Most subscriptions one connection carries (the protocol's ids are one byte).
 MAX_SUBSCRIPTIONS: Final = 250
@@ -74,9 +77,31 @@ _RESPONSE_CODES: Final = {
     17: "precondition failed",
 }
 
-#: Takes one chunk of a subscription: ``(first offset, entries)``, each entry the raw bytes of
-#: one message (AMQP 1.0 encoded). May return an awaitable: reading pauses until it is done.
-OnChunk = Callable[[int, list[memoryview]], Awaitable[None] | None]
+
+@dataclass(frozen=True, slots=True)
+class UnreadableEntry:
+    """A sub-entry batch of a chunk that cannot be unpacked (unknown codec, failed
+    decompression, a malformed header): it stands for ``records`` offsets.
+
+    Attributes:
+        raw: the sub-entry's bytes as stored, header included.
+        records: how many offsets it covers (from its header, or the rest of the chunk when
+            the header itself is unreadable).
+        reason: why it cannot be read.
+    """
+
+    raw: bytes
+    records: int
+    reason: str
+
+
+#: One item of a chunk: a message (its AMQP 1.0 bytes, one offset) or an unreadable sub-entry
+#: batch (``UnreadableEntry.records`` offsets).
+ChunkEntry = memoryview | UnreadableEntry
+
+#: Takes one chunk of a subscription: ``(first offset, entries)`` in offset order. May return
+#: an awaitable: reading pauses until it is done.
+OnChunk = Callable[[int, list[ChunkEntry]], Awaitable[None] | None]
 
 
 class StreamProtocolError(ProcessorError):
@@ -102,19 +127,49 @@ def _describe(code: int) -> str:
     return f"code {code} ({_RESPONSE_CODES.get(code, 'see the stream protocol')})"
 
 
-def chunk_entries(frame: bytes | memoryview) -> tuple[int, int, list[memoryview]]:
+def _unpack_subentry(kind: int, batch: memoryview, count: int) -> list[memoryview]:
+    """The records of one sub-entry batch (after decompression).
+
+    Raises:
+        ValueError: an unknown codec, a failed decompression or records that do not fit.
+    """
+    compression = (kind & 0x70) >> 4
+    if compression == 1:
+        try:
+            batch = memoryview(zlib.decompress(batch, wbits=31))
+        except zlib.error as exc:
+            raise ValueError(f"gzip decompression failed ({exc})") from exc
+    elif compression != 0:
+        name = _CODECS.get(compression, "unknown")
+        raise ValueError(f"sub-entry compression {compression} ({name}) is not supported")
+    out: list[memoryview] = []
+    inner = 0
+    for _ in range(count):
+        if inner + 4 > len(batch):
+            raise ValueError(f"the sub-entry batch ends after {len(out)} of {count} records")
+        (length,) = _UINT32.unpack_from(batch, inner)
+        if inner + 4 + length > len(batch):
+            raise ValueError(f"record {len(out)} of the sub-entry batch ends outside it")
+        out.append(batch[inner + 4 : inner + 4 + length])
+        inner += 4 + length
+    return out
+
+
+def chunk_entries(frame: bytes | memoryview) -> tuple[int, int, list[ChunkEntry]]:
     """Split a ``Deliver`` (v1) frame body into its messages. Pure.
 
     Args:
         frame: the frame after its size field (key, version, subscription id, chunk).
 
     Returns:
-        ``(subscription id, first offset, entries)``: the chunk's first offset and one
-        memoryview per record, in offset order (sub-entry batches unpacked).
+        ``(subscription id, first offset, entries)``: the chunk's first offset and its items in
+        offset order (sub-entry batches unpacked). A sub-entry batch that cannot be unpacked
+        is one ``UnreadableEntry`` for all its offsets, to be dead-lettered: it stops neither
+        the chunk nor its partition.
 
     Raises:
-        StreamProtocolError: a CRC mismatch, a chunk type other than user data, a compressed
-            sub-entry batch (only uncompressed and gzip are read) or a truncated chunk.
+        StreamProtocolError: a CRC mismatch, a chunk type other than user data or a
+            truncated chunk (the chunk as a whole cannot be trusted).
     """
     view = memoryview(frame)
     subscription_id = view[4]
@@ -128,32 +183,45 @@ def chunk_entries(frame: bytes | memoryview) -> tuple[int, int, list[memoryview]
         raise StreamProtocolError(f"chunk type {chunk_type} is not user data")
     if zlib.crc32(data) != crc:
         raise StreamProtocolError(f"chunk at offset {first_offset}: CRC mismatch")
-    out: list[memoryview] = []
+    out: list[ChunkEntry] = []
+    covered = 0
     pos = 0
     for _ in range(entries):
+        if pos >= data_length:
+            break
         kind = data[pos]
         if kind & 0x80 == 0:
             (size,) = _UINT32.unpack_from(data, pos)
             out.append(data[pos + 4 : pos + 4 + size])
+            covered += 1
             pos += 4 + size
             continue
-        count, _, size = _SUBENTRY.unpack_from(data, pos + 1)
-        batch = data[pos + 1 + _SUBENTRY.size : pos + 1 + _SUBENTRY.size + size]
-        pos += 1 + _SUBENTRY.size + size
-        compression = (kind & 0x70) >> 4
-        if compression == 1:
-            batch = memoryview(zlib.decompress(batch, wbits=31))
-        elif compression != 0:
-            raise StreamProtocolError(f"sub-entry compression {compression} is not supported")
-        inner = 0
-        for _ in range(count):
-            (length,) = _UINT32.unpack_from(batch, inner)
-            out.append(batch[inner + 4 : inner + 4 + length])
-            inner += 4 + length
-    if len(out) != records:
-        raise StreamProtocolError(
-            f"chunk at offset {first_offset}: {len(out)} of {records} records"
+        header_end = pos + 1 + _SUBENTRY.size
+        count, _, size = (
+            _SUBENTRY.unpack_from(data, pos + 1)
+            if header_end <= data_length
+            else (
+                0,
+                0,
+                0,
+            )
         )
+        if header_end > data_length or header_end + size > data_length or count == 0:
+            # The header cannot be trusted: the rest of the chunk is one unreadable entry.
+            rest = max(records - covered, 1)
+            reason = f"a sub-entry batch header at byte {pos} of the chunk is malformed"
+            out.append(UnreadableEntry(bytes(data[pos:]), rest, reason))
+            covered += rest
+            break
+        batch = data[header_end : header_end + size]
+        try:
+            out.extend(_unpack_subentry(kind, batch, count))
+        except ValueError as exc:
+            out.append(UnreadableEntry(bytes(data[pos : header_end + size]), count, str(exc)))
+        covered += count
+        pos = header_end + size
+    if covered != records:
+        raise StreamProtocolError(f"chunk at offset {first_offset}: {covered} of {records} records")
     return subscription_id, first_offset, out
 
 

@@ -5,9 +5,11 @@ This is the single code path for live processing and replay (DESIGN.md "Data flo
 1. lock the partition's checkpoint row (``SELECT ... FOR UPDATE``) and check it still holds the
    offset the caller resumed from (fencing);
 2. record the batch's event ids (``ON CONFLICT DO NOTHING``): only ids new to the table are applied,
-   so a redelivered, replayed or re-published event changes nothing the second time;
-3. lock the touched projection rows in key order (``SELECT ... FOR UPDATE``), fold the events in
-   memory with ``projections.fold``, and write each touched row once (set-based upserts);
+   so a redelivered, replayed or re-published event changes nothing the second time; a reused
+   id follows ``projections.event_ids`` (first occurrence in log order wins);
+3. create the touched projection rows that do not exist yet, lock them all in key order
+   (``SELECT ... FOR UPDATE``), fold the events in memory with ``projections.fold``, and write
+   each touched row once (set-based upserts);
 4. write invalid records as dead letters (reason, partition, offset, raw bytes);
 5. advance the checkpoint by compare-and-set on the old value; then COMMIT.
 
@@ -24,6 +26,7 @@ from typing import Final
 import msgspec
 import psycopg
 
+from projections.event_ids import FirstUse, first_occurrences, judge_event_ids
 from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
 from projections.tables import SENTIMENT_COLUMNS
 from schemas.events import Event, FriendshipAdjusted
@@ -58,13 +61,28 @@ class OffsetGap(RuntimeError):
 class LogRecord:
     """One message of a partition stream: its offset (0-based, per stream) and raw body bytes.
 
-    ``error`` is set when the stream entry could not even be read as a message (it is then
-    dead-lettered with that reason and ``body`` holds the raw entry).
+    Attributes:
+        offset: the record's (first) offset.
+        body: the message body, or the raw entry when ``error`` is set.
+        error: set when the stream entry could not be read as a message; it is then
+            dead-lettered with that reason.
+        routing_key: the routing key it was published with (AMQP), None for an entry written
+            straight to the stream; an event whose routing key is not its ``user_id`` is
+            dead-lettered (CONTRACT.md section 8, "Routing").
+        records: how many offsets the record covers: 1, or more for an unreadable sub-entry
+            batch (one dead letter for all of them).
     """
 
     offset: int
     body: bytes
     error: str | None = None
+    routing_key: str | None = None
+    records: int = 1
+
+    @property
+    def last_offset(self) -> int:
+        """The last offset the record covers."""
+        return self.offset + self.records - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +137,8 @@ def decode_records(
     """Decode a batch: ``(valid (event, offset) in log order, dead letters)``. Pure, no I/O.
 
     Records with an ``error``, and those whose offset is in ``poisoned`` (offset -> reason), are
-    dead letters whatever their body holds.
+    dead letters whatever their body holds; so is a valid event whose routing key is not its
+    ``user_id``.
     """
     valid: list[tuple[Event, int]] = []
     dead: list[DeadLetter] = []
@@ -138,7 +157,7 @@ def decode_records(
             )
             continue
         try:
-            valid.append((decode_event(record.body), record.offset))
+            event = decode_event(record.body)
         except EventValidationError as error:
             dead.append(
                 DeadLetter(
@@ -150,7 +169,37 @@ def decode_records(
                     raw=record.body,
                 )
             )
+            continue
+        if record.routing_key is not None and record.routing_key != event.user_id:
+            dead.append(
+                DeadLetter(
+                    partition=partition,
+                    offset=record.offset,
+                    event_id=_storable(event.event_id),
+                    field="user_id",
+                    reason=_storable(misrouted_reason(record.routing_key, event.user_id)),
+                    raw=record.body,
+                )
+            )
+            continue
+        valid.append((event, record.offset))
     return valid, dead
+
+
+#: Longest routing key quoted in a dead letter's reason (AMQP allows 255 bytes).
+_QUOTED_KEY_CHARS: Final = 128
+
+
+def misrouted_reason(routing_key: str, user_id: str) -> str:
+    """Why an event published under another routing key than its ``user_id`` is dead."""
+    shown = routing_key[:_QUOTED_KEY_CHARS]
+    if len(routing_key) > _QUOTED_KEY_CHARS:
+        shown += "..."
+    return (
+        f"routing key {shown!r} is not the user_id {user_id!r}: the key chose the partition, so "
+        "this user's events could sit in two partitions and lose their order; publish with "
+        "routing key = user_id"
+    )
 
 
 _LOCK_CHECKPOINT: Final = (
@@ -176,6 +225,23 @@ SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[]
                      %b::timestamptz[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
+"""
+# Rows a batch will write are created first when missing, then locked: FOR UPDATE locks only
+# rows that exist, so two transactions touching a new user would both fold from the empty
+# state and the later upsert would overwrite the earlier (a lost update). An insert that meets
+# another transaction's uncommitted row waits for it, and the lock then reads its result.
+_CREATE_MISSING_FRIENDSHIPS: Final = """
+INSERT INTO friendships (user_id, score, events_applied, last_event_at)
+SELECT user_id, 0, 0, NULL FROM unnest(%b::text[]) AS k(user_id) ORDER BY user_id
+ON CONFLICT (user_id) DO NOTHING
+"""
+_ZERO_SENTIMENTS: Final = ", ".join("0" for _ in SENTIMENT_COLUMNS)
+_CREATE_MISSING_TOPICS: Final = f"""
+INSERT INTO topic_metrics (user_id, topic, conversations, turns, duration_s,
+                           {", ".join(SENTIMENT_COLUMNS)}, last_discussed_at)
+SELECT user_id, topic, 0, 0, 0, {_ZERO_SENTIMENTS}, NULL
+FROM unnest(%b::text[], %b::text[]) AS k(user_id, topic) ORDER BY user_id, topic
+ON CONFLICT (user_id, topic) DO NOTHING
 """
 _LOCK_FRIENDSHIPS: Final = """
 SELECT user_id, score, events_applied, last_event_at FROM friendships
@@ -275,15 +341,12 @@ def apply_batch(
                 f"partition {partition}: record at offset {record.offset} does not follow "
                 f"offset {previous}"
             )
-        previous = record.offset
+        previous = record.last_offset
     valid, dead = decode_records(partition, records, poisoned)
-    last_offset = records[-1].offset
+    last_offset = records[-1].last_offset
     result = BatchResult(partition, records[0].offset, last_offset)
 
-    # The first occurrence of an event id in the batch wins; later ones are duplicates.
-    first_seen: dict[str, tuple[Event, int]] = {}
-    for event, offset in valid:
-        first_seen.setdefault(event.event_id.lower(), (event, offset))
+    first_seen = first_occurrences(valid)
 
     with conn.transaction(), conn.cursor() as cur:
         row = cur.execute(_LOCK_CHECKPOINT, (partition,)).fetchone()
@@ -313,12 +376,23 @@ def apply_batch(
                 ),
             )
             new_ids = {r[0] for r in cur.fetchall()}
-        to_apply = [(e, o) for key, (e, o) in first_seen.items() if key in new_ids]
-        to_apply.sort(key=lambda pair: pair[1])
+        earlier = _earlier_uses(cur, partition, first_seen, new_ids)
+        verdict = judge_event_ids(partition, valid, earlier)
+        to_apply = verdict.to_apply
         bodies = {record.offset: record.body for record in records}
-        dead.extend(_reused_event_ids(cur, partition, first_seen, new_ids, bodies))
+        dead.extend(
+            DeadLetter(
+                partition=partition,
+                offset=reused.offset,
+                event_id=reused.event.event_id,
+                field="event_id",
+                reason=_storable(reused.reason),
+                raw=bodies[reused.offset],
+            )
+            for reused in verdict.reused
+        )
         result.applied = len(to_apply)
-        result.duplicates = len(valid) - len(to_apply)
+        result.duplicates = verdict.duplicates
         result.dead_lettered = len(dead)
         result.applied_events = to_apply
 
@@ -367,42 +441,31 @@ def apply_batch(
     return result
 
 
-def _reused_event_ids(
+def _earlier_uses(
     cur: psycopg.Cursor,
     partition: int,
     first_seen: Mapping[str, tuple[Event, int]],
     new_ids: set[str],
-    bodies: Mapping[int, bytes],
-) -> list[DeadLetter]:
-    """Dead letters for ids already applied for *another* user: a producer reused an event id.
+) -> dict[str, FirstUse]:
+    """The recorded first use of each id of the batch that was not new to ``applied_events``.
 
-    A redelivery (same user, same id) stays a silent no-op; a reuse for another user would
-    otherwise vanish without trace, and which copy wins would depend on partition timing.
+    An id whose row vanished in between (not new, yet not found) counts as first used by the
+    batch's first occurrence, so it is neither applied nor recorded twice.
     """
     repeated = [key for key in first_seen if key not in new_ids]
     if not repeated:
-        return []
-    dead = []
-    for event_id, user_id, earlier_partition, earlier_offset in cur.execute(
-        _EARLIER_USES, (repeated,)
-    ):
-        event, offset = first_seen[event_id]
-        if user_id == event.user_id:
-            continue
-        dead.append(
-            DeadLetter(
-                partition=partition,
-                offset=offset,
-                event_id=event.event_id,
-                field="event_id",
-                reason=_storable(
-                    f"event_id already applied for another user ({user_id!r}, partition "
-                    f"{earlier_partition}, offset {earlier_offset}); not applied"
-                ),
-                raw=bodies[offset],
-            )
+        return {}
+    earlier = {
+        event_id: FirstUse(user_id, int(earlier_partition), int(earlier_offset))
+        for event_id, user_id, earlier_partition, earlier_offset in cur.execute(
+            _EARLIER_USES, (repeated,)
         )
-    return dead
+    }
+    for key in repeated:
+        if key not in earlier:
+            event, offset = first_seen[key]
+            earlier[key] = FirstUse(event.user_id, partition, offset)
+    return earlier
 
 
 def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: BatchResult) -> None:
@@ -412,6 +475,11 @@ def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: Bat
     )
     result.users = len(users)
 
+    cur.execute(_CREATE_MISSING_FRIENDSHIPS, (users,))
+    if topic_keys:
+        cur.execute(
+            _CREATE_MISSING_TOPICS, ([k[0] for k in topic_keys], [k[1] for k in topic_keys])
+        )
     friendships: dict[str, Friendship] = {}
     for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (users,)):
         friendships[user_id] = Friendship(score, applied, last_at)

@@ -50,7 +50,7 @@ def apply_replayed_batch(
         return apply_batch(conn, partition, records, expected_checkpoint, owner)
     except psycopg.errors.DataError:
         pass
-    total = BatchResult(partition, records[0].offset, records[-1].offset)
+    total = BatchResult(partition, records[0].offset, records[-1].last_offset)
     checkpoint = expected_checkpoint
     for record in records:
         try:

@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from processor.amqp_body import AmqpFormatError, message_body
+from processor.records import chunk_records, chunk_span
 from processor.replay.errors import LogIncomplete, MissingRange, ReplayStalled
 from processor.settings import Settings, stream_name
 from processor.streams import read_first_offset
-from processor.wire import MAX_SUBSCRIPTIONS, StreamConnection
+from processor.wire import MAX_SUBSCRIPTIONS, ChunkEntry, StreamConnection
 from projections.batch import LogRecord
 
 #: Chunks the broker may send ahead per subscription (the live reader uses 32). This log has one
@@ -40,12 +40,6 @@ MAX_CONNECTIONS: Final = 32
 DEFAULT_STALL_TIMEOUT_S: Final = 60.0
 #: Seconds between checks of the outcome, the connections, ``check`` and stalls.
 _POLL_S: Final = 0.05
-
-
-def unreadable_reason(error: AmqpFormatError) -> str:
-    """The dead-letter reason of a stream entry that is not an AMQP 1.0 message; the same text
-    as the live reader's (``processor.streams``), so live and replay dead-letter it alike."""
-    return f"stream entry is not an AMQP 1.0 message: {error}"
 
 
 #: Takes one batch of a partition (called on the event loop); may return an awaitable that
@@ -158,12 +152,12 @@ class RangeSink:
         self._batch: list[LogRecord] = []
         self.done = False
 
-    def on_chunk(self, first_offset: int, entries: list[memoryview]) -> Awaitable[None] | None:
+    def on_chunk(self, first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
         """Take one chunk (``wire.OnChunk``): keep offsets ``next..last``, batch them."""
         if self.done:
             return None
         self._state.touch()
-        if first_offset + len(entries) <= self._next:
+        if first_offset + chunk_span(entries) <= self._next:
             return None  # the chunk holding the start offset begins earlier
         if not self._start_checked:
             self._start_checked = True
@@ -171,7 +165,7 @@ class RangeSink:
                 return self._check_log_start(first_offset, entries)
         return self._take(first_offset, entries)
 
-    async def _check_log_start(self, first_offset: int, entries: list[memoryview]) -> None:
+    async def _check_log_start(self, first_offset: int, entries: list[ChunkEntry]) -> None:
         """The first record is above the first offset asked for: a segment hole, or retention
         truncated the log since the check at start. Only the broker's first offset tells."""
         first = await self._probe(self.range.partition)
@@ -184,23 +178,19 @@ class RangeSink:
         if waiting is not None:
             await waiting
 
-    def _take(self, first_offset: int, entries: list[memoryview]) -> Awaitable[None] | None:
+    def _take(self, first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
         last = self.range.last
         waiting: list[Awaitable[None]] = []
         offset = first_offset - 1
-        for entry in entries:
-            offset += 1
-            if offset < self._next:
+        for record in chunk_records(first_offset, entries):
+            offset = record.last_offset
+            if record.offset < self._next:
                 continue
-            if offset > last:  # ``last`` was a hole: the range is complete
+            if record.offset > last:  # ``last`` was a hole: the range is complete
                 break
-            try:
-                record = LogRecord(offset, message_body(entry))
-            except AmqpFormatError as exc:  # dead-lettered by the batch, as live does
-                record = LogRecord(offset, bytes(entry), unreadable_reason(exc))
             self._state.body_bytes += len(record.body)
             self._batch.append(record)
-            self._next = offset + 1
+            self._next = record.last_offset + 1
             if len(self._batch) >= self._batch_size:
                 self._flush(waiting)
         if offset >= last:

@@ -16,6 +16,7 @@ import pytest
 
 from processor.settings import Settings
 from processor.streams import RECONNECT_MAX_S, RECONNECT_MIN_S, StreamReader
+from projections.batch import LogRecord
 from tests.faults.support import RECONNECT_LINE
 
 
@@ -27,10 +28,7 @@ class NullSink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
-        raise AssertionError("nothing can arrive from a refused port")
-
-    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
+    def offer(self, record: LogRecord) -> Awaitable[None] | None:
         raise AssertionError("nothing can arrive from a refused port")
 
     def fail(self, error: Exception) -> None:

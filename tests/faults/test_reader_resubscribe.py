@@ -17,6 +17,7 @@ import pytest
 
 from processor.settings import Settings
 from processor.streams import StreamReader, read_tail_offsets
+from projections.batch import LogRecord
 from tests.integration.support import outgoing, publish, synthetic_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -33,14 +34,11 @@ class Sink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, offset: int, body: bytes) -> Awaitable[None] | None:
-        self.offsets.append(offset)
-        self.next_offset = offset + 1
+    def offer(self, record: LogRecord) -> Awaitable[None] | None:
+        self.offsets.append(record.offset)
+        self.next_offset = record.last_offset + 1
         self.arrived.set()
         return None
-
-    def offer_unreadable(self, offset: int, entry: bytes, reason: str) -> Awaitable[None] | None:
-        return self.offer(offset, entry)
 
     def fail(self, error: Exception) -> None:
         raise AssertionError(f"unexpected failure: {error}")

@@ -9,6 +9,7 @@ import pytest
 
 from processor.errors import LogStartUnknown, LogTruncated
 from processor.feed import BUFFERED_BATCHES, PartitionFeed
+from projections.batch import LogRecord
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def make_feed(
 def test_records_come_out_in_offset_order_in_batches(loop: asyncio.AbstractEventLoop) -> None:
     feed, _ = make_feed(loop, next_offset=10)
     for offset in range(10, 15):
-        assert feed.offer(offset, b"%d" % offset) is None
+        assert feed.offer(LogRecord(offset, b"%d" % offset)) is None
     assert [r.offset for r in feed.take(3)] == [10, 11, 12]
     assert [r.body for r in feed.take(3)] == [b"13", b"14"]
     assert feed.take(3) == []
@@ -53,16 +54,16 @@ def test_records_come_out_in_offset_order_in_batches(loop: asyncio.AbstractEvent
 
 def test_a_full_batch_is_ready_at_once(loop: asyncio.AbstractEventLoop) -> None:
     feed, calls = make_feed(loop, batch_size=3)
-    feed.offer(0, b"a")
-    feed.offer(1, b"b")
+    feed.offer(LogRecord(0, b"a"))
+    feed.offer(LogRecord(1, b"b"))
     assert calls == []
-    feed.offer(2, b"c")
+    feed.offer(LogRecord(2, b"c"))
     assert calls == [1]
 
 
 def test_a_lone_record_is_ready_after_the_batch_wait(loop: asyncio.AbstractEventLoop) -> None:
     feed, calls = make_feed(loop, batch_size=100)
-    feed.offer(0, b"a")
+    feed.offer(LogRecord(0, b"a"))
     assert calls == []
     loop.run_until_complete(asyncio.sleep(0.02))
     assert calls == [1]
@@ -71,10 +72,10 @@ def test_a_lone_record_is_ready_after_the_batch_wait(loop: asyncio.AbstractEvent
 
 def test_redelivered_offsets_are_ignored(loop: asyncio.AbstractEventLoop) -> None:
     feed, _ = make_feed(loop, next_offset=5)
-    feed.offer(3, b"old")
-    feed.offer(4, b"old")
-    feed.offer(5, b"new")
-    feed.offer(5, b"again")
+    feed.offer(LogRecord(3, b"old"))
+    feed.offer(LogRecord(4, b"old"))
+    feed.offer(LogRecord(5, b"new"))
+    feed.offer(LogRecord(5, b"again"))
     assert [(r.offset, r.body) for r in feed.take(10)] == [(5, b"new")]
 
 
@@ -82,7 +83,7 @@ def offer_all(
     loop: asyncio.AbstractEventLoop, feed: PartitionFeed, records: list[tuple[int, bytes]]
 ) -> None:
     for offset, body in records:
-        waiting = feed.offer(offset, body)
+        waiting = feed.offer(LogRecord(offset, body))
         if waiting is not None:
             loop.run_until_complete(_await(waiting))
 
@@ -137,7 +138,7 @@ def test_a_full_feed_pushes_back_until_a_worker_takes_a_batch(
 ) -> None:
     feed, _ = make_feed(loop, batch_size=2)
     capacity = 2 * BUFFERED_BATCHES
-    waits = [feed.offer(offset, b"x") for offset in range(capacity)]
+    waits = [feed.offer(LogRecord(offset, b"x")) for offset in range(capacity)]
     assert waits[:-1] == [None] * (capacity - 1)
     pending = waits[-1]
     assert pending is not None
@@ -187,7 +188,7 @@ def test_an_unreadable_entry_is_kept_with_its_reason_for_the_dead_letters(
 ) -> None:
     feed, _ = make_feed(loop, next_offset=0, batch_size=10)
     offer_all(loop, feed, [(0, b"ok")])
-    waiting = feed.offer_unreadable(1, b"\x01raw", "stream entry is not an AMQP 1.0 message")
+    waiting = feed.offer(LogRecord(1, b"\x01raw", "stream entry is not an AMQP 1.0 message"))
     assert waiting is None
     records = feed.take(10)
     assert [(r.offset, r.error) for r in records] == [

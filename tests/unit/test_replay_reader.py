@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 import pytest
 
 from processor.amqp_body import AmqpFormatError
+from processor.records import unreadable_reason
 from processor.replay.errors import LogIncomplete, MissingRange
 from processor.replay.logstart import missing_ranges
 from processor.replay.reader import (
@@ -15,7 +16,6 @@ from processor.replay.reader import (
     RangeSink,
     _ReadState,
     ranges_between,
-    unreadable_reason,
 )
 from processor.streams import _chunk_handler
 from projections.batch import LogRecord
@@ -176,13 +176,11 @@ def test_an_unreadable_entry_becomes_a_record_with_the_live_readers_reason() -> 
     ]
 
     class LiveSink:
-        reason = ""
+        reason: str | None = ""
 
-        def offer(self, _offset: int, _body: bytes) -> None:
-            raise AssertionError("the entry is unreadable")
-
-        def offer_unreadable(self, _offset: int, _entry: bytes, reason: str) -> None:
-            LiveSink.reason = reason
+        def offer(self, record: LogRecord) -> None:
+            assert record.error is not None, "the entry is unreadable"
+            LiveSink.reason = record.error
 
     _chunk_handler(LiveSink())(1, [memoryview(b"\x01garbage")])  # type: ignore[arg-type]
     assert captured[1].error == LiveSink.reason

@@ -1,0 +1,95 @@
+"""The event-id rule of a partition, as a pure function of the batch and what came before.
+
+Within a partition the first occurrence of an event id in log order wins (CONTRACT.md section 8,
+"Event ids"): it is applied. A later occurrence with the same ``user_id`` is a duplicate (no
+effect); one with another ``user_id`` is dead-lettered with a reason naming the first user. The
+answer depends only on log order, never on where batches begin and end, so live processing and
+replay (which batch differently) decide alike. Across partitions the first to commit wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from schemas.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class FirstUse:
+    """Where an event id was first seen: the user it belongs to and its log position."""
+
+    user_id: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReusedId:
+    """A later occurrence of an id for another user than its first use: a dead letter."""
+
+    event: Event
+    offset: int
+    first: FirstUse
+
+    @property
+    def reason(self) -> str:
+        """The dead letter's reason: names the first user and where that use is."""
+        return (
+            f"event_id already applied for another user ({self.first.user_id!r}, partition "
+            f"{self.first.partition}, offset {self.first.offset}); not applied"
+        )
+
+
+@dataclass(slots=True)
+class EventIdVerdict:
+    """What a batch's valid events are under the rule: applied, duplicate or reused.
+
+    Attributes:
+        to_apply: ``(event, offset)`` to fold, in log order.
+        duplicates: occurrences with the first use's user (no effect).
+        reused: occurrences for another user than the first use (dead letters).
+    """
+
+    to_apply: list[tuple[Event, int]] = field(default_factory=list)
+    duplicates: int = 0
+    reused: list[ReusedId] = field(default_factory=list)
+
+
+def first_occurrences(valid: Sequence[tuple[Event, int]]) -> dict[str, tuple[Event, int]]:
+    """The first ``(event, offset)`` of each event id (lower-cased) in the batch, in log order."""
+    first: dict[str, tuple[Event, int]] = {}
+    for event, offset in valid:
+        first.setdefault(event.event_id.lower(), (event, offset))
+    return first
+
+
+def judge_event_ids(
+    partition: int,
+    valid: Sequence[tuple[Event, int]],
+    earlier: Mapping[str, FirstUse],
+) -> EventIdVerdict:
+    """Apply the rule to a batch. Pure.
+
+    Args:
+        partition: the batch's partition.
+        valid: the batch's valid events with their offsets, in log order.
+        earlier: the first use of each id of the batch that was recorded before the batch
+            (any partition), keyed by lower-cased id; ids absent here are new.
+
+    Returns:
+        The verdict for every occurrence in ``valid``.
+    """
+    verdict = EventIdVerdict()
+    first_use: dict[str, FirstUse] = dict(earlier)
+    for event, offset in valid:
+        key = event.event_id.lower()
+        first = first_use.get(key)
+        if first is None:
+            first_use[key] = FirstUse(event.user_id, partition, offset)
+            verdict.to_apply.append((event, offset))
+        elif first.user_id == event.user_id:
+            verdict.duplicates += 1
+        else:
+            verdict.reused.append(ReusedId(event, offset, first))
+    return verdict
