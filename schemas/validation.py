@@ -10,11 +10,22 @@ from typing import Final
 import msgspec
 
 from schemas.events import Event
+from schemas.problems import RULES, list_problems
 
 _DECODER: Final = msgspec.json.Decoder(Event)
 _RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _ENCODER: Final = msgspec.json.Encoder()
+_ANY_DECODER: Final = msgspec.json.Decoder()
 _AT_PATH: Final = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+#: Seven or more digits after a dot somewhere in a body: maybe a timestamp to truncate.
+_LONG_FRACTION: Final = re.compile(rb"\.\d{7}")
+#: The fraction of a timestamp: its first six digits are kept.
+_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
+#: A JSON escape of a UTF-16 surrogate (a lone one is not a character).
+_LONE_SURROGATE: Final = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"  # a high one without its low one
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a low one alone
+)
 #: Why a body nested deeper than the decoder's recursion limit is invalid.
 TOO_DEEP: Final = "nested too deeply to decode"
 
@@ -23,17 +34,31 @@ class EventValidationError(ValueError):
     """An event body that breaks a rule of CONTRACT.md section 1 or 2.
 
     Attributes:
-        field: dotted path of the offending field (``"data.topic"``), ``""`` for the whole body.
-        reason: what is wrong, in words (``"Expected `int` <= 100"``).
+        field: dotted path of the first offending field (``"data.topic"``), ``""`` for the
+            whole body.
+        reason: what is wrong with it, in words (``"1 to 64 characters from a-z, 0-9 and _"``).
+        problems: every ``(field, reason)`` found, the first one included.
     """
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, problems: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(f"{field or '<body>'}: {reason}")
         self.field = field
         self.reason = reason
+        self.problems = problems or ((field, reason),)
 
 
-def _to_validation_error(exc: msgspec.DecodeError) -> EventValidationError:
+def _to_validation_error(
+    exc: msgspec.DecodeError, body: bytes | bytearray | str
+) -> EventValidationError:
+    """Every problem of the body in words (``schemas.problems``), or msgspec's own when those
+    checks find none; a regular expression never reaches the message."""
+    try:
+        problems = list_problems(_ANY_DECODER.decode(body))
+    except (msgspec.DecodeError, RecursionError):
+        problems = []
+    if problems:
+        field, reason = problems[0]
+        return EventValidationError(field, reason, tuple(problems))
     message = str(exc)
     match = _AT_PATH.search(message)
     path = match.group("path") if match else ""
@@ -42,7 +67,42 @@ def _to_validation_error(exc: msgspec.DecodeError) -> EventValidationError:
     if missing is not None:
         path = f"{path}.{missing.group('name')}" if path else missing.group("name")
         reason = "missing required field"
+    if "regex" in reason:
+        reason = RULES.get(path, "breaks the contract's rule for this field")
     return EventValidationError(path, reason)
+
+
+def _not_json(exc: msgspec.DecodeError, body: bytes | bytearray | str) -> EventValidationError:
+    """The reason for a body that is not JSON, honest about lone surrogate escapes (which
+    msgspec reports as "Input data was truncated")."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+    if _LONE_SURROGATE.search(raw):
+        return EventValidationError(
+            "",
+            "not valid JSON: a string holds a lone UTF-16 surrogate escape (such as \\ud800), "
+            "which is not a Unicode character",
+        )
+    return EventValidationError("", f"not valid JSON: {exc}")
+
+
+def _truncate_fractions(body: bytes | bytearray | str) -> bytes | bytearray | str:
+    """The body with ``occurred_at`` cut to microseconds when it has more fraction digits.
+
+    msgspec rounds to the nearest microsecond (``...59.9999996Z`` becomes the next year);
+    the contract truncates (CONTRACT.md section 8, "Timestamps"). Only bodies with seven or
+    more digits after a dot come here, so valid traffic pays one byte search.
+    """
+    try:
+        value = _ANY_DECODER.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return body  # the decoder reports it
+    if not isinstance(value, dict) or not isinstance(value.get("occurred_at"), str):
+        return body
+    cut = _FRACTION.sub(lambda m: m.group(1), value["occurred_at"], count=1)
+    if cut == value["occurred_at"]:
+        return body
+    value["occurred_at"] = cut
+    return _ENCODER.encode(value)
 
 
 def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
@@ -68,12 +128,17 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
             raise EventValidationError(
                 "", f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
             ) from exc
+    if isinstance(body, memoryview):
+        body = bytes(body)
+    scanned = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if _LONG_FRACTION.search(scanned):
+        body = _truncate_fractions(body)
     try:
         event: Event = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        raise _to_validation_error(exc) from exc
+        raise _to_validation_error(exc, body) from exc
     except msgspec.DecodeError as exc:
-        raise EventValidationError("", f"not valid JSON: {exc}") from exc
+        raise _not_json(exc, body) from exc
     except RecursionError as exc:
         raise EventValidationError("", TOO_DEEP) from exc
     _check_utc_range(event)

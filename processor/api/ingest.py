@@ -11,6 +11,7 @@ Limits: a body of at most ``MAX_BODY_BYTES`` (1 MiB: 1000 events of about 1 KiB;
 
 from __future__ import annotations
 
+import codecs
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -106,9 +107,17 @@ def count_items(body: bytes) -> int:
     """How many events a body holds: its array length, or 1 for any other JSON value.
 
     Raises:
-        ApiError: 422 ``invalid_json`` when the body is not JSON, or is nested too deeply to
-            decode (CONTRACT §5: invalid is 422).
+        ApiError: 422 ``invalid_json`` when the body is not JSON (empty, truncated, not UTF-8,
+            not JSON at all), or is nested too deeply to decode (CONTRACT §5: invalid is 422).
     """
+    try:
+        codecs.utf_8_decode(body, "strict", True)
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            f"the request body is not JSON: not UTF-8 ({exc.reason} at byte {exc.start})",
+        ) from exc
     try:
         if body.lstrip().startswith(b"["):
             return len(_RAW_ITEMS.decode(body))
@@ -132,7 +141,9 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     Raises:
         ApiError: 422 ``invalid_json`` (not JSON), 422 ``too_many_events`` (more than
             ``MAX_EVENTS``) or 422 ``invalid_events`` with ``details`` = one
-            ``{"index", "field", "reason"}`` per invalid item (index 0 for a single object).
+            ``{"index", "field", "reason", "problems"}`` per invalid item (index 0 for a
+            single object): ``field`` and ``reason`` name its first problem, ``problems``
+            lists every ``{"field", "reason"}``.
     """
     count = count_items(body)
     if count > MAX_EVENTS:
@@ -148,7 +159,12 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
             "invalid_events",
             f"{len(invalid)} of {count} events are invalid; nothing was published",
             [
-                {"index": index, "field": error.field, "reason": error.reason}
+                {
+                    "index": index,
+                    "field": error.field,
+                    "reason": error.reason,
+                    "problems": [{"field": f, "reason": r} for f, r in error.problems],
+                }
                 for index, error in sorted(invalid, key=lambda pair: pair[0])
             ],
         )

@@ -9,6 +9,7 @@ in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Final
 
 import msgspec
@@ -35,6 +36,7 @@ from projections.queries import (
     FriendshipView,
     UserTopics,
 )
+from schemas.events import USER_ID_PATTERN
 
 _DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 #: Largest ``offset`` of ``GET /v1/dead-letters``: PostgreSQL's OFFSET is a bigint.
@@ -58,6 +60,34 @@ class StatsView(msgspec.Struct, frozen=True):
     partitions: list[PartitionView]
 
 
+#: A ``user_id`` as the contract defines it (CONTRACT.md section 1), for path parameters.
+_USER_ID: Final = re.compile(USER_ID_PATTERN)
+#: Most characters of a path value quoted back in an error message.
+_QUOTED_CHARS: Final = 64
+
+
+def quoted(value: str) -> str:
+    """``value`` for an error message: ``repr``, cut to ``_QUOTED_CHARS`` characters."""
+    if len(value) <= _QUOTED_CHARS:
+        return repr(value)
+    return repr(value[:_QUOTED_CHARS]) + f"... ({len(value)} characters)"
+
+
+def checked_user_id(user_id: str) -> str:
+    """``user_id`` when it follows the contract's rule, else a 400 that does not echo it.
+
+    Raises:
+        ApiError: 400 ``invalid_user_id``.
+    """
+    if _USER_ID.match(user_id) is None:
+        raise ApiError(
+            HTTP_400_BAD_REQUEST,
+            "invalid_user_id",
+            "a user_id is 1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -",
+        )
+    return user_id
+
+
 def _user_not_found(user_id: str) -> ApiError:
     return ApiError(HTTP_404_NOT_FOUND, "user_not_found", f"user {user_id!r} has no applied event")
 
@@ -66,16 +96,17 @@ def _user_not_found(user_id: str) -> ApiError:
     "/v1/users/{user_id:str}/friendship",
     tags=["read"],
     summary="Friendship of a user",
-    responses=error_responses(404, 503),
+    responses=error_responses(400, 404, 503),
 )
 async def get_friendship(
     user_id: FromPath[str], ctx: NamedDependency[ApiContext]
 ) -> FriendshipView:
     """The user's score (0..100), level, events applied and last ``occurred_at``.
 
-    Errors: 404 ``user_not_found`` when the user has no applied event.
+    Errors: 400 ``invalid_user_id`` for an id that breaks the contract's rule; 404
+    ``user_not_found`` when the user has no applied event.
     """
-    friendship = await ctx.read(queries.friendship_of, user_id)
+    friendship = await ctx.read(queries.friendship_of, checked_user_id(user_id))
     if friendship is None:
         raise _user_not_found(user_id)
     return friendship
@@ -85,14 +116,15 @@ async def get_friendship(
     "/v1/users/{user_id:str}/topics",
     tags=["read"],
     summary="Topic metrics of a user",
-    responses=error_responses(404, 503),
+    responses=error_responses(400, 404, 503),
 )
 async def get_topics(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> UserTopics:
     """The user's topics sorted by topic, each with all 8 sentiment labels.
 
-    Errors: 404 ``user_not_found`` when the user has no applied event.
+    Errors: 400 ``invalid_user_id`` for an id that breaks the contract's rule; 404
+    ``user_not_found`` when the user has no applied event.
     """
-    topics = await ctx.read(queries.topics_of, user_id)
+    topics = await ctx.read(queries.topics_of, checked_user_id(user_id))
     if topics is None:
         raise _user_not_found(user_id)
     return topics
@@ -117,7 +149,7 @@ async def get_event(event_id: FromPath[str], ctx: NamedDependency[ApiContext]) -
         raise ApiError(
             HTTP_404_NOT_FOUND,
             "event_not_found",
-            f"event {event_id!r} is neither applied nor dead-lettered",
+            f"event {quoted(event_id)} is neither applied nor dead-lettered",
         )
     return status
 

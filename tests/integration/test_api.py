@@ -163,7 +163,8 @@ def test_one_invalid_item_refuses_the_whole_batch(
         (1, "data.sentiment"),
         (3, "occurred_at"),
     ]
-    assert all(set(d) == {"index", "field", "reason"} and d["reason"] for d in details)
+    assert all(set(d) == {"index", "field", "reason", "problems"} and d["reason"] for d in details)
+    assert details[0]["reason"].startswith("one of happy, curious")
     assert all(t == -1 for t in tails(settings).values())
 
     # The same user's next event lands alone at offset 0: the refused batch left nothing behind.
@@ -195,9 +196,28 @@ def test_oversized_body_is_413(client: TestClient[Any]) -> None:
     assert_error(response, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"", b'[{"a": 1}', b'{"a": 1} trailing'])
-def test_body_that_is_not_json_is_400(client: TestClient[Any], body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"", b'[{"a": 1}', b'{"a": 1} trailing', b'{"a": "\xff\xfe"}', b"\xc3("],
+    ids=["garbage", "empty", "truncated", "trailing", "not-utf8-in-object", "not-utf8"],
+)
+def test_a_body_that_is_not_json_has_one_error_code(client: TestClient[Any], body: bytes) -> None:
+    # Regression: invalid UTF-8 answered invalid_events while truncated JSON answered
+    # invalid_json; both are "not a JSON body".
     assert_error(client.post("/v1/events", content=body), 422, "invalid_json")
+
+
+def test_an_invalid_item_lists_every_problem_in_words(client: TestClient[Any]) -> None:
+    # Regression: only the first problem was reported, as a raw regular expression.
+    event = turn("bad user!", "Sports Talk", "child", "bored", "2024-01-01T00:00:00")
+    error = assert_error(client.post("/v1/events", content=encode(event)), 422, "invalid_events")
+    (item,) = error["details"]
+    problems = {p["field"]: p["reason"] for p in item["problems"]}
+    assert set(problems) == {"user_id", "occurred_at", "data.topic", "data.sentiment"}
+    assert problems["data.topic"] == "1 to 64 characters from a-z, 0-9 and _"
+    assert problems["user_id"] == "1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -"
+    assert (item["field"], item["reason"]) == ("user_id", problems["user_id"])
+    assert "regex" not in json.dumps(error) and "(?!" not in json.dumps(error)
 
 
 def test_json_that_is_not_an_event_is_422(client: TestClient[Any]) -> None:
@@ -324,6 +344,24 @@ def test_user_with_only_adjustments_has_no_topics(
 @pytest.mark.parametrize("path", ["friendship", "topics"])
 def test_unknown_user_is_404(seeded: Seeded, client: TestClient[Any], path: str) -> None:
     assert_error(client.get(f"/v1/users/nobody/{path}"), 404, "user_not_found")
+
+
+@pytest.mark.parametrize("path", ["friendship", "topics"])
+@pytest.mark.parametrize("user_id", ["x" * 10_000, "bad%20id", "x" * 129, "caf%C3%A9"])
+def test_a_user_id_that_breaks_the_contract_is_400_and_not_echoed(
+    client: TestClient[Any], path: str, user_id: str
+) -> None:
+    # Regression: a 10,000-character id got 404 with the whole id echoed back.
+    response = client.get(f"/v1/users/{user_id}/{path}")
+    error = assert_error(response, 400, "invalid_user_id")
+    assert "1 to 128 characters" in error["message"]
+    assert len(response.text) < 500
+
+
+def test_an_unknown_long_event_id_is_not_echoed_whole(client: TestClient[Any]) -> None:
+    response = client.get(f"/v1/events/{'e' * 10_000}")
+    assert_error(response, 404, "event_not_found")
+    assert len(response.text) < 500
 
 
 def test_event_status_applied(seeded: Seeded, client: TestClient[Any]) -> None:

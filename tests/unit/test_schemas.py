@@ -304,3 +304,54 @@ def test_error_names_field_and_reason_in_message() -> None:
     assert error.field in str(error)
     assert error.reason in str(error)
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2024-12-31T23:59:59.9999996Z", datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
+        ("9999-12-31T23:59:59.9999995Z", datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
+        ("2024-06-01T10:00:00.1234569+02:00", datetime(2024, 6, 1, 8, 0, 0, 123_456, tzinfo=UTC)),
+        ("2024-06-01T10:00:00.123456Z", datetime(2024, 6, 1, 10, 0, 0, 123_456, tzinfo=UTC)),
+        ("2024-06-01T10:00:00.1Z", datetime(2024, 6, 1, 10, 0, 0, 100_000, tzinfo=UTC)),
+        ("2024-06-01T10:00:00.000000999Z", datetime(2024, 6, 1, 10, 0, 0, 0, tzinfo=UTC)),
+    ],
+)
+def test_fractions_beyond_microseconds_are_truncated_never_rounded(
+    given: str, stored: datetime
+) -> None:
+    # Regression: msgspec rounded, so ...59.9999996Z became the next year and
+    # 9999-12-31T23:59:59.9999995Z was refused as out of range.
+    event = sample_event_dict(TURN_RECORDED)
+    event["occurred_at"] = given
+    assert decode_event(json.dumps(event).encode()).occurred_at == stored
+
+
+def test_a_long_fraction_elsewhere_changes_nothing() -> None:
+    event = sample_event_dict("conversation.completed")
+    event["data"]["duration_s"] = 12.123456789
+    decoded = decode_event(json.dumps(event).encode())
+    assert decoded.data.duration_s == pytest.approx(12.123456789)  # type: ignore[union-attr]
+
+
+def test_a_lone_surrogate_escape_gets_an_honest_reason() -> None:
+    # Regression: the reason was msgspec's "Input data was truncated".
+    body = json.dumps(sample_event_dict(TURN_RECORDED)).replace('"child"', '"\\ud800"')
+    with pytest.raises(EventValidationError, match="lone UTF-16 surrogate") as caught:
+        decode_event(body.encode())
+    assert "truncated" not in str(caught.value)
+
+
+def test_every_problem_of_an_event_is_listed_in_words() -> None:
+    event = sample_event_dict(TURN_RECORDED)
+    event["user_id"] = "has space"
+    event["data"]["topic"] = "Not-Valid"
+    del event["data"]["speaker"]
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(json.dumps(event).encode())
+    assert caught.value.problems == (
+        ("user_id", "1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -"),
+        ("data.topic", "1 to 64 characters from a-z, 0-9 and _"),
+        ("data.speaker", "missing; must be child or robot"),
+    )
+    assert (caught.value.field, caught.value.reason) == caught.value.problems[0]

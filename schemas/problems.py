@@ -1,0 +1,138 @@
+"""Every problem of an invalid event, in words a producer understands. Pure.
+
+The decoder (``schemas.validation``) stops at the first problem and speaks in msgspec's terms
+(``Expected `str` matching regex ...``). When an event is invalid, this module looks at the
+decoded JSON value once more and lists every rule of CONTRACT.md sections 1 and 2 it breaks,
+each as ``(field, reason)``. It runs only for invalid events, so valid traffic pays nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from schemas.events import RATINGS, SENTIMENTS, TOPIC_PATTERN, USER_ID_PATTERN, UUID_PATTERN
+
+#: ``(field, reason)``: the dotted path of a field (``"data.topic"``) and the rule it breaks.
+Problem = tuple[str, str]
+
+_UUID: Final = re.compile(UUID_PATTERN)
+_USER_ID: Final = re.compile(USER_ID_PATTERN)
+_TOPIC: Final = re.compile(TOPIC_PATTERN)
+#: RFC 3339 date-time with a required offset (``Z`` or ``+HH:MM``); fractions of any length.
+_RFC3339: Final = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})(?!\n)$"
+)
+
+#: The rule of each field, as a producer reads it.
+RULES: Final[Mapping[str, str]] = {
+    "event_id": "a UUID in the canonical 8-4-4-4-12 hex form",
+    "type": ("one of conversation.turn_recorded, conversation.completed, friendship.adjusted"),
+    "user_id": "1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -",
+    "occurred_at": "an RFC 3339 timestamp with a UTC offset (Z or +07:00)",
+    "data": "an object with the fields of the event's type",
+    "data.conversation_id": "a string of 1 to 128 characters",
+    "data.topic": "1 to 64 characters from a-z, 0-9 and _",
+    "data.speaker": "child or robot",
+    "data.sentiment": f"one of {', '.join(SENTIMENTS)}",
+    "data.turns": "a whole number from 0 to 10000",
+    "data.duration_s": "a number from 0 to 86400 (seconds)",
+    "data.rating": f"one of {', '.join(RATINGS)}",
+    "data.delta": "a whole number from -100 to 100",
+    "data.reason": "a string of 1 to 256 characters",
+}
+
+
+def _string(value: Any, pattern: re.Pattern[str] | None = None, most: int = 0) -> bool:
+    if not isinstance(value, str):
+        return False
+    if most and not 1 <= len(value) <= most:
+        return False
+    return pattern is None or pattern.match(value) is not None
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def _instant(value: Any) -> bool:
+    if not isinstance(value, str) or _RFC3339.match(value) is None:
+        return False
+    try:
+        datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return False
+    return True
+
+
+_Check = Callable[[Any], bool]
+_TOPIC_CHECK: Final[_Check] = lambda v: _string(v, _TOPIC)  # noqa: E731
+_CONVERSATION_CHECK: Final[_Check] = lambda v: _string(v, most=128)  # noqa: E731
+_DATA_CHECKS: Final[Mapping[str, Mapping[str, _Check]]] = {
+    "conversation.turn_recorded": {
+        "conversation_id": _CONVERSATION_CHECK,
+        "topic": _TOPIC_CHECK,
+        "speaker": lambda v: v in ("child", "robot"),
+        "sentiment": lambda v: isinstance(v, str) and v in SENTIMENTS,
+    },
+    "conversation.completed": {
+        "conversation_id": _CONVERSATION_CHECK,
+        "topic": _TOPIC_CHECK,
+        "turns": lambda v: _whole(v, 0, 10_000),
+        "duration_s": lambda v: _number(v, 0, 86_400),
+        "rating": lambda v: isinstance(v, str) and v in RATINGS,
+    },
+    "friendship.adjusted": {
+        "delta": lambda v: _whole(v, -100, 100),
+        "reason": lambda v: _string(v, most=256),
+    },
+}
+_ENVELOPE_CHECKS: Final[Mapping[str, _Check]] = {
+    "event_id": lambda v: _string(v, _UUID),
+    "user_id": lambda v: _string(v, _USER_ID),
+    "occurred_at": _instant,
+}
+
+
+def _check_field(problems: list[Problem], obj: Mapping[str, Any], name: str, path: str) -> bool:
+    """Record a missing field; True when it is present."""
+    if name in obj:
+        return True
+    problems.append((path, f"missing; must be {RULES[path]}"))
+    return False
+
+
+def list_problems(value: Any) -> list[Problem]:
+    """Every contract rule the decoded JSON ``value`` breaks, in field order.
+
+    Returns:
+        ``[(field, reason), ...]``; empty when these checks find nothing (the decoder's own
+        message then stands).
+    """
+    if not isinstance(value, dict):
+        return [("", "an event must be a JSON object")]
+    problems: list[Problem] = []
+    for name, check in _ENVELOPE_CHECKS.items():
+        if _check_field(problems, value, name, name) and not check(value[name]):
+            problems.append((name, RULES[name]))
+    kind = value.get("type")
+    data_checks = _DATA_CHECKS.get(kind) if isinstance(kind, str) else None
+    if _check_field(problems, value, "type", "type") and data_checks is None:
+        problems.append(("type", RULES["type"]))
+    if not _check_field(problems, value, "data", "data"):
+        return problems
+    data = value["data"]
+    if not isinstance(data, dict):
+        problems.append(("data", RULES["data"]))
+        return problems
+    for name, check in (data_checks or {}).items():
+        path = f"data.{name}"
+        if _check_field(problems, data, name, path) and not check(data[name]):
+            problems.append((path, RULES[path]))
+    return problems
