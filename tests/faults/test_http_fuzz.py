@@ -177,9 +177,9 @@ def test_oversized_bodies_are_refused_with_413(settings: Settings, client: TestC
 @pytest.mark.parametrize(
     ("path", "status", "code"),
     [
-        ("/v1/users/a%00b/friendship", 404, "user_not_found"),
-        ("/v1/users/a%00b/topics", 404, "user_not_found"),
-        ("/v1/users/%ED%A0%80/friendship", 404, "user_not_found"),
+        ("/v1/users/a%00b/friendship", 400, "invalid_user_id"),
+        ("/v1/users/a%00b/topics", 400, "invalid_user_id"),
+        ("/v1/users/%ED%A0%80/friendship", 400, "invalid_user_id"),
         ("/v1/events/%00", 404, "event_not_found"),
         ("/v1/dead-letters?cursor=" + "OTIyMzM3MjAzNjg1NDc3NTgwOA", 400, "invalid_cursor"),  # 2**63
         ("/v1/dead-letters?offset=9223372036854775808", 400, "invalid_parameters"),
