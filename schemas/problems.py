@@ -71,6 +71,22 @@ def _instant(value: Any) -> bool:
     return True
 
 
+def _naive(value: Any) -> bool:
+    """A date-time without a UTC offset (``2024-05-01T10:00:00``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return datetime.fromisoformat(value).tzinfo is None
+    except ValueError:
+        return False
+
+
+#: Why a naive timestamp is invalid.
+_NAIVE: Final = (
+    "no time zone: a naive time is ambiguous; give an RFC 3339 timestamp with a UTC offset "
+    "(Z or +07:00)"
+)
+
 _Check = Callable[[Any], bool]
 _TOPIC_CHECK: Final[_Check] = lambda v: _string(v, _TOPIC)  # noqa: E731
 _CONVERSATION_CHECK: Final[_Check] = lambda v: _string(v, most=128)  # noqa: E731
@@ -120,7 +136,7 @@ def list_problems(value: Any) -> list[Problem]:
     problems: list[Problem] = []
     for name, check in _ENVELOPE_CHECKS.items():
         if _check_field(problems, value, name, name) and not check(value[name]):
-            problems.append((name, RULES[name]))
+            problems.append((name, _NAIVE if _naive(value[name]) else RULES[name]))
     kind = value.get("type")
     data_checks = _DATA_CHECKS.get(kind) if isinstance(kind, str) else None
     if _check_field(problems, value, "type", "type") and data_checks is None:
