@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pika
@@ -20,6 +21,7 @@ from rstream.compression import (
     StreamCompressionCodecs,
 )
 
+from processor.publisher import OutgoingEvent
 from processor.settings import Settings, stream_name
 from projections.batch import BatchResult, LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect
@@ -241,6 +243,11 @@ def test_hostile_inputs_mixed_into_traffic_are_handled_and_replay_verifies_ident
             ("kid-x#elsewhere", adjusted("kid-x", 50)),  # misrouted
         ],
     )
+    late = make_event(
+        ADJUSTED, "kid-t", "2024-12-31T23:59:59.9999996Z", {"delta": 1, "reason": "edge"}
+    )
+    surrogate = adjusted("kid-t", 1).replace(b'"probe"', b'"\\ud800"')
+    publish(settings, [*outgoing([late]), OutgoingEvent("surrogate", "kid-t", surrogate)])
     publish(settings, traffic[1_000:])
     # Live one event per batch; replay below uses its own (large) batches.
     with processor_process(settings.with_overrides(batch_size=1), tmp_path / "p.log"):
@@ -250,12 +257,19 @@ def test_hostile_inputs_mixed_into_traffic_are_handled_and_replay_verifies_ident
         dead = conn.execute("SELECT partition, field, reason FROM dead_letters").fetchall()
         statuses = conn.execute("SELECT partition, committed_offset FROM checkpoints").fetchall()
     reasons = sorted(reason for _, _, reason in dead)
-    assert len(dead) == 3, reasons
+    assert len(dead) == 4, reasons
+    assert any("lone UTF-16 surrogate" in r for r in reasons)
     assert any("sub-entry compression 4 (zstd) is not supported" in r for r in reasons)
     assert any("3 records from offset" in r for r in reasons)
     assert any("routing key 'kid-x#elsewhere' is not the user_id 'kid-x'" in r for r in reasons)
     assert any("already applied for another user ('kid-x'" in r for r in reasons)
     assert count(settings, "SELECT count(*) FROM friendships WHERE user_id = 'zstd-kid'") == 0
+    with connect(settings.database_url) as conn:
+        last = conn.execute(
+            "SELECT last_event_at FROM friendships WHERE user_id = 'kid-t'"
+        ).fetchone()
+    # Truncated to the microsecond, not rounded into the next year.
+    assert last == (datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),)
     assert all(offset >= 0 for _, offset in statuses)
 
     verify = subprocess.run(
