@@ -74,20 +74,23 @@ class LeaseHolder:
 def current_lease_holders(conn: psycopg.Connection) -> dict[int, LeaseHolder]:
     """The live lease of every partition that has one, read from ``pg_locks``.
 
-    The owner is the ``application_name`` of the connection holding the lock, which processors
-    set to ``friendship-stream owner host:pid``.
+    The owner is the member the holding session registered as (``member_backends``, keyed by
+    backend pid and start time); a session that did not register (a processor from before that
+    table) is known by its ``application_name`` (``friendship-stream owner host:pid``).
     """
     rows = conn.execute(
         """
-        SELECT l.objid::int, a.application_name, a.pid
+        SELECT l.objid::int, b.member_id, a.application_name, a.pid
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        LEFT JOIN member_backends b
+          ON b.backend_pid = a.pid AND b.backend_start = a.backend_start
         WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objsubid = 2
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """,
         (LEASE_LOCK_CLASS,),
     ).fetchall()
     holders: dict[int, LeaseHolder] = {}
-    for partition, application_name, pid in rows:
-        owner = str(application_name).removeprefix(OWNER_APPLICATION_PREFIX)
+    for partition, member, application_name, pid in rows:
+        owner = member or str(application_name).removeprefix(OWNER_APPLICATION_PREFIX)
         holders[int(partition)] = LeaseHolder(int(partition), owner, int(pid))
     return holders

@@ -32,6 +32,26 @@ MEMBER_APPLICATION_PREFIX: Final = "friendship-stream member "
 OWNER_APPLICATION_PREFIX: Final = "friendship-stream owner "
 
 
+def register_backend(conn: psycopg.Connection, member_id: str) -> None:
+    """Record that the session of ``conn`` belongs to ``member_id``.
+
+    Called on every processor connection right after it opens. Rows of sessions that have
+    ended are removed on the way (a backend pid is reused by later sessions).
+    """
+    conn.execute(
+        """
+        WITH gone AS (
+          DELETE FROM member_backends b WHERE NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a
+            WHERE a.pid = b.backend_pid AND a.backend_start = b.backend_start))
+        INSERT INTO member_backends (backend_pid, backend_start, member_id)
+        SELECT pid, backend_start, %s FROM pg_stat_activity WHERE pid = pg_backend_pid()
+        ON CONFLICT (backend_pid, backend_start) DO UPDATE SET member_id = excluded.member_id
+        """,
+        (member_id,),
+    )
+
+
 def member_lock_key(member_id: str) -> int:
     """The second advisory-lock key of a member: CRC-32 of its id, in the positive int4 range."""
     return zlib.crc32(member_id.encode()) & 0x7FFF_FFFF
@@ -115,13 +135,26 @@ def read_membership(conn: psycopg.Connection, timeout_s: float) -> MembershipVie
 def fence(conn: psycopg.Connection, member_id: str) -> int:
     """Terminate every backend of a stale member (its leases and open transactions end).
 
+    Its backends are found through ``member_backends`` (and, for sessions of processors that
+    predate it, by ``application_name``).
+
     Returns:
         The number of backends terminated.
     """
     rows = conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = ANY(%s)",
-        ([MEMBER_APPLICATION_PREFIX + member_id, OWNER_APPLICATION_PREFIX + member_id],),
+        """
+        SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+        WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND (
+          EXISTS (SELECT 1 FROM member_backends b
+                  WHERE b.member_id = %s AND b.backend_pid = a.pid
+                    AND b.backend_start = a.backend_start)
+          OR a.application_name = ANY(%s))
+        """,
+        (
+            member_id,
+            [MEMBER_APPLICATION_PREFIX + member_id, OWNER_APPLICATION_PREFIX + member_id],
+        ),
     ).fetchall()
+    conn.execute("DELETE FROM member_backends WHERE member_id = %s", (member_id,))
     conn.execute("DELETE FROM members WHERE member_id = %s", (member_id,))
     return sum(1 for (terminated,) in rows if terminated)

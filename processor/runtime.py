@@ -39,6 +39,7 @@ from processor.membership import (
     join,
     leave,
     read_membership,
+    register_backend,
 )
 from processor.owner import PartitionOwner
 from processor.settings import Settings
@@ -141,6 +142,7 @@ class Processor:
             self.settings.database_url,
             application_name=f"{MEMBER_APPLICATION_PREFIX}{self.member}",
         )
+        register_backend(control, self.member)
         join(control, self.member)
         log.info("member %s joined", self.member)
         return control
@@ -209,6 +211,7 @@ class Processor:
         if conn is None:
             return
         try:
+            register_backend(conn, self.member)
             if not try_acquire_lease(conn, partition):
                 conn.close()
                 return

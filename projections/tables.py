@@ -76,6 +76,18 @@ members: Final = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
 
+#: The database sessions of each member (control and lease connections), keyed by what the
+#: server knows for sure: backend pid and backend start time (``application_name`` is cut at
+#: 63 bytes, shorter than some member ids).
+member_backends: Final = Table(
+    "member_backends",
+    metadata,
+    Column("backend_pid", Integer, primary_key=True, autoincrement=False),
+    Column("backend_start", DateTime(timezone=True), primary_key=True),
+    Column("member_id", Text, nullable=False),
+    Index("member_backends_member_idx", "member_id"),
+)
+
 friendships: Final = Table(
     "friendships",
     metadata,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from processor.leases import current_lease_holders
+from processor.leases import current_lease_holders, try_acquire_lease
+from processor.membership import fence, join, register_backend
 from processor.settings import Settings
 from projections.database import connect
 from tests.integration.support import (
@@ -24,6 +26,7 @@ from tests.integration.support import (
     outgoing,
     processor_process,
     publish,
+    settings_env,
     stored_projections,
     synthetic_events,
 )
@@ -180,3 +183,64 @@ def test_graceful_shutdown_hands_partitions_over_with_zero_lag_left(
         drain(settings, timeout_s=180)
     assert_projections_equal(stored_projections(settings), reference_fold(bodies))
     assert_no_partition_had_two_owners_commit(settings)
+
+
+#: A Kubernetes pod name at its longest (63 characters): ``host:pid`` then exceeds what
+#: PostgreSQL keeps of an ``application_name`` (63 bytes) once the prefix is added.
+LONG_HOST = "friendship-stream-processor-7d9f8b6c5d-" + "x" * 24
+
+
+def _long_host_processor(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m processor run`` on a machine whose host name is ``LONG_HOST``."""
+    program = (
+        "import socket, sys\n"
+        f"socket.gethostname = lambda: {LONG_HOST!r}\n"
+        "from processor.cli import main\n"
+        "sys.exit(main(['run']))\n"
+    )
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", program],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_member_with_a_63_character_host_name_keeps_its_leases(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Regression: lease holders were recognised by application_name, which PostgreSQL cuts at
+    # 63 bytes; every lease of such a member looked lost and it handed its partitions off in a
+    # loop.
+    bodies = synthetic_events(2_000, users=200, seed=63)
+    publish(settings, outgoing(bodies))
+    process = _long_host_processor(settings, tmp_path / "long.log")
+    member = f"{LONG_HOST}:{process.pid}"
+    try:
+        drain(settings)
+        wait_until(lambda: set(owners(settings).values()) == {member}, "the long-named owner")
+        wait_until(lambda: len(owners(settings)) == 16, "every partition owned")
+        time.sleep(3 * settings.lease_interval_s)  # several lease rounds: nothing is handed off
+        assert set(owners(settings).values()) == {member}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    log = (tmp_path / "long.log").read_text()
+    assert "its lease was lost" not in log, log[-2000:]
+    assert_projections_equal(stored_projections(settings), reference_fold(bodies))
+
+
+def test_fencing_finds_every_session_of_a_long_named_member(settings: Settings) -> None:
+    # Regression: fence() matched application_name and terminated nothing for such a member.
+    member = f"{LONG_HOST}:4242"
+    with connect(settings.database_url) as control, connect(settings.database_url) as lease:
+        for conn in (control, lease):
+            register_backend(conn, member)
+        join(control, member)
+        assert try_acquire_lease(lease, 5)
+        with connect(settings.database_url) as other:
+            terminated = fence(other, member)
+            assert terminated == 2
+            assert 5 not in current_lease_holders(other)
+            assert count(settings, "SELECT count(*) FROM member_backends") == 0
