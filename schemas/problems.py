@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas.events import RATINGS, SENTIMENTS, TOPIC_PATTERN, USER_ID_PATTERN, UUID_PATTERN
@@ -25,6 +25,9 @@ _TOPIC: Final = re.compile(TOPIC_PATTERN)
 _RFC3339: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})(?!\n)$"
 )
+
+#: Why a well-formed ``occurred_at`` is still invalid: its instant has no year 1-9999 in UTC.
+OUT_OF_RANGE: Final = "out of range: the instant in UTC must lie in years 0001-9999"
 
 #: The rule of each field, as a producer reads it.
 RULES: Final[Mapping[str, str]] = {
@@ -81,6 +84,15 @@ def _naive(value: Any) -> bool:
         return False
 
 
+def _outside_utc_years(value: str) -> bool:
+    """A well-formed timestamp whose instant falls outside years 1-9999 in UTC."""
+    try:
+        datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
+
+
 #: Why a naive timestamp is invalid.
 _NAIVE: Final = (
     "no time zone: a naive time is ambiguous; give an RFC 3339 timestamp with a UTC offset "
@@ -135,8 +147,16 @@ def list_problems(value: Any) -> list[Problem]:
         return [("", "an event must be a JSON object")]
     problems: list[Problem] = []
     for name, check in _ENVELOPE_CHECKS.items():
-        if _check_field(problems, value, name, name) and not check(value[name]):
-            problems.append((name, _NAIVE if _naive(value[name]) else RULES[name]))
+        if not _check_field(problems, value, name, name):
+            continue
+        field = value[name]
+        if check(field):
+            if name == "occurred_at" and _outside_utc_years(field):
+                problems.append((name, OUT_OF_RANGE))
+        elif name == "occurred_at" and _naive(field):
+            problems.append((name, _NAIVE))  # only a timestamp can lack its time zone
+        else:
+            problems.append((name, RULES[name]))
     kind = value.get("type")
     data_checks = _DATA_CHECKS.get(kind) if isinstance(kind, str) else None
     if _check_field(problems, value, "type", "type") and data_checks is None:

@@ -10,7 +10,7 @@ from typing import Final
 import msgspec
 
 from schemas.events import Event
-from schemas.problems import RULES, list_problems
+from schemas.problems import OUT_OF_RANGE, RULES, list_problems
 
 _DECODER: Final = msgspec.json.Decoder(Event)
 _RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
@@ -72,17 +72,20 @@ def _to_validation_error(
     return EventValidationError(path, reason)
 
 
-def _not_json(exc: msgspec.DecodeError, body: bytes | bytearray | str) -> EventValidationError:
-    """The reason for a body that is not JSON, honest about lone surrogate escapes (which
-    msgspec reports as "Input data was truncated")."""
+def not_json_reason(exc: msgspec.DecodeError, body: bytes | bytearray | str) -> str:
+    """Why msgspec could not decode ``body`` (``"not valid JSON: ..."``), honest about lone
+    surrogate escapes (which msgspec reports as "Input data was truncated")."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     if _LONE_SURROGATE.search(raw):
-        return EventValidationError(
-            "",
+        return (
             "not valid JSON: a string holds a lone UTF-16 surrogate escape (such as \\ud800), "
-            "which is not a Unicode character",
+            "which is not a Unicode character"
         )
-    return EventValidationError("", f"not valid JSON: {exc}")
+    return f"not valid JSON: {exc}"
+
+
+def _not_json(exc: msgspec.DecodeError, body: bytes | bytearray | str) -> EventValidationError:
+    return EventValidationError("", not_json_reason(exc, body))
 
 
 def _truncate_fractions(body: bytes | bytearray | str) -> bytes | bytearray | str:
@@ -151,9 +154,7 @@ def _check_utc_range(event: Event) -> None:
     try:
         event.occurred_at.astimezone(UTC)
     except OverflowError as exc:
-        raise EventValidationError(
-            "occurred_at", "out of range: the instant in UTC must lie in years 0001-9999"
-        ) from exc
+        raise EventValidationError("occurred_at", OUT_OF_RANGE) from exc
 
 
 def decode_event_batch(
@@ -178,7 +179,7 @@ def decode_event_batch(
         try:
             items = _RAW_LIST_DECODER.decode(body)
         except msgspec.DecodeError as exc:
-            raise EventValidationError("", f"not valid JSON: {exc}") from exc
+            raise _not_json(exc, body) from exc
         except RecursionError as exc:
             raise EventValidationError("", TOO_DEEP) from exc
         raws = [bytes(item) for item in items]

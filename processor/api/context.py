@@ -39,6 +39,8 @@ def create_db_engine(database_url: str) -> Engine:
     return create_engine(
         sqlalchemy_url(database_url),
         pool_pre_ping=True,
+        # Errors (logged, 500 tracebacks) must not repeat the parameters: they hold user ids.
+        hide_parameters=True,
         pool_size=5,
         max_overflow=5,
         pool_timeout=DB_CONNECT_TIMEOUT_S,

@@ -3,6 +3,10 @@
 Every failure answers this shape: errors raised on purpose (``ApiError``), Litestar's own
 (unknown route 404, 405, 413, query parameter validation 400), an unreachable database (503) and
 anything unexpected (500, logged with its traceback; the message does not leak internals).
+
+A value taken from the request is never echoed whole: ``shortened`` and ``quoted`` cut it to
+``ECHO_CHARS`` characters. Logs name the route template, never the path (it may hold a user id),
+and never a statement's parameters.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 from litestar.types import ExceptionHandlersMap
 
 log = logging.getLogger(__name__)
+
+#: Most characters of a request value (path, id, cursor) echoed back in an error message.
+ECHO_CHARS: Final = 64
 
 #: Error code of each HTTP status Litestar raises by itself.
 _CODES: Final = {
@@ -49,6 +56,20 @@ class ErrorBody(msgspec.Struct, frozen=True):
     """The body of every error answer."""
 
     error: ErrorInfo
+
+
+def shortened(value: str) -> str:
+    """``value`` for an error message, cut to ``ECHO_CHARS`` characters (its length said)."""
+    if len(value) <= ECHO_CHARS:
+        return value
+    return f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+
+
+def quoted(value: str) -> str:
+    """``value`` for an error message as a Python literal (``repr``), cut like ``shortened``."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
@@ -134,22 +155,36 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail or code.replace("_", " ")
     if exc.status_code == 404 and "route_handler" not in request.scope:
-        message = f"no route {request.method} {request.url.path}"
+        message = f"no route {shortened(request.method)} {shortened(request.url.path)}"
     elif exc.status_code == 413 and "route_handler" in request.scope:
         limit = request.route_handler.resolve_request_max_body_size()
         message = f"the request body is larger than {limit} bytes"
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
-def _database_unavailable(_request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+def _route(request: Request[Any, Any, Any]) -> str:
+    """The route template of a request (``/v1/users/{user_id}/friendship``): the path itself may
+    hold a user id, which is not logged."""
+    return str(request.scope.get("path_template", "(no route)"))
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    # SQLAlchemy's message repeats the statement's parameters (user ids); the driver's does not.
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
+    log.warning(
+        "database unavailable on %s %s: %s: %s",
+        request.method,
+        _route(request),
+        type(cause).__name__,
+        str(cause).strip(),
+    )
     return error_response(
         HTTP_503_SERVICE_UNAVAILABLE, "database_unavailable", "the database is not reachable"
     )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unhandled error on %s %s", request.method, _route(request), exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
 
 

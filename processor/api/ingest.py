@@ -38,6 +38,7 @@ from processor.api.errors import ApiError, error_responses
 from processor.errors import PublishError
 from processor.publisher import OutgoingEvent
 from schemas import decode_event_batch
+from schemas.validation import not_json_reason
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,23 @@ def count_items(body: bytes) -> int:
         raise ApiError(
             HTTP_422_UNPROCESSABLE_ENTITY,
             "invalid_json",
-            f"the request body is not JSON: not UTF-8 ({exc.reason} at byte {exc.start})",
+            f"the request body is not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})",
         ) from exc
+    if not body.strip(b" \t\r\n"):  # JSON whitespace only
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            "the request body is empty; send one event object or a JSON array of events",
+        )
     try:
         if body.lstrip().startswith(b"["):
             return len(_RAW_ITEMS.decode(body))
         _RAW_VALUE.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(
-            HTTP_422_UNPROCESSABLE_ENTITY, "invalid_json", f"the request body is not JSON: {exc}"
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            f"the request body is {not_json_reason(exc, body)}",
         ) from exc
     except RecursionError as exc:
         raise ApiError(

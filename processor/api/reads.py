@@ -2,8 +2,9 @@
 
 Every handler runs its query in a worker thread (``ApiContext.read``). Timestamps are RFC 3339
 in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
-``user_not_found`` / ``event_not_found``, 400 ``invalid_parameters`` / ``invalid_cursor``,
-503 ``database_unavailable`` / ``broker_unavailable``.
+``user_not_found`` / ``event_not_found``, 400 ``invalid_user_id`` / ``invalid_parameters`` /
+``invalid_cursor``, 503 ``database_unavailable`` / ``broker_unavailable``. No message echoes a
+request value whole (``processor.api.errors.quoted``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from litestar.status_codes import (
 )
 
 from processor.api.context import ApiContext
-from processor.api.errors import ApiError, error_responses
+from processor.api.errors import ApiError, error_responses, quoted
 from processor.status import PartitionStatus
 from projections import queries
 from projections.queries import (
@@ -62,15 +63,6 @@ class StatsView(msgspec.Struct, frozen=True):
 
 #: A ``user_id`` as the contract defines it (CONTRACT.md section 1), for path parameters.
 _USER_ID: Final = re.compile(USER_ID_PATTERN)
-#: Most characters of a path value quoted back in an error message.
-_QUOTED_CHARS: Final = 64
-
-
-def quoted(value: str) -> str:
-    """``value`` for an error message: ``repr``, cut to ``_QUOTED_CHARS`` characters."""
-    if len(value) <= _QUOTED_CHARS:
-        return repr(value)
-    return repr(value[:_QUOTED_CHARS]) + f"... ({len(value)} characters)"
 
 
 def checked_user_id(user_id: str) -> str:
@@ -228,5 +220,9 @@ async def get_dead_letters(
         try:
             queries.parse_cursor(cursor)
         except ValueError as exc:
-            raise ApiError(HTTP_400_BAD_REQUEST, "invalid_cursor", str(exc)) from exc
+            raise ApiError(
+                HTTP_400_BAD_REQUEST,
+                "invalid_cursor",
+                f"cursor {quoted(cursor)} is not valid: pass the next_cursor of a previous page",
+            ) from exc
     return await ctx.read(queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
+from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType, Producer
 
 from processor.amqp_body import message_body
 from processor.publisher import OutgoingEvent, publish_events
@@ -236,3 +236,30 @@ def assert_projections_equal(
         f"{u}: stored {stored.get(u)} expected {expected.get(u)}" for u in differing[:3]
     )
     assert not differing, f"{len(differing)} users differ from the fold: {detail}"
+
+
+def stream_producer(settings: Settings) -> Producer:
+    """An rstream producer on the stream port of ``settings`` (writes straight to streams)."""
+    amqp = settings.amqp
+    return Producer(
+        amqp.host,
+        settings.stream_port,
+        username=amqp.username,
+        password=amqp.password,
+        vhost=amqp.vhost,
+    )
+
+
+def run_command(
+    args: Sequence[str], env: dict[str, str], *, cwd: Path | None = None, timeout_s: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m processor ARGS`` with ``env``; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "processor", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 from psycopg import sql
+from sqlalchemy import text
 
 from processor.api import create_app
 from processor.leases import OWNER_APPLICATION_PREFIX, try_acquire_lease
 from processor.settings import Settings
 from processor.streams import read_tail_offsets
+from projections import queries
 from projections.batch import LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect, database_name
 from tests.integration.support import read_bodies
@@ -220,6 +223,21 @@ def test_an_invalid_item_lists_every_problem_in_words(client: TestClient[Any]) -
     assert "regex" not in json.dumps(error) and "(?!" not in json.dumps(error)
 
 
+@pytest.mark.parametrize("body", [b"", b" \r\n\t"], ids=["empty", "whitespace"])
+def test_an_empty_body_is_invalid_json_that_says_so(client: TestClient[Any], body: bytes) -> None:
+    # Regression: the message was msgspec's "Input data was truncated".
+    error = assert_error(client.post("/v1/events", content=body), 422, "invalid_json")
+    assert "empty" in error["message"] and "truncated" not in error["message"]
+
+
+def test_a_lone_surrogate_escape_is_invalid_json_named_honestly(client: TestClient[Any]) -> None:
+    # Regression: the 422 invalid_json message was msgspec's "Input data was truncated".
+    for body in (b'{"a": "\\ud800"}', b'[{"a": "\\udc00"}]'):
+        error = assert_error(client.post("/v1/events", content=body), 422, "invalid_json")
+        assert "lone UTF-16 surrogate" in error["message"], error
+        assert "truncated" not in error["message"]
+
+
 def test_json_that_is_not_an_event_is_422(client: TestClient[Any]) -> None:
     error = assert_error(client.post("/v1/events", content=b'"hello"'), 422, "invalid_events")
     assert [d["index"] for d in error["details"]] == [0]
@@ -361,6 +379,23 @@ def test_a_user_id_that_breaks_the_contract_is_400_and_not_echoed(
 def test_an_unknown_long_event_id_is_not_echoed_whole(client: TestClient[Any]) -> None:
     response = client.get(f"/v1/events/{'e' * 10_000}")
     assert_error(response, 404, "event_not_found")
+    assert len(response.text) < 500
+
+
+def test_an_unmatched_long_path_is_not_echoed_whole(client: TestClient[Any]) -> None:
+    # Regression: the 404 for an unknown route quoted the whole path (10,000 characters here).
+    response = client.get(f"/v1/users/{'x' * 10_000}/friendshipX")
+    error = assert_error(response, 404, "not_found")
+    assert error["message"].startswith("no route GET /v1/users/xxx")
+    assert "(10022 characters)" in error["message"]
+    assert len(response.text) < 500
+
+
+def test_an_invalid_long_cursor_is_not_echoed_whole(client: TestClient[Any]) -> None:
+    # Regression: the 400 invalid_cursor message quoted the whole cursor.
+    response = client.get(f"/v1/dead-letters?cursor={'c' * 10_000}")
+    error = assert_error(response, 400, "invalid_cursor")
+    assert "10000 characters" in error["message"]
     assert len(response.text) < 500
 
 
@@ -570,3 +605,63 @@ def test_unexpected_failure_is_500_with_the_error_shape(
         conn.execute("DROP TABLE friendships")
     error = assert_error(client.get("/v1/users/kid-1/friendship"), 500, "internal_error")
     assert "friendships" not in error["message"]  # internals stay in the log
+
+
+def test_openapi_documents_the_400_of_the_user_routes(client: TestClient[Any]) -> None:
+    # Without its own entry, a route gets Litestar's default 400 ({"status_code", "detail"}),
+    # which is not the shape the API answers.
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    for path in ("/v1/users/{user_id}/friendship", "/v1/users/{user_id}/topics"):
+        responses = paths[path]["get"]["responses"]
+        assert {"400", "404", "503"} <= set(responses), path
+        schema = responses["400"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}, path
+
+
+#: A user id that must not reach a log line at INFO or above.
+SECRET_USER = "secret-kid-7"
+
+
+def logged_text(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record of the app at INFO or above, with its traceback, as one text (the test
+    client's own ``httpx`` lines are left out)."""
+    formatter = logging.Formatter()
+    return "\n".join(
+        formatter.format(record)
+        for record in caplog.records
+        if record.levelno >= logging.INFO and not record.name.startswith("httpx")
+    )
+
+
+def test_an_unexpected_failure_logs_neither_the_path_nor_the_parameters(
+    settings: Settings, client: TestClient[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the log named the path (/v1/users/<id>/friendship) and the traceback repeated
+    # the statement's parameters, so the user id was logged at ERROR.
+    with connect(settings.database_url) as conn:
+        conn.execute("DROP TABLE friendships")
+    with caplog.at_level(logging.INFO):
+        response = client.get(f"/v1/users/{SECRET_USER}/friendship")
+    assert_error(response, 500, "internal_error")
+    logged = logged_text(caplog)
+    assert "/v1/users/{user_id}/friendship" in logged
+    assert "friendships" in logged  # the cause is still logged
+    assert SECRET_USER not in logged
+
+
+def test_an_unreachable_database_log_names_no_parameters(
+    client: TestClient[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: SQLAlchemy's message of an OperationalError (here a statement timeout) lists
+    # the statement's parameters, and the 503 handler logged it at WARNING.
+    def slow_friendship_of(conn: Any, user_id: str) -> None:
+        conn.execute(text("SET LOCAL statement_timeout = 1"))
+        conn.execute(text("SELECT pg_sleep(1), :user_id"), {"user_id": user_id})
+
+    monkeypatch.setattr(queries, "friendship_of", slow_friendship_of)
+    with caplog.at_level(logging.INFO):
+        response = client.get(f"/v1/users/{SECRET_USER}/friendship")
+    assert_error(response, 503, "database_unavailable")
+    logged = logged_text(caplog)
+    assert "statement timeout" in logged
+    assert SECRET_USER not in logged

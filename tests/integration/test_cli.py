@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from processor.settings import Settings
-from tests.integration.support import count, settings_env
+from tests.integration.support import count, run_command, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 JUST = shutil.which("just", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
@@ -35,14 +35,7 @@ def cli(
     """``python -m processor ARGS`` for ``settings``; stdout and stderr captured."""
     environment = settings_env(settings)
     environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "processor", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_command(args, environment, timeout_s=timeout)
 
 
 def _closed_port() -> int:

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pika
-from rstream import Producer
 from rstream.compression import (
     CompressionType,
     NoneCompressionCodec,
@@ -33,6 +32,7 @@ from tests.integration.support import (
     publish,
     settings_env,
     stored_projections,
+    stream_producer,
     synthetic_events,
 )
 from tests.services import Services, isolated_settings
@@ -203,14 +203,7 @@ def write_zstd_flagged_batch(settings: Settings, partition: int, bodies: Sequenc
     """Append one sub-entry batch flagged with zstd compression to a partition stream."""
 
     async def write() -> None:
-        amqp = settings.amqp
-        producer = Producer(
-            amqp.host,
-            settings.stream_port,
-            username=amqp.username,
-            password=amqp.password,
-            vhost=amqp.vhost,
-        )
+        producer = stream_producer(settings)
         StreamCompressionCodecs.register_codec(CompressionType.Zstd, _FlaggedZstd())
         await producer.start()
         try:

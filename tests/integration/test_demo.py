@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from processor import background
 from processor.background import read_record
 from processor.settings import Settings
-from tests.integration.support import settings_env
+from tests.integration.support import run_command, settings_env
 
 #: demo + down cycles per test run.
 CYCLES = 3
@@ -35,15 +34,7 @@ def _free_port() -> int:
 
 
 def _command(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_command(args, env, cwd=cwd)
 
 
 def _totals(stdout: str) -> dict[str, str]:

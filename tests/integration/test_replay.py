@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rstream import Producer
-
 from processor.publisher import OutgoingEvent
 from processor.settings import Settings, stream_name
 from processor.topology import declare_topology
@@ -34,6 +32,7 @@ from tests.integration.support import (
     processor_process,
     publish,
     stored_projections,
+    stream_producer,
     synthetic_events,
 )
 from tests.reference import reference_fold
@@ -100,14 +99,7 @@ def write_raw_entries(settings: Settings, partition: int, entries: Sequence[byte
     """Append entries that are not AMQP messages to a partition stream (stream protocol)."""
 
     async def write() -> None:
-        amqp = settings.amqp
-        producer = Producer(
-            amqp.host,
-            settings.stream_port,
-            username=amqp.username,
-            password=amqp.password,
-            vhost=amqp.vhost,
-        )
+        producer = stream_producer(settings)
         await producer.start()
         try:
             for entry in entries:
