@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,7 +22,7 @@ from tenacity import (
 )
 
 from processor.feed import PartitionFeed
-from projections.batch import BatchResult, LogRecord, apply_batch
+from projections.batch import BatchResult, LogRecord, apply_batch, apply_isolating_rejects
 
 log = logging.getLogger(__name__)
 
@@ -103,42 +104,25 @@ class PartitionOwner:
         records = feed.take(self.batch_size)
         if not records:
             return None
-        try:
-            return self._apply(records)
-        except psycopg.errors.DataError as exc:
-            log.warning(
+        return apply_isolating_rejects(
+            self._apply,
+            self.partition,
+            records,
+            on_rejected_batch=lambda exc: log.warning(
                 "partition %d: the database rejected a batch at offsets %d..%d (%s); applying "
                 "its events one by one to dead-letter the culprit",
                 self.partition,
                 records[0].offset,
-                records[-1].offset,
+                records[-1].last_offset,
                 exc,
-            )
-            return self._apply_isolating_poison(records)
-
-    def _apply_isolating_poison(self, records: list[LogRecord]) -> BatchResult:
-        """Apply records one per transaction; one the database rejects is dead-lettered."""
-        total = BatchResult(self.partition, records[0].offset, records[-1].last_offset)
-        for record in records:
-            try:
-                result = self._apply([record])
-            except psycopg.errors.DataError as exc:
-                reason = f"the database rejected this event: {exc}".strip()
-                log.error(
-                    "partition %d: offset %d dead-lettered: %s",
-                    self.partition,
-                    record.offset,
-                    reason,
-                )
-                result = self._apply([record], poisoned={record.offset: reason})
-            total.applied += result.applied
-            total.duplicates += result.duplicates
-            total.dead_lettered += result.dead_lettered
-            total.applied_events.extend(result.applied_events)
-        return total
+            ),
+            on_rejected_record=lambda record, reason: log.error(
+                "partition %d: offset %d dead-lettered: %s", self.partition, record.offset, reason
+            ),
+        )
 
     def _apply(
-        self, records: list[LogRecord], poisoned: dict[int, str] | None = None
+        self, records: Sequence[LogRecord], poisoned: Mapping[int, str] | None = None
     ) -> BatchResult:
         """One transaction, retried on transient database errors; advances the checkpoint."""
         result: BatchResult | None = None

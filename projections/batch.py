@@ -18,7 +18,7 @@ A crash anywhere before COMMIT leaves nothing behind; the batch is read again an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -527,6 +527,66 @@ def _write_projections(cur: psycopg.Cursor, events: Sequence[Event], result: Bat
                 last_discussed,
             ),
         )
+
+
+#: Applies records as one transaction, with offsets to dead-letter (``poisoned``) or None, and
+#: advances the caller's checkpoint: ``apply_batch`` bound to a connection and an owner.
+ApplyRecords = Callable[[Sequence[LogRecord], Mapping[int, str] | None], BatchResult]
+
+
+def rejected_reason(exc: psycopg.errors.DataError) -> str:
+    """The dead-letter reason of a record the database rejected (a value outside a column's
+    range, say), the same for live processing and replay."""
+    return f"the database rejected this event: {exc}".strip()
+
+
+def apply_isolating_rejects(
+    apply: ApplyRecords,
+    partition: int,
+    records: Sequence[LogRecord],
+    *,
+    on_rejected_batch: Callable[[psycopg.errors.DataError], None] | None = None,
+    on_rejected_record: Callable[[LogRecord, str], None] | None = None,
+) -> BatchResult:
+    """Apply ``records`` as one batch; when the database rejects it, isolate the culprit.
+
+    A ``DataError`` (the database refuses a value) fails the whole batch, and applying it again
+    would fail the same way, forever. The records are then applied one per transaction, and a
+    record the database rejects on its own is dead-lettered with ``rejected_reason``. Live
+    owners and replay both go through here, so they dead-letter the same records.
+
+    Args:
+        apply: applies records and advances the caller's checkpoint (see ``ApplyRecords``).
+        partition: the records' partition.
+        records: in log order.
+        on_rejected_batch: told when the whole batch was rejected (before the one-by-one pass).
+        on_rejected_record: told each record that is dead-lettered, with the reason.
+
+    Returns:
+        The counts of everything committed.
+
+    Raises:
+        Whatever ``apply`` raises other than ``psycopg.errors.DataError``.
+    """
+    try:
+        return apply(records, None)
+    except psycopg.errors.DataError as exc:
+        if on_rejected_batch is not None:
+            on_rejected_batch(exc)
+    total = BatchResult(partition, records[0].offset, records[-1].last_offset)
+    for record in records:
+        try:
+            result = apply([record], None)
+        except psycopg.errors.DataError as exc:
+            reason = rejected_reason(exc)
+            if on_rejected_record is not None:
+                on_rejected_record(record, reason)
+            result = apply([record], {record.offset: reason})
+        total.applied += result.applied
+        total.duplicates += result.duplicates
+        total.dead_lettered += result.dead_lettered
+        total.applied_events.extend(result.applied_events)
+    return total
 
 
 class PartitionCountMismatch(RuntimeError):

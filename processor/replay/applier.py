@@ -19,13 +19,13 @@ import contextlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 import psycopg
 
 from processor.replay.shadow import connect_shadow
-from projections.batch import BatchResult, LogRecord, apply_batch
+from projections.batch import BatchResult, LogRecord, apply_batch, apply_isolating_rejects
 
 #: Called by a worker after each committed batch (on that worker's thread).
 OnApplied = Callable[[BatchResult, int], None]
@@ -38,31 +38,23 @@ def apply_replayed_batch(
     expected_checkpoint: int,
     owner: str,
 ) -> BatchResult:
-    """``apply_batch`` the way a live owner uses it (``processor.owner``): when the database
-    rejects the batch (``DataError``), its records are applied one per transaction and a rejected
-    one is dead-lettered with the reason live writes. Inside the caller's transaction each
-    attempt is a savepoint.
+    """``apply_batch`` the way a live owner uses it: a batch the database rejects
+    (``DataError``) is applied one record per transaction and a rejected record is dead-lettered
+    with the reason live writes (``projections.batch.apply_isolating_rejects``). Inside the
+    caller's transaction each attempt is a savepoint.
 
     Raises:
         the errors of ``projections.batch.apply_batch`` other than ``DataError``.
     """
-    try:
-        return apply_batch(conn, partition, records, expected_checkpoint, owner)
-    except psycopg.errors.DataError:
-        pass
-    total = BatchResult(partition, records[0].offset, records[-1].last_offset)
     checkpoint = expected_checkpoint
-    for record in records:
-        try:
-            result = apply_batch(conn, partition, [record], checkpoint, owner)
-        except psycopg.errors.DataError as exc:
-            poisoned = {record.offset: f"the database rejected this event: {exc}".strip()}
-            result = apply_batch(conn, partition, [record], checkpoint, owner, poisoned=poisoned)
+
+    def apply(batch: Sequence[LogRecord], poisoned: Mapping[int, str] | None) -> BatchResult:
+        nonlocal checkpoint
+        result = apply_batch(conn, partition, batch, checkpoint, owner, poisoned=poisoned)
         checkpoint = result.last_offset
-        total.applied += result.applied
-        total.duplicates += result.duplicates
-        total.dead_lettered += result.dead_lettered
-    return total
+        return result
+
+    return apply_isolating_rejects(apply, partition, records)
 
 
 class ShadowApplier:

@@ -21,6 +21,7 @@ from rstream.compression import (
 )
 
 from processor.publisher import OutgoingEvent
+from processor.replay.applier import apply_replayed_batch
 from processor.settings import Settings, stream_name
 from projections.batch import BatchResult, LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect
@@ -275,3 +276,44 @@ def test_hostile_inputs_mixed_into_traffic_are_handled_and_replay_verifies_ident
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "verify: live and replay are identical" in verify.stdout
+
+
+_REJECT_POISON_KID = """
+CREATE FUNCTION reject_poison_kid() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.user_id = 'poison-kid' THEN
+    RAISE EXCEPTION 'value out of range' USING ERRCODE = '22003';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER reject_poison_kid BEFORE INSERT OR UPDATE ON friendships
+  FOR EACH ROW EXECUTE FUNCTION reject_poison_kid();
+"""
+
+
+def test_a_record_the_database_rejects_is_dead_lettered_alike_live_and_replay(
+    settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    # One partition's batch: the database refuses one user's row (a DataError, as for a value
+    # out of a column's range). Live isolates the culprit; replay's applier does the same.
+    bodies = [adjusted(user, 3) for user in ("kid-1", "poison-kid", "kid-2", "poison-kid")]
+    records = [LogRecord(offset, body) for offset, body in enumerate(bodies)]
+    with isolated_settings(services) as replayed:
+        for target in (settings, replayed):
+            with connect(target.database_url) as conn:
+                ensure_checkpoints(conn, target.partitions)
+                conn.execute(_REJECT_POISON_KID)
+        with connect(replayed.database_url) as conn, conn.transaction():
+            replay_result = apply_replayed_batch(conn, 0, records, -1, "replay test")
+        replay_dead = count(replayed, "SELECT count(*) FROM dead_letters")
+        replay_outcome = _outcome(replayed)
+    publish(settings, outgoing(bodies))
+    with processor_process(settings, tmp_path / "p.log"):
+        drain(settings)
+    _, dead, projections = _outcome(settings)
+    assert sorted(projections) == ["kid-1", "kid-2"]
+    assert len(dead) == 2
+    assert all("the database rejected this event" in row[3] for row in dead)
+    assert (replay_result.applied, replay_result.dead_lettered, replay_dead) == (2, 2, 2)
+    assert sorted(replay_outcome[2]) == ["kid-1", "kid-2"]
+    assert [row[3] for row in replay_outcome[1]] == [row[3] for row in dead]
