@@ -15,13 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-import psycopg
-
 from processor.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 from processor.streams import read_tail_offsets
 from processor.topology import declare_topology
-from projections.batch import ensure_checkpoints
+from projections.checkpoints import ensure_checkpoints, read_checkpoints
 from projections.database import connect
 from tests.services import Services, isolated_settings, local_services
 
@@ -81,12 +79,6 @@ def publish_timed(settings: Settings, events: Sequence[OutgoingEvent], warmup: i
 def read_tails(settings: Settings) -> dict[int, int]:
     """The last offset of every partition stream (-1 when empty)."""
     return asyncio.run(read_tail_offsets(settings))
-
-
-def read_checkpoints(conn: psycopg.Connection) -> dict[int, int]:
-    """The committed offset of every partition that has a checkpoint row."""
-    rows = conn.execute("SELECT partition, committed_offset FROM checkpoints").fetchall()
-    return {int(p): int(o) for p, o in rows}
 
 
 @dataclass(frozen=True)

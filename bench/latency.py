@@ -7,7 +7,7 @@ Method, with nothing added to the product:
 2. the load is published at a fixed rate: every 5 ms the events that are due are published
    (confirms awaited concurrently, so a slow confirm never delays the schedule), and each
    event's publish time is ``time.monotonic()`` just before its ``basic.publish``;
-3. a separate process polls ``SELECT partition, committed_offset FROM checkpoints`` every
+3. a separate process polls the checkpoints (``projections.checkpoints.read_checkpoints``) every
    ``poll_s`` and records each change with the ``time.monotonic()`` taken after the answer
    (CLOCK_MONOTONIC is system-wide, so both processes share the clock);
 4. afterwards ``applied_events`` gives each event's partition and offset; its commit time is the
@@ -47,6 +47,7 @@ from bench.results import LatencyResult, PartitionLatency
 from bench.workload import Workload
 from processor.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
+from projections.checkpoints import read_checkpoints
 from projections.database import connect
 from tests.integration.support import processor_process
 from tests.services import Services
@@ -71,10 +72,10 @@ def _poll_checkpoints(database_url: str, poll_s: float, stop: EventType, out: Co
         while True:
             # The poll after ``stop`` was set sees every commit made before it.
             stopping = stop.is_set()
-            rows = conn.execute("SELECT partition, committed_offset FROM checkpoints").fetchall()
+            rows = read_checkpoints(conn)
             now = time.monotonic()
             polls += 1
-            for partition, offset in rows:
+            for partition, offset in rows.items():
                 if last.get(partition) != offset:
                     last[partition] = offset
                     changes.append((now, int(partition), int(offset)))

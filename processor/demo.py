@@ -29,6 +29,7 @@ from processor.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 from processor.status import read_partition_status
 from processor.topology import declare_topology
+from projections.checkpoints import consumed_records
 from projections.database import connect, migrate
 from projections.fold import LEVELS
 
@@ -147,13 +148,13 @@ async def _publish(settings: Settings, events: list[OutgoingEvent], console: Con
 
 def _read_progress(settings: Settings) -> Counters:
     with connect(settings.database_url) as conn:
+        consumed = consumed_records(conn)
         row = conn.execute(
-            """SELECT (SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints),
-                      (SELECT coalesce(sum(events_applied), 0) FROM friendships),
+            """SELECT (SELECT coalesce(sum(events_applied), 0) FROM friendships),
                       (SELECT count(*) FROM dead_letters)"""
         ).fetchone()
-    consumed, applied, dead = row if row else (0, 0, 0)
-    return Counters(int(consumed), int(applied), int(dead))
+    applied, dead = row if row else (0, 0)
+    return Counters(consumed, int(applied), int(dead))
 
 
 def _drain(

@@ -35,28 +35,6 @@ def try_acquire_lease(conn: psycopg.Connection, partition: int) -> bool:
     return bool(row and row[0])
 
 
-def begin_lease_epoch(conn: psycopg.Connection, partition: int, member: str) -> tuple[int, int]:
-    """Start a new lease epoch for a partition whose lease ``conn`` holds.
-
-    Raises the checkpoint row's ``lease_epoch`` (the fencing token) and records the owner, so a
-    previous owner's late commit fails its compare-and-set.
-
-    Returns:
-        ``(committed_offset, lease_epoch)`` of the partition.
-
-    Raises:
-        LookupError: the partition has no checkpoint row.
-    """
-    row = conn.execute(
-        "UPDATE checkpoints SET lease_epoch = lease_epoch + 1, owner = %s, updated_at = now() "
-        "WHERE partition = %s RETURNING committed_offset, lease_epoch",
-        (member, partition),
-    ).fetchone()
-    if row is None:
-        raise LookupError(f"partition {partition} has no checkpoint row")
-    return int(row[0]), int(row[1])
-
-
 def release_lease(conn: psycopg.Connection, partition: int) -> None:
     """Give the partition's lease back (closing the connection does the same)."""
     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LEASE_LOCK_CLASS, partition))

@@ -26,7 +26,6 @@ from processor.balance import plan_balance
 from processor.errors import LogStartUnknown, LogTruncated
 from processor.feed import PartitionFeed
 from processor.leases import (
-    begin_lease_epoch,
     current_lease_holders,
     member_id,
     try_acquire_lease,
@@ -45,7 +44,8 @@ from processor.owner import PartitionOwner
 from processor.settings import Settings
 from processor.streams import StreamReader
 from processor.topology import declare_topology
-from projections.batch import CheckpointConflict, OffsetGap, ensure_checkpoints
+from projections.batch import OffsetGap
+from projections.checkpoints import CheckpointConflict, begin_lease_epoch, ensure_checkpoints
 from projections.database import connect, migrate
 
 log = logging.getLogger(__name__)

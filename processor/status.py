@@ -11,6 +11,7 @@ import psycopg
 from processor.leases import current_lease_holders
 from processor.settings import Settings
 from processor.streams import read_tail_offsets
+from projections.checkpoints import read_checkpoints
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,6 @@ class PartitionStatus:
     tail: int
     lag: int
     owner: str | None
-
-
-def read_checkpoints(conn: psycopg.Connection) -> dict[int, int]:
-    """Committed offset of every partition that has a checkpoint row."""
-    rows = conn.execute("SELECT partition, committed_offset FROM checkpoints").fetchall()
-    return {int(p): int(o) for p, o in rows}
 
 
 async def read_partition_status(

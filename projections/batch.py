@@ -26,27 +26,18 @@ from typing import Final
 import msgspec
 import psycopg
 
+from projections import checkpoints
+from projections.checkpoints import (  # re-exported: the batch's errors and set-up
+    CheckpointConflict,
+    PartitionCountMismatch,
+    ensure_checkpoints,
+    read_checkpoint,
+)
 from projections.event_ids import FirstUse, first_occurrences, judge_event_ids
 from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
 from projections.tables import SENTIMENT_COLUMNS
 from schemas.events import Event, FriendshipAdjusted
 from schemas.validation import EventValidationError, decode_event
-
-
-class CheckpointConflict(RuntimeError):
-    """The partition's checkpoint is not where this owner left it, or another owner took the
-    lease since (a higher lease epoch): the transaction is rolled back and the caller has lost
-    the partition (a zombie owner is fenced).
-    """
-
-    def __init__(self, partition: int, expected: int, found: int | None, detail: str = "") -> None:
-        super().__init__(
-            f"partition {partition}: checkpoint is {found}, this owner expected {expected}"
-            f"{detail}; another owner took over, nothing applied"
-        )
-        self.partition = partition
-        self.expected = expected
-        self.found = found
 
 
 class OffsetGap(RuntimeError):
@@ -202,22 +193,9 @@ def misrouted_reason(routing_key: str, user_id: str) -> str:
     )
 
 
-_LOCK_CHECKPOINT: Final = (
-    "SELECT committed_offset, lease_epoch FROM checkpoints WHERE partition = %s FOR UPDATE"
-)
-_ADVANCE_CHECKPOINT: Final = (
-    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(), "
-    "applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s "
-    "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
-)
 _EARLIER_USES: Final = """
 SELECT event_id::text, user_id, partition, log_offset FROM applied_events
 WHERE event_id = ANY(%b::uuid[])
-"""
-_LOG_COMMIT: Final = """
-INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
-                            dead_lettered, committed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
 """
 _RECORD_EVENT_IDS: Final = """
 INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
@@ -349,17 +327,7 @@ def apply_batch(
     first_seen = first_occurrences(valid)
 
     with conn.transaction(), conn.cursor() as cur:
-        row = cur.execute(_LOCK_CHECKPOINT, (partition,)).fetchone()
-        found = None if row is None else int(row[0])
-        if found != expected_checkpoint:
-            raise CheckpointConflict(partition, expected_checkpoint, found)
-        if lease_epoch is not None and row is not None and int(row[1]) != lease_epoch:
-            raise CheckpointConflict(
-                partition,
-                expected_checkpoint,
-                found,
-                f" (lease epoch {row[1]}, this owner holds {lease_epoch})",
-            )
+        checkpoints.lock(cur, partition, expected_checkpoint, lease_epoch)
 
         new_ids: set[str] = set()
         if first_seen:
@@ -410,34 +378,17 @@ def apply_batch(
                     [d.raw for d in dead],
                 ),
             )
-        cur.execute(
-            _ADVANCE_CHECKPOINT,
-            (
-                last_offset,
-                owner,
-                result.applied,
-                result.dead_lettered,
-                partition,
-                expected_checkpoint,
-                lease_epoch,
-                lease_epoch,
-            ),
+        checkpoints.advance(
+            cur,
+            partition,
+            expected=expected_checkpoint,
+            first_offset=result.first_offset,
+            last_offset=last_offset,
+            owner=owner,
+            applied=result.applied,
+            dead_lettered=result.dead_lettered,
+            lease_epoch=lease_epoch,
         )
-        if cur.rowcount != 1:
-            raise CheckpointConflict(partition, expected_checkpoint, None)
-        if lease_epoch is not None:
-            cur.execute(
-                _LOG_COMMIT,
-                (
-                    partition,
-                    result.first_offset,
-                    last_offset,
-                    owner,
-                    lease_epoch,
-                    result.applied,
-                    result.dead_lettered,
-                ),
-            )
     return result
 
 
@@ -589,40 +540,17 @@ def apply_isolating_rejects(
     return total
 
 
-class PartitionCountMismatch(RuntimeError):
-    """The database holds checkpoints for more partitions than configured (``PARTITIONS``)."""
-
-
-def ensure_checkpoints(conn: psycopg.Connection, partitions: int) -> None:
-    """Create the checkpoint rows 0..partitions-1 (offset -1) that do not exist yet.
-
-    Raises:
-        PartitionCountMismatch: rows exist for partitions >= ``partitions``: the deployment was
-            created with more partitions, and fewer would leave some unread.
-    """
-    row = conn.execute("SELECT max(partition) FROM checkpoints").fetchone()
-    if row is not None and row[0] is not None and int(row[0]) >= partitions:
-        raise PartitionCountMismatch(
-            f"the database has checkpoints for {int(row[0]) + 1} partitions but PARTITIONS="
-            f"{partitions}; set PARTITIONS to the deployment's count"
-        )
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO checkpoints (partition) SELECT generate_series(0, %s - 1) "
-            "ON CONFLICT (partition) DO NOTHING",
-            (partitions,),
-        )
-
-
-def read_checkpoint(conn: psycopg.Connection, partition: int) -> int:
-    """The committed offset of a partition (-1 when nothing is committed yet).
-
-    Raises:
-        LookupError: the partition has no checkpoint row (``ensure_checkpoints`` not run).
-    """
-    row = conn.execute(
-        "SELECT committed_offset FROM checkpoints WHERE partition = %s", (partition,)
-    ).fetchone()
-    if row is None:
-        raise LookupError(f"partition {partition} has no checkpoint row")
-    return int(row[0])
+__all__ = [
+    "BatchResult",
+    "CheckpointConflict",
+    "DeadLetter",
+    "LogRecord",
+    "OffsetGap",
+    "PartitionCountMismatch",
+    "apply_batch",
+    "apply_isolating_rejects",
+    "decode_records",
+    "ensure_checkpoints",
+    "read_checkpoint",
+    "rejected_reason",
+]

@@ -58,7 +58,6 @@ from processor.replay.shadow import (
     ensure_migrated,
     live_schema,
     new_run_id,
-    read_checkpoints,
     replaced_schema,
     replay_schemas,
     schema_differences,
@@ -68,6 +67,7 @@ from processor.replay.shadow import (
 from processor.settings import Settings
 from processor.streams import read_tail_offsets
 from projections.batch import LogRecord
+from projections.checkpoints import read_checkpoints
 from projections.database import connect
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ class _Run:
                     with conn.transaction():
                         timeout_ms = int(self.options.checkpoint_lock_timeout_s * 1000)
                         conn.execute(f"SET LOCAL lock_timeout = '{timeout_ms}ms'")
-                        live = read_checkpoints(conn, self.live, lock="FOR UPDATE")
+                        live = read_checkpoints(conn, self.live, lock_mode="FOR UPDATE")
                         self.final_apply(conn, live)
                         drift = schema_differences(conn, self.live, self.shadow)
                         if drift:

@@ -27,6 +27,7 @@ from psycopg import sql
 from sqlalchemy import create_engine
 
 from processor.replay.errors import SchemaDrift
+from projections.checkpoints import ensure_checkpoints
 from projections.database import alembic_config, connect, sqlalchemy_url
 from projections.tables import metadata
 
@@ -103,12 +104,7 @@ def create_shadow(database_url: str, schema: str, partitions: int) -> None:
     finally:
         engine.dispose()
     with connect(database_url) as conn:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.checkpoints (partition) SELECT generate_series(0, %s - 1)"
-            ).format(sql.Identifier(schema)),
-            (partitions,),
-        )
+        ensure_checkpoints(conn, partitions, schema)
 
 
 def drop_schema(database_url: str, schema: str) -> None:
@@ -141,22 +137,6 @@ def connect_shadow(
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     conn.execute("SET synchronous_commit TO off")
     return conn
-
-
-def read_checkpoints(conn: psycopg.Connection, schema: str, *, lock: str = "") -> dict[int, int]:
-    """``{partition: committed offset}`` of ``schema.checkpoints``.
-
-    Args:
-        conn: a connection (inside the caller's transaction when ``lock`` is used).
-        schema: live or shadow schema.
-        lock: ``""``, ``"FOR SHARE"`` or ``"FOR UPDATE"``; rows are locked in partition order.
-    """
-    if lock not in ("", "FOR SHARE", "FOR UPDATE"):
-        raise ValueError(f"unknown lock {lock!r}")
-    query = sql.SQL(
-        "SELECT partition, committed_offset FROM {}.checkpoints ORDER BY partition " + lock
-    ).format(sql.Identifier(schema))
-    return {int(p): int(o) for p, o in conn.execute(query).fetchall()}
 
 
 def analyze(database_url: str, schema: str) -> None:
