@@ -2,6 +2,8 @@
 # Recipes run the project's virtualenv tools first on PATH (created by the README's install line).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", each one quoted as typed (`--user 'bad id'`).
+set positional-arguments := true
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 
 python := "python"
@@ -42,7 +44,7 @@ api: services
 # publish a JSON Lines file of events (confirmed); --allow-invalid publishes bad lines too
 [group('run')]
 publish FILE *FLAGS: services
-    {{python}} -m processor publish {{quote(FILE)}} {{FLAGS}}
+    {{python}} -m processor publish "$@"
 
 # per-partition checkpoint, tail, lag and owner
 [group('run')]
@@ -52,12 +54,12 @@ status:
 # wait until every partition's checkpoint reached its log tail (zero consumer lag); --timeout S
 [group('run')]
 wait-idle *ARGS:
-    {{python}} -m processor wait-idle {{ARGS}}
+    {{python}} -m processor wait-idle "$@"
 
 # rebuild projections from the log: --verify (diff with live), --swap (swap in), --user ID
 [group('run')]
 replay *ARGS: services
-    {{python}} -m processor replay {{ARGS}}
+    {{python}} -m processor replay "$@"
 
 # the bundled Topical-Chat conversations through the whole pipeline; leaves processor and API up
 [group('run')]
@@ -71,21 +73,21 @@ down:
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 5 min here): short fault suite, integration, unit; real broker and database
+# every test (about 6 min here): short fault suite, integration, unit; real broker and database
 [group('quality')]
 test *ARGS: services
-    {{python}} -m pytest {{ARGS}}
+    {{python}} -m pytest "$@"
 
 # unit tests only (no services needed)
 [group('quality')]
 test-unit *ARGS:
-    {{python}} -m pytest tests/unit {{ARGS}}
+    {{python}} -m pytest tests/unit "$@"
 
 # fault suite, long version (FAULTS_LONG=1, ~9 min; `just test` runs the short one): fault-results.md
 [group('quality')]
 faults *ARGS: services
     FAULTS_LONG=1 FAULTS_REPORT=fault-results.md {{python}} -m pytest tests/faults \
-        tests/integration/test_pipeline.py::test_a_truncated_log_stops_only_its_partition_with_a_loud_error {{ARGS}}
+        tests/integration/test_pipeline.py::test_a_truncated_log_stops_only_its_partition_with_a_loud_error "$@"
 
 # ruff (lint and format check) and mypy --strict on the packages
 [group('quality')]
@@ -99,4 +101,4 @@ check:
 # the benchmark (about 6 min; --quick: 1 min, README untouched): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
-    {{python}} -m bench --readme README.md {{ARGS}}
+    {{python}} -m bench --readme README.md "$@"

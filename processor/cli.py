@@ -1,6 +1,7 @@
 """Command-line interface: ``python -m processor COMMAND`` (the justfile wraps each command).
 
-Exit codes: 0 success, 1 failure (the error is logged), 2 usage or configuration error.
+Exit codes: 0 success, 1 failure (the error is logged), 2 usage or configuration error, 130
+interrupted (Ctrl-C) while starting.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1
     USAGE = 2
+    #: Ctrl-C (SIGINT) before the command had started (128 + 2, as shells report it).
+    INTERRUPTED = 130
 
 
 def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
@@ -86,7 +89,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     if contents.invalid:
         log.warning(
             "%d of them are invalid lines, published as they are: the processor dead-letters "
-            "them (`just status`, GET /v1/dead-letters):\n%s",
+            "them (GET /v1/dead-letters lists them):\n%s",
             len(contents.invalid),
             describe_invalid(path, contents.invalid),
         )
@@ -237,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return int(args.handler(settings, args))
-    except (ProcessorError, TimeoutError, ValueError, OSError, RuntimeError, psycopg.Error) as exc:
+    except KeyboardInterrupt:
+        # Ctrl-C before the command installed its own handler (while it was starting up).
+        log.info("interrupted while starting; nothing was done")
+        return ExitCode.INTERRUPTED
+    except (ProcessorError, TimeoutError, OSError) as exc:
+        # Ours, or a file or socket problem: the message says it all.
+        log.error("%s", exc)
+        return ExitCode.FAILURE
+    except (ValueError, RuntimeError, psycopg.Error) as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return ExitCode.FAILURE

@@ -44,6 +44,8 @@ MAPPING_SUMMARY: Final = (
     "applies nothing twice. Full mapping: processor/demo_data.py."
 )
 
+#: Columns of the demo's output when it does not go to a terminal.
+PIPE_WIDTH: Final = 120
 #: Events per confirm round when publishing the demo data.
 PUBLISH_CHUNK: Final = 5000
 #: Seconds the demo waits for zero lag before giving up.
@@ -295,6 +297,8 @@ def run_demo(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> DrainMeas
         processor.errors.PublishError: the broker did not confirm the events.
     """
     console = Console()
+    if not console.is_terminal:  # a pipe or a CI log: no 80-column wrapping mid-sentence
+        console = Console(width=max(console.width, PIPE_WIDTH))
     migrate(settings.database_url)
     declare_topology(settings)
     console.rule("Topical-Chat -> events")

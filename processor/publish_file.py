@@ -117,7 +117,10 @@ def read_events(path: Path, *, allow_invalid: bool = False) -> FileEvents:
             try:
                 event = decode_event(body)
             except EventValidationError as error:
-                invalid.append(InvalidLine(number, str(error)))
+                reasons = "; ".join(
+                    f"{field or '<body>'}: {reason}" for field, reason in error.problems
+                )
+                invalid.append(InvalidLine(number, reasons))
                 routing = _routing_key_of_invalid(body, number)
                 events.append(OutgoingEvent(routing[0], routing[1], body))
                 continue

@@ -74,6 +74,22 @@ def _instant(value: Any) -> bool:
     return True
 
 
+_NO_SECONDS: Final = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}([Zz]|[+-]\d{2}:?\d{2})(?!\n)$")
+
+
+def _instant_problem(value: Any) -> str:
+    """Why a present, non-naive ``occurred_at`` is invalid, as precisely as can be told."""
+    if isinstance(value, str):
+        if _NO_SECONDS.match(value):
+            return f"seconds are missing; must be {RULES['occurred_at']}"
+        if _RFC3339.match(value):
+            return (
+                "not a real date and time (month 01-12, a day that month has, hours 00-23, "
+                f"minutes and seconds 00-59); must be {RULES['occurred_at']}"
+            )
+    return RULES["occurred_at"]
+
+
 def _naive(value: Any) -> bool:
     """A date-time without a UTC offset (``2024-05-01T10:00:00``)."""
     if not isinstance(value, str):
@@ -155,6 +171,8 @@ def list_problems(value: Any) -> list[Problem]:
                 problems.append((name, OUT_OF_RANGE))
         elif name == "occurred_at" and _naive(field):
             problems.append((name, _NAIVE))  # only a timestamp can lack its time zone
+        elif name == "occurred_at":
+            problems.append((name, _instant_problem(field)))
         else:
             problems.append((name, RULES[name]))
     kind = value.get("type")

@@ -109,6 +109,9 @@ def test_publish_names_every_invalid_line_up_to_a_bound(settings: Settings, tmp_
         assert f"{path}:{number}: " in result.stderr
     assert f"{path}:22: " not in result.stderr  # the first 20 are named
     assert "and 14 more invalid lines" in result.stderr
+    # Every problem of a line, not only the first: line 2 lacks type, user_id, occurred_at...
+    line_2 = next(line for line in result.stderr.splitlines() if f"{path}:2: " in line)
+    assert "type: missing" in line_2 and "user_id: missing" in line_2
     assert count(settings, "SELECT count(*) FROM dead_letters") == 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from schemas import EventValidationError, decode_event
-from schemas.problems import OUT_OF_RANGE, RULES
+from schemas.problems import OUT_OF_RANGE, RULES, list_problems
 from tests.strategies import ADJUSTED, COMPLETED, EVENT_TYPES, TURN_RECORDED, sample_event_dict
 
 NAIVE_REASON_START = "no time zone"
@@ -93,3 +93,26 @@ def test_no_reason_holds_a_regular_expression_or_the_bad_value(kind: str) -> Non
                     assert "regex" not in reason and "(?!" not in reason and "`" not in reason
                     if isinstance(value, str) and len(value) > 3:
                         assert value not in reason, (path, value, reason)
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "starts"),
+    [
+        ("2024-13-01T00:00:00Z", "not a real date and time"),
+        ("2024-02-30T10:00:00+02:00", "not a real date and time"),
+        ("2024-01-01T00:00Z", "seconds are missing"),
+        ("yesterday", "an RFC 3339 timestamp with a UTC offset"),
+    ],
+)
+def test_a_bad_timestamp_with_an_offset_says_what_is_wrong(occurred_at: str, starts: str) -> None:
+    # A month 13 or missing seconds were told to add a UTC offset they already had.
+    event = {
+        "event_id": "3f1a2b3c-1111-2222-3333-444455556666",
+        "type": "friendship.adjusted",
+        "user_id": "u",
+        "occurred_at": occurred_at,
+        "data": {"delta": 1, "reason": "x"},
+    }
+    ((field, reason),) = list_problems(event)
+    assert field == "occurred_at"
+    assert reason.startswith(starts)
