@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Final
 
 from bench.report import P99_TARGET_MS, ms
 from bench.results import BenchResults
+
+#: Milliseconds in a second (labels switch from ms to s there).
+MS_PER_S: Final = 1000
 
 
 def _short(milliseconds: float) -> str:
     """A bar label: ``85 ms`` or ``4.8 s``."""
     if not math.isfinite(milliseconds):
         return ms(milliseconds)
-    if milliseconds < 1000:
+    if milliseconds < MS_PER_S:
         return f"{milliseconds:.0f} ms"
     return f"{milliseconds / 1000:.1f} s"
 

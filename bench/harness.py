@@ -129,6 +129,11 @@ def wait_until_committed(
             time.sleep(poll_s)
 
 
+#: Columns of the ``cpu`` line of /proc/stat: idle and iowait ticks (proc(5)).
+_IDLE: Final = 3
+_IOWAIT: Final = 4
+
+
 @dataclass(frozen=True)
 class CpuSample:
     """CPU clock ticks: one process's (user + system, its threads included) and the machine's
@@ -150,7 +155,7 @@ def cpu_sample(pid: int) -> CpuSample:
             ticks = [int(v) for v in machine.readline().split()[1:]]
     except (OSError, ValueError, IndexError):
         return CpuSample(0, 0, 0)
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    idle = ticks[_IDLE] + (ticks[_IOWAIT] if len(ticks) > _IOWAIT else 0)
     return CpuSample(process, sum(ticks) - idle, sum(ticks))
 
 

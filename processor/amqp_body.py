@@ -17,6 +17,8 @@ _SMALL_ULONG: Final = 0x53
 _ULONG: Final = 0x80
 _MESSAGE_ANNOTATIONS_SECTION: Final = 0x72
 _DATA_SECTION: Final = 0x75
+_MAP8: Final = 0xC1
+_MAP32: Final = 0xD1
 _AMQP_VALUE_SECTION: Final = 0x77
 #: The annotation RabbitMQ writes with the routing key of an AMQP 0.9.1 publish.
 ROUTING_KEY_ANNOTATION: Final = b"x-routing-key"
@@ -75,9 +77,9 @@ def _string_at(buf: bytes | memoryview, pos: int) -> tuple[str | None, int]:
 def _routing_key(buf: bytes | memoryview, pos: int) -> str | None:
     """The ``x-routing-key`` of the message-annotations map at ``pos``, or None."""
     code = buf[pos]
-    if code == 0xC1:  # map8: size, count, then the pairs
+    if code == _MAP8:  # size, count, then the pairs
         count, pos = buf[pos + 2], pos + 3
-    elif code == 0xD1:  # map32
+    elif code == _MAP32:
         count, pos = int.from_bytes(buf[pos + 5 : pos + 9], "big"), pos + 9
     else:
         return None

@@ -36,6 +36,10 @@ class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used; the message names it."""
 
 
+#: Most partitions a deployment may have (stream names keep three digits).
+MAX_PARTITIONS: Final = 1000
+
+
 @dataclass(frozen=True)
 class AmqpEndpoint:
     """Host, port, credentials and virtual host taken from ``AMQP_URL``."""
@@ -135,8 +139,10 @@ class Settings:
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.partitions <= 1000:
-            raise SettingsError(f"{ENV_PARTITIONS}={self.partitions} must be in 1..1000")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise SettingsError(
+                f"{ENV_PARTITIONS}={self.partitions} must be in 1..{MAX_PARTITIONS}"
+            )
         object.__setattr__(self, "amqp", parse_amqp_url(self.amqp_url))
 
     @classmethod

@@ -16,14 +16,14 @@ import pika.exceptions
 
 from processor.broker_errors import connection_failure_reason
 from processor.errors import TopologyError
-from processor.settings import EXCHANGE, Settings, stream_name
+from processor.settings import EXCHANGE, MAX_PARTITIONS, Settings, stream_name
 
 log = logging.getLogger(__name__)
 
 #: Binding weight of every partition (equal weights = equal share of the hash ring).
 BINDING_WEIGHT: Final = "1"
-#: Most partition streams ``count_partition_streams`` looks for.
-MAX_PARTITIONS: Final = 1000
+#: AMQP reply code of a passive declare of a queue that does not exist.
+_NOT_FOUND: Final = 404
 
 
 def stream_arguments(settings: Settings) -> dict[str, object]:
@@ -163,7 +163,7 @@ def _stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
         with _quiet_not_found():
             channel.queue_declare(name, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
+        if exc.reply_code == _NOT_FOUND:
             return False
         raise
     channel.close()

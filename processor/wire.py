@@ -429,9 +429,9 @@ class StreamConnection:
             buffer += data
             pos = 0
             end = len(buffer)
-            while end - pos >= 4:
+            while end - pos >= _UINT32.size:
                 (size,) = _UINT32.unpack_from(buffer, pos)
-                if end - pos - 4 < size:
+                if end - pos - _UINT32.size < size:
                     break
                 frame = bytes(buffer[pos + 4 : pos + 4 + size])
                 pos += 4 + size

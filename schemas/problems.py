@@ -152,6 +152,45 @@ def _check_field(problems: list[Problem], obj: Mapping[str, Any], name: str, pat
     return False
 
 
+def _occurred_at_problem(value: Any) -> str | None:
+    """Why ``occurred_at`` is invalid, or None when it is valid."""
+    if _instant(value):
+        return OUT_OF_RANGE if _outside_utc_years(value) else None
+    if _naive(value):
+        return _NAIVE  # only a timestamp can lack its time zone
+    return _instant_problem(value)
+
+
+def _envelope_problems(value: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, check in _ENVELOPE_CHECKS.items():
+        if not _check_field(problems, value, name, name):
+            continue
+        if name == "occurred_at":
+            reason = _occurred_at_problem(value[name])
+            if reason is not None:
+                problems.append((name, reason))
+        elif not check(value[name]):
+            problems.append((name, RULES[name]))
+    return problems
+
+
+def _data_problems(
+    value: Mapping[str, Any], data_checks: Mapping[str, _Check] | None
+) -> list[Problem]:
+    problems: list[Problem] = []
+    if not _check_field(problems, value, "data", "data"):
+        return problems
+    data = value["data"]
+    if not isinstance(data, dict):
+        return [("data", RULES["data"])]
+    for name, check in (data_checks or {}).items():
+        path = f"data.{name}"
+        if _check_field(problems, data, name, path) and not check(data[name]):
+            problems.append((path, RULES[path]))
+    return problems
+
+
 def list_problems(value: Any) -> list[Problem]:
     """Every contract rule the decoded JSON ``value`` breaks, in field order.
 
@@ -161,32 +200,9 @@ def list_problems(value: Any) -> list[Problem]:
     """
     if not isinstance(value, dict):
         return [("", "an event must be a JSON object")]
-    problems: list[Problem] = []
-    for name, check in _ENVELOPE_CHECKS.items():
-        if not _check_field(problems, value, name, name):
-            continue
-        field = value[name]
-        if check(field):
-            if name == "occurred_at" and _outside_utc_years(field):
-                problems.append((name, OUT_OF_RANGE))
-        elif name == "occurred_at" and _naive(field):
-            problems.append((name, _NAIVE))  # only a timestamp can lack its time zone
-        elif name == "occurred_at":
-            problems.append((name, _instant_problem(field)))
-        else:
-            problems.append((name, RULES[name]))
+    problems = _envelope_problems(value)
     kind = value.get("type")
     data_checks = _DATA_CHECKS.get(kind) if isinstance(kind, str) else None
     if _check_field(problems, value, "type", "type") and data_checks is None:
         problems.append(("type", RULES["type"]))
-    if not _check_field(problems, value, "data", "data"):
-        return problems
-    data = value["data"]
-    if not isinstance(data, dict):
-        problems.append(("data", RULES["data"]))
-        return problems
-    for name, check in (data_checks or {}).items():
-        path = f"data.{name}"
-        if _check_field(problems, data, name, path) and not check(data[name]):
-            problems.append((path, RULES[path]))
-    return problems
+    return problems + _data_problems(value, data_checks)

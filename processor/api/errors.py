@@ -21,7 +21,12 @@ import sqlalchemy.exc
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_404_NOT_FOUND,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ExceptionHandlersMap
 
 log = logging.getLogger(__name__)
@@ -154,9 +159,9 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         )
     code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail or code.replace("_", " ")
-    if exc.status_code == 404 and "route_handler" not in request.scope:
+    if exc.status_code == HTTP_404_NOT_FOUND and "route_handler" not in request.scope:
         message = f"no route {shortened(request.method)} {shortened(request.url.path)}"
-    elif exc.status_code == 413 and "route_handler" in request.scope:
+    elif exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE and "route_handler" in request.scope:
         limit = request.route_handler.resolve_request_max_body_size()
         message = f"the request body is larger than {limit} bytes"
     return error_response(exc.status_code, code, message, headers=exc.headers)

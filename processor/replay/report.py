@@ -20,6 +20,8 @@ from projections.fold import Friendship, level_of
 
 #: Differing users printed by default; the count of all differing rows is printed too.
 DEFAULT_USERS_SHOWN: Final = 10
+#: Bytes of a raw body shown in a difference line.
+_RAW_SHOWN: Final = 60
 
 
 def format_instant(moment: datetime) -> str:
@@ -35,7 +37,7 @@ def _value(value: Any) -> str:
         return format_instant(value)
     if isinstance(value, bytes | memoryview):
         raw = bytes(value)
-        return repr(raw[:60]) + ("..." if len(raw) > 60 else "")
+        return repr(raw[:_RAW_SHOWN]) + ("..." if len(raw) > _RAW_SHOWN else "")
     return repr(value) if isinstance(value, str) else str(value)
 
 
@@ -82,27 +84,39 @@ def print_comparison(
         console.print("verify: live and replay are identical", style="bold green")
         return
     total = sum(t.differing for t in comparison.tables)
-    users = comparison.differing_users(users_shown)
     console.print(
         f"verify: live and replay DIFFER in {total:,} rows; first differing users:",
         style="bold red",
         highlight=False,
     )
-    for user in users:
-        for t in comparison.tables:
-            for diff in t.samples:
-                if diff.user_id == user and t.spec.name != "applied_events":
-                    for line in difference_lines(diff):
-                        console.print(line, highlight=False, soft_wrap=True)
-        for diff in next(t for t in comparison.tables if t.spec.name == "applied_events").samples:
-            if diff.user_id == user:
-                for line in difference_lines(diff)[:3]:
-                    console.print(line, highlight=False, soft_wrap=True)
+    for user in comparison.differing_users(users_shown):
+        _print_lines(console, _user_difference_lines(comparison, user))
     for t in comparison.tables:
         if t.spec.user_column is None:
             for diff in t.samples[:users_shown]:
-                for line in difference_lines(diff):
-                    console.print(line, highlight=False, soft_wrap=True)
+                _print_lines(console, difference_lines(diff))
+
+
+def _user_difference_lines(comparison: Comparison, user: str) -> list[str]:
+    """A user's differing rows: projections first, then at most 3 lines per applied event."""
+    lines = [
+        line
+        for t in comparison.tables
+        if t.spec.name != "applied_events"
+        for diff in t.samples
+        if diff.user_id == user
+        for line in difference_lines(diff)
+    ]
+    applied = next(t for t in comparison.tables if t.spec.name == "applied_events")
+    for diff in applied.samples:
+        if diff.user_id == user:
+            lines.extend(difference_lines(diff)[:3])
+    return lines
+
+
+def _print_lines(console: Console, lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def summary_line(report: ReplayReport) -> str:
