@@ -1,6 +1,6 @@
 """Step 2a, draining a backlog: publish the workload, then start ``python -m processor run`` and
 time it until every partition's checkpoint reached its stream tail; then check every user's
-stored projection against the sequential fold (``tests.reference.reference_fold``)."""
+stored projection against the sequential fold (``testkit.reference.reference_fold``)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from bench.harness import (
 )
 from bench.results import DrainResult
 from bench.workload import Workload
-from tests.integration.support import processor_process, stored_projections
-from tests.reference import reference_fold
-from tests.services import Services
+from testkit.processes import processor_process, stored_projections
+from testkit.reference import reference_fold
+from testkit.services import Services
 
 #: Something run around the drain with the processor's process (a profiler), or None.
 Observer = Callable[[subprocess.Popen[bytes]], AbstractContextManager[object]]

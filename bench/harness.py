@@ -1,7 +1,7 @@
 """What every step shares: the services, an isolated deployment, timed publishing, and a precise
 "every partition committed up to its tail" wait that polls the checkpoint table.
 
-Every step runs in its own vhost and database (``tests.services.isolated_settings``), deleted
+Every step runs in its own vhost and database (``testkit.services.isolated_settings``), deleted
 afterwards; nothing here touches the default vhost or the ``events`` database.
 """
 
@@ -21,7 +21,7 @@ from processor.streams import read_tail_offsets
 from processor.topology import declare_topology
 from projections.checkpoints import ensure_checkpoints, read_checkpoints
 from projections.database import connect
-from tests.services import Services, isolated_settings, local_services
+from testkit.services import Services, isolated_settings, local_services
 
 #: Seconds between two reads of the checkpoint table while waiting for a drain.
 DRAIN_POLL_S: Final = 0.01

@@ -6,7 +6,7 @@ from __future__ import annotations
 from bench.harness import deployment, publish_timed
 from bench.results import IngestResult
 from bench.workload import Workload
-from tests.services import Services
+from testkit.services import Services
 
 #: Events published before the clock starts (stream segments, channel, code paths warm).
 WARMUP_FRACTION = 0.05

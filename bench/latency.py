@@ -49,8 +49,8 @@ from processor.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 from projections.checkpoints import read_checkpoints
 from projections.database import connect
-from tests.integration.support import processor_process
-from tests.services import Services
+from testkit.processes import processor_process
+from testkit.services import Services
 
 #: Seconds between two checkpoint polls (the resolution of commit times).
 POLL_S: Final = 0.005

@@ -55,8 +55,8 @@ from bench.workload import Workload
 from processor.settings import EXCHANGE, Settings
 from projections.database import sqlalchemy_url
 from projections.fold import RATING_DELTA, SENTIMENT_DELTA, clamp_score
-from tests.reference import reference_fold
-from tests.services import Services, isolated_settings
+from testkit.reference import reference_fold
+from testkit.services import Services, isolated_settings
 
 log = logging.getLogger(__name__)
 

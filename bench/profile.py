@@ -33,7 +33,7 @@ from bench.drain import measure_drain
 from bench.latency import measure_latency
 from bench.results import FrameCount, ProfileResult, ThreadProfile
 from bench.workload import Workload
-from tests.services import Services
+from testkit.services import Services
 
 #: Samples per second.
 RATE_HZ: Final = 100

@@ -35,8 +35,8 @@ from bench.raw_read import measure_raw_read
 from bench.results import ReplayResult
 from bench.workload import Workload
 from processor.settings import Settings
-from tests.integration.support import processor_process
-from tests.services import Services, settings_env
+from testkit.processes import processor_process
+from testkit.services import Services, settings_env
 
 
 @dataclass(frozen=True)

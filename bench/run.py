@@ -37,7 +37,7 @@ from bench.results import BenchResults, LatencyResult
 from bench.workload import make_workload
 from processor.errors import ProcessorError
 from processor.settings import Settings
-from tests.services import Services
+from testkit.services import Services
 
 log = logging.getLogger("bench")
 

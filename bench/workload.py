@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from processor.publisher import OutgoingEvent
-from tests.integration.support import outgoing, synthetic_events
+from testkit.events import outgoing, synthetic_events
 
 
 @dataclass(frozen=True)

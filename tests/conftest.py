@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import Services, container_services, local_services
+from testkit.services import Services, container_services, local_services
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Everything here produces raw JSON bodies (``bytes``), exactly what a producer publishes, so unit
 tests (``decode_event(body)``), integration tests (publish the body) and the reference fold
-(``tests.reference.reference_fold``) can all start from the same values. The rules are written
+(``testkit.reference.reference_fold``) can all start from the same values. The rules are written
 out here on purpose instead of being imported from ``schemas``: the tests must not share the code
 they check.
 """

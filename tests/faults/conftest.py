@@ -15,8 +15,8 @@ import pytest
 
 from processor.settings import Settings
 from processor.topology import declare_topology
+from testkit.services import Services, isolated_settings
 from tests.faults.support import FaultReport, render_table
-from tests.services import Services, isolated_settings
 
 _REPORT = pytest.StashKey[FaultReport]()
 

@@ -27,9 +27,9 @@ from processor.leases import LEASE_LOCK_CLASS
 from processor.membership import MEMBER_APPLICATION_PREFIX, OWNER_APPLICATION_PREFIX
 from processor.settings import Settings
 from projections.database import connect
+from testkit.reference import reference_fold
+from testkit.services import Services
 from tests.integration.support import assert_projections_equal, stored_projections
-from tests.reference import reference_fold
-from tests.services import Services
 
 # -- waiting -------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import pytest
 
 from processor.settings import Settings
 from processor.streams import RECONNECT_MAX_S, RECONNECT_MIN_S
+from testkit.services import Services
 from tests.faults.scale import size
 from tests.faults.support import (
     FaultReport,
@@ -34,7 +35,6 @@ from tests.integration.support import (
     publish,
     synthetic_events,
 )
-from tests.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

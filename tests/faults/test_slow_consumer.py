@@ -18,6 +18,7 @@ import pytest
 
 from processor.settings import Settings
 from projections.database import connect
+from testkit.services import Services
 from tests.faults.scale import size
 from tests.faults.support import (
     FaultReport,
@@ -37,7 +38,6 @@ from tests.integration.support import (
     publish,
     synthetic_events,
 )
-from tests.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -8,7 +8,7 @@ import pytest
 
 from processor.settings import Settings
 from processor.topology import declare_topology
-from tests.services import Services, isolated_settings
+from testkit.services import Services, isolated_settings
 
 
 @pytest.fixture

@@ -4,16 +4,10 @@ the stored projections in the reference fold's shape."""
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,96 +19,14 @@ from processor.settings import Settings, stream_name
 from processor.status import PartitionStatus, read_partition_status, wait_for_zero_lag
 from processor.streams import read_tail_offsets
 from projections.database import connect
-from projections.tables import SENTIMENT_COLUMNS
-from tests.reference import SENTIMENTS, reference_level
-from tests.services import settings_env
-
-TOPICS = ("music", "sports", "books", "movies", "science", "fashion")
-RATINGS = ("excellent", "good", "passable", "not_good", "poor")
-EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def synthetic_events(count: int, users: int, seed: int) -> list[bytes]:
-    """``count`` valid event bodies over ``users`` users, skewed (a few users get most events),
-    all three types, negative and positive deltas, random offsets in occurred_at (not sorted)."""
-    rng = random.Random(seed)
-    weights = [1.0 / (rank + 1) ** 1.1 for rank in range(users)]
-    user_ids = [f"user-{n:05d}" for n in range(users)]
-    chosen = rng.choices(user_ids, weights=weights, k=count)
-    bodies = []
-    for index, user in enumerate(chosen):
-        kind = rng.random()
-        if kind < 0.6:
-            event_type = "conversation.turn_recorded"
-            data: dict[str, Any] = {
-                "conversation_id": f"c-{index // 10}",
-                "topic": rng.choice(TOPICS),
-                "speaker": rng.choice(("child", "robot")),
-                "sentiment": rng.choice(SENTIMENTS),
-            }
-        elif kind < 0.8:
-            event_type = "conversation.completed"
-            data = {
-                "conversation_id": f"c-{index // 10}",
-                "topic": rng.choice(TOPICS),
-                "turns": rng.randint(0, 40),
-                "duration_s": round(rng.uniform(0, 900), 3),
-                "rating": rng.choice(RATINGS),
-            }
-        else:
-            event_type = "friendship.adjusted"
-            data = {"delta": rng.randint(-60, 60), "reason": "synthetic"}
-        offset_h = rng.choice((0, 2, -7))
-        moment = EPOCH + timedelta(seconds=rng.randint(0, 86_400 * 30))
-        occurred_at = moment.astimezone(timezone(timedelta(hours=offset_h))).isoformat()
-        bodies.append(
-            json.dumps(
-                {
-                    "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    "type": event_type,
-                    "user_id": user,
-                    "occurred_at": occurred_at,
-                    "data": data,
-                }
-            ).encode()
-        )
-    return bodies
-
-
-def outgoing(bodies: Sequence[bytes]) -> list[OutgoingEvent]:
-    """Valid bodies as publishable events (routing key = user_id)."""
-    result = []
-    for body in bodies:
-        event = json.loads(body)
-        result.append(OutgoingEvent(event["event_id"], event["user_id"], body))
-    return result
+from testkit.events import EPOCH, RATINGS, TOPICS, outgoing, synthetic_events
+from testkit.processes import processor_process, stored_projections
+from testkit.services import settings_env
 
 
 def publish(settings: Settings, events: Sequence[OutgoingEvent]) -> None:
     """Publish with confirms, in order."""
     asyncio.run(publish_events(settings, list(events)))
-
-
-@contextmanager
-def processor_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``python -m processor run`` process; SIGTERMed (then killed) on exit."""
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "run"],
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def drain(settings: Settings, timeout_s: float = 180.0) -> None:
@@ -190,35 +102,6 @@ def read_stream_bodies(settings: Settings, partition: int) -> list[bytes]:
     return asyncio.run(read())
 
 
-def stored_projections(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The stored projections in ``tests.reference.reference_fold``'s shape."""
-    users: dict[str, dict[str, Any]] = {}
-    with connect(settings.database_url) as conn:
-        for user_id, score, applied, last_at in conn.execute(
-            "SELECT user_id, score, events_applied, last_event_at FROM friendships"
-        ):
-            users[user_id] = {
-                "score": score,
-                "level": reference_level(score),
-                "events_applied": applied,
-                "last_event_at": last_at,
-                "topics": {},
-            }
-        columns = ", ".join(SENTIMENT_COLUMNS)
-        for row in conn.execute(
-            "SELECT user_id, topic, conversations, turns, duration_s, "
-            f"{columns}, last_discussed_at FROM topic_metrics"
-        ):
-            users[row[0]]["topics"][row[1]] = {
-                "conversations": row[2],
-                "turns": row[3],
-                "duration_s": row[4],
-                "sentiment": dict(zip(SENTIMENTS, row[5:13], strict=True)),
-                "last_discussed_at": row[13],
-            }
-    return users
-
-
 def count(settings: Settings, sql: str) -> int:
     """A single integer answered by ``sql``."""
     with connect(settings.database_url) as conn:
@@ -263,3 +146,23 @@ def run_command(
         timeout=timeout_s,
         check=False,
     )
+
+
+__all__ = [
+    "EPOCH",
+    "RATINGS",
+    "TOPICS",
+    "assert_projections_equal",
+    "count",
+    "drain",
+    "drain_except",
+    "outgoing",
+    "processor_process",
+    "publish",
+    "read_stream_bodies",
+    "run_command",
+    "settings_env",
+    "stored_projections",
+    "stream_producer",
+    "synthetic_events",
+]

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from bench.report import rows, targets
 from bench.run import BenchConfig, run_bench
-from tests.services import Services
+from testkit.services import Services
 
 pytestmark = pytest.mark.integration
 

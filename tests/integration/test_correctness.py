@@ -25,6 +25,7 @@ from processor.replay.applier import apply_replayed_batch
 from processor.settings import Settings, stream_name
 from projections.batch import BatchResult, LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect
+from testkit.services import Services, isolated_settings
 from tests.integration.support import (
     count,
     drain,
@@ -36,7 +37,6 @@ from tests.integration.support import (
     stream_producer,
     synthetic_events,
 )
-from tests.services import Services, isolated_settings
 from tests.strategies import make_event
 
 ADJUSTED = "friendship.adjusted"

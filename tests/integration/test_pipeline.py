@@ -1,7 +1,7 @@
 """The pipeline end to end: real broker, real database, real processor processes.
 
 Each test publishes through the ``events`` exchange and compares what the processor stored with
-the sequential reference fold (``tests.reference``) of what was published.
+the sequential reference fold (``testkit.reference``) of what was published.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from processor.publisher import OutgoingEvent
 from processor.settings import Settings
 from processor.streams import read_first_offset, read_tail_offsets
 from processor.topology import declare_topology
+from testkit.reference import reference_fold
+from testkit.services import Services, isolated_settings
 from tests.integration.support import (
     assert_projections_equal,
     count,
@@ -29,8 +31,6 @@ from tests.integration.support import (
     stored_projections,
     synthetic_events,
 )
-from tests.reference import reference_fold
-from tests.services import Services, isolated_settings
 
 
 def test_20000_events_over_2000_users_equal_the_sequential_fold(

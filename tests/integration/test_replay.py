@@ -24,6 +24,8 @@ from processor.publisher import OutgoingEvent
 from processor.settings import Settings, stream_name
 from processor.topology import declare_topology
 from projections.database import connect
+from testkit.reference import reference_fold
+from testkit.services import Services, isolated_settings, settings_env
 from tests.integration.support import (
     assert_projections_equal,
     count,
@@ -35,8 +37,6 @@ from tests.integration.support import (
     stream_producer,
     synthetic_events,
 )
-from tests.reference import reference_fold
-from tests.services import Services, isolated_settings, settings_env
 
 REPLAY_TIMEOUT_S = 300
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")

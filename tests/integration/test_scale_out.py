@@ -19,6 +19,7 @@ from processor.leases import current_lease_holders, try_acquire_lease
 from processor.membership import fence, join, register_backend
 from processor.settings import Settings
 from projections.database import connect
+from testkit.reference import reference_fold
 from tests.integration.support import (
     assert_projections_equal,
     count,
@@ -30,7 +31,6 @@ from tests.integration.support import (
     stored_projections,
     synthetic_events,
 )
-from tests.reference import reference_fold
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 90.0) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import local_services
+from testkit.services import local_services
 
 pytestmark = pytest.mark.integration
 

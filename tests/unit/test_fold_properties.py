@@ -1,4 +1,4 @@
-"""Properties of the pure fold over generated logs, and agreement with ``tests.reference``."""
+"""Properties of the pure fold over generated logs, and agreement with ``testkit.reference``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from projections.fold import UserProjection, fold, fold_by_user, level_of
 from schemas import Event, decode_event
-from tests.reference import reference_fold
+from testkit.reference import reference_fold
 from tests.strategies import ADJUSTED, make_event, valid_event_logs, valid_events
 
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None)

@@ -9,8 +9,8 @@ from processor.replay.compare import RowDiff
 from processor.replay.history import HistoryBuilder
 from processor.replay.report import difference_lines
 from projections.batch import LogRecord
+from testkit.reference import reference_fold
 from tests.integration.support import synthetic_events
-from tests.reference import reference_fold
 
 
 def adjusted(user: str, delta: int, event_id: str | None = None) -> bytes:

@@ -1,0 +1,68 @@
+"""Processor processes and the stored projections, for tests and the benchmark."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from processor.settings import Settings
+from projections.database import connect
+from projections.tables import SENTIMENT_COLUMNS
+from testkit.reference import SENTIMENTS, reference_level
+from testkit.services import settings_env
+
+
+@contextmanager
+def processor_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``python -m processor run`` process; SIGTERMed (then killed) on exit."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "processor", "run"],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def stored_projections(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The stored projections in ``testkit.reference.reference_fold``'s shape."""
+    users: dict[str, dict[str, Any]] = {}
+    with connect(settings.database_url) as conn:
+        for user_id, score, applied, last_at in conn.execute(
+            "SELECT user_id, score, events_applied, last_event_at FROM friendships"
+        ):
+            users[user_id] = {
+                "score": score,
+                "level": reference_level(score),
+                "events_applied": applied,
+                "last_event_at": last_at,
+                "topics": {},
+            }
+        columns = ", ".join(SENTIMENT_COLUMNS)
+        for row in conn.execute(
+            "SELECT user_id, topic, conversations, turns, duration_s, "
+            f"{columns}, last_discussed_at FROM topic_metrics"
+        ):
+            users[row[0]]["topics"][row[1]] = {
+                "conversations": row[2],
+                "turns": row[3],
+                "duration_s": row[4],
+                "sentiment": dict(zip(SENTIMENTS, row[5:13], strict=True)),
+                "last_discussed_at": row[13],
+            }
+    return users
