@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from processor.publisher import AsyncPublisher, OutgoingEvent
+from processor.applying.checkpoint import ensure_checkpoints, read_checkpoints
+from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
+from processor.publishing.topology import declare_topology
+from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
-from processor.streams import read_tail_offsets
-from processor.topology import declare_topology
-from projections.checkpoints import ensure_checkpoints, read_checkpoints
 from projections.database import connect
 from testkit.services import Services, isolated_settings, local_services
 

@@ -45,9 +45,9 @@ from bench.harness import (
 )
 from bench.results import LatencyResult, PartitionLatency
 from bench.workload import Workload
-from processor.publisher import AsyncPublisher, OutgoingEvent
+from processor.applying.checkpoint import read_checkpoints
+from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
-from projections.checkpoints import read_checkpoints
 from projections.database import connect
 from testkit.processes import processor_process
 from testkit.services import Services

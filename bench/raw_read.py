@@ -1,8 +1,9 @@
 """The raw stream read rate: what reading the log costs before anything is decoded or stored.
 
-Every partition is read from its first offset to its tail on one stream connection (rstream, the
-client the processor uses, with the processor's credit per subscription); each entry's body is
-extracted from its AMQP 1.0 envelope, the least any reader of the log does.
+Every partition is read from its first offset to its tail on one stream connection of rstream,
+an independent client of the stream protocol (the product reads with its own,
+``processor.reading.client``), with the live reader's credit per subscription; each entry's
+body is extracted from its AMQP 1.0 envelope, the least any reader of the log does.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Callable, Mapping
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
 
-from processor.amqp_body import message_body
+from processor import tuning
+from processor.reading.amqp_body import message_body
 from processor.settings import Settings, stream_name
-from processor.streams import DEFAULT_INITIAL_CREDIT
 
 
 async def _read_all(
@@ -53,7 +54,7 @@ async def _read_all(
                 stream_name(partition),
                 make_callback(partition, tails[partition]),
                 offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None),
-                initial_credit=DEFAULT_INITIAL_CREDIT,
+                initial_credit=tuning.LIVE_CREDIT,
             )
         if remaining:
             await asyncio.wait_for(done.wait(), timeout=timeout_s)

@@ -88,23 +88,28 @@ def _raw_read_detail(replay: ReplayResult) -> str:
     detail = f"{replay.events:,} events; rstream {_rate(replay.raw_read_events_per_s)}"
     if replay.replay_raw_read_events_per_s > 0:
         wire_rate = _rate(replay.replay_raw_read_events_per_s)
-        detail += f", processor.wire (live and replay reader) {wire_rate}"
+        detail += f", processor.reading.client (live and replay reader) {wire_rate}"
     return detail + "; the faster one is the baseline"
 
 
 def rows(results: BenchResults) -> list[Row]:
     """Every measurement of the run, one row each (a step not run says so)."""
-    table: list[Row] = []
-    ingest = results.ingest
-    table.append(
+    return [
+        *_ingest_rows(results),
+        *_latency_rows(results),
+        *_previous_rows(results),
+        *_replay_rows(results),
+    ]
+
+
+def _ingest_rows(results: BenchResults) -> list[Row]:
+    ingest, drain = results.ingest, results.drain
+    return [
         Row(
             "1. ingest ceiling (exchange, confirms)",
             _rate(ingest.events_per_s) if ingest else "not run",
             f"{ingest.events:,} events in {ingest.seconds:.2f} s" if ingest else "",
-        )
-    )
-    drain = results.drain
-    table.append(
+        ),
         Row(
             "2. processor: backlog drain",
             _rate(drain.events_per_s) if drain else "not run",
@@ -116,8 +121,12 @@ def rows(results: BenchResults) -> list[Row]:
             )
             if drain
             else "",
-        )
-    )
+        ),
+    ]
+
+
+def _latency_rows(results: BenchResults) -> list[Row]:
+    table: list[Row] = []
     for title, latency in (
         ("2. processor: publish-to-commit latency, half the ceiling", results.latency),
         ("2. processor: publish-to-commit latency, light load", results.light_latency),
@@ -131,6 +140,11 @@ def rows(results: BenchResults) -> list[Row]:
                 _latency_detail(latency) if latency else "",
             )
         )
+    return table
+
+
+def _previous_rows(results: BenchResults) -> list[Row]:
+    table: list[Row] = []
     for threads in (1, 10):
         previous = _previous(results, threads)
         table.append(
@@ -147,14 +161,18 @@ def rows(results: BenchResults) -> list[Row]:
                 else "",
             )
         )
+    return table
+
+
+def _replay_rows(results: BenchResults) -> list[Row]:
     replay = results.replay
-    table.append(
+    table = [
         Row(
             "4. raw stream read",
             _rate(replay.best_raw_read_events_per_s) if replay else "not run",
             _raw_read_detail(replay) if replay else "",
         )
-    )
+    ]
     if replay is None:
         table.append(Row("4. replay", "not run", ""))
     elif not replay.available:

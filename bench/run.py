@@ -147,6 +147,69 @@ def _meta(config: BenchConfig) -> dict[str, object]:
     }
 
 
+class _Steps:
+    """The benchmark's steps on one workload; each fills its part of ``runner.results``."""
+
+    def __init__(self, config: BenchConfig, services: Services, runner: _Runner) -> None:
+        self.config = config
+        self.services = services
+        self.results = runner.results
+        self.logs = config.out / "logs"
+        biggest = max(config.events, config.previous_events, config.profile_events)
+        self.workload = make_workload(biggest, config.users, config.seed)
+
+    def _ceiling(self) -> float | None:
+        return self.results.ingest.events_per_s if self.results.ingest else None
+
+    def ingest(self) -> None:
+        self.results.ingest = measure_ingest(self.services, self.workload.head(self.config.events))
+
+    def drain(self) -> None:
+        load = self.workload.head(self.config.events)
+        self.results.drain = measure_drain(self.services, load, self.logs / "drain.log")
+
+    def latency(self) -> None:
+        config, ceiling = self.config, self._ceiling()
+        rate = config.latency_rate
+        if rate is None:
+            if ceiling is None:
+                raise BenchError("no ingest ceiling to take half of; pass --latency-rate")
+            rate = ceiling / 2
+        self.results.latency = self._latency_at(rate, "latency.log")
+        if ceiling is not None and config.light_load_fraction > 0:
+            light = ceiling * config.light_load_fraction
+            self.results.light_latency = self._latency_at(light, "latency-light.log")
+
+    def _latency_at(self, rate: float, log_name: str) -> LatencyResult:
+        config = self.config
+        count = max(1, int(rate * config.latency_seconds))
+        load = make_workload(count, config.users, config.seed + 1)
+        warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
+        return measure_latency(self.services, load, warmup, rate, self.logs / log_name)
+
+    def previous(self) -> None:
+        load = self.workload.head(self.config.previous_events)
+        for threads in self.config.previous_threads:
+            self.results.previous.append(measure_previous_design(self.services, load, threads))
+
+    def replay(self) -> None:
+        load = self.workload.head(self.config.events)
+        self.results.replay = measure_replay(self.services, load, self.logs)
+
+    def profile(self) -> None:
+        config, ceiling = self.config, self._ceiling()
+        if config.profile_events > 0:
+            drain_load = self.workload.head(config.profile_events)
+            self.results.profiles.append(profile_drain(self.services, drain_load, self.logs))
+        if config.profile_live_seconds > 0 and ceiling is not None:
+            rate = ceiling * config.light_load_fraction
+            count = max(1, int(rate * config.profile_live_seconds))
+            load = make_workload(count, config.users, config.seed + 3)
+            warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
+            live = profile_live(self.services, load, warmup, rate, self.logs)
+            self.results.profiles.append(live)
+
+
 def run_bench(
     config: BenchConfig, console: Console | None = None, services: Services | None = None
 ) -> tuple[BenchResults, list[str]]:
@@ -166,65 +229,22 @@ def run_bench(
     console = console or Console()
     services = services or require_services()
     config.out.mkdir(parents=True, exist_ok=True)
-    logs = config.out / "logs"
-    logs.mkdir(exist_ok=True)
+    (config.out / "logs").mkdir(exist_ok=True)
     started = time.monotonic()
-    biggest = max(config.events, config.previous_events, config.profile_events)
-    workload = make_workload(biggest, config.users, config.seed)
     runner = _Runner(config, services, console)
     results = runner.results
     results.meta = _meta(config)
-
-    def ingest() -> None:
-        results.ingest = measure_ingest(services, workload.head(config.events))
-
-    def drain() -> None:
-        results.drain = measure_drain(services, workload.head(config.events), logs / "drain.log")
-
-    def latency() -> None:
-        ceiling = results.ingest.events_per_s if results.ingest else None
-        rate = config.latency_rate
-        if rate is None:
-            if ceiling is None:
-                raise BenchError("no ingest ceiling to take half of; pass --latency-rate")
-            rate = ceiling / 2
-        results.latency = _latency_at(rate, "latency.log")
-        if ceiling is not None and config.light_load_fraction > 0:
-            light = ceiling * config.light_load_fraction
-            results.light_latency = _latency_at(light, "latency-light.log")
-
-    def _latency_at(rate: float, log_name: str) -> LatencyResult:
-        count = max(1, int(rate * config.latency_seconds))
-        load = make_workload(count, config.users, config.seed + 1)
-        warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
-        return measure_latency(services, load, warmup, rate, logs / log_name)
-
-    def previous() -> None:
-        for threads in config.previous_threads:
-            results.previous.append(
-                measure_previous_design(services, workload.head(config.previous_events), threads)
-            )
-
-    def replay() -> None:
-        results.replay = measure_replay(services, workload.head(config.events), logs)
-
-    def profile() -> None:
-        if config.profile_events > 0:
-            drain_load = workload.head(config.profile_events)
-            results.profiles.append(profile_drain(services, drain_load, logs))
-        ceiling = results.ingest.events_per_s if results.ingest else None
-        if config.profile_live_seconds > 0 and ceiling is not None:
-            rate = ceiling * config.light_load_fraction
-            count = max(1, int(rate * config.profile_live_seconds))
-            load = make_workload(count, config.users, config.seed + 3)
-            warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
-            results.profiles.append(profile_live(services, load, warmup, rate, logs))
-
-    for name, action in zip(
-        STEPS, (ingest, drain, latency, previous, replay, profile), strict=True
-    ):
+    steps = _Steps(config, services, runner)
+    actions = (
+        steps.ingest,
+        steps.drain,
+        steps.latency,
+        steps.previous,
+        steps.replay,
+        steps.profile,
+    )
+    for name, action in zip(STEPS, actions, strict=True):
         runner.step(name, action)
-
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     results.meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_report(results, config.out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processor.publisher import OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent
 from testkit.events import outgoing, synthetic_events
 
 

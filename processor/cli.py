@@ -1,7 +1,9 @@
 """Command-line interface: ``python -m processor COMMAND`` (the justfile wraps each command).
 
-Exit codes: 0 success, 1 failure (the error is logged), 2 usage or configuration error, 130
-interrupted (Ctrl-C) while starting.
+Exit codes (``processor.errors.ExitCode``): 0 success, 1 failure (the error is logged in one
+line), 2 usage or configuration error, 130 interrupted (Ctrl-C) while starting. Every error a
+command ends with is a ``ProcessorError`` that carries its exit code; a database or broker
+failure becomes one (``ServiceUnavailable``) at the one boundary that meets them.
 """
 
 from __future__ import annotations
@@ -11,28 +13,15 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
-import psycopg
-
-from processor.errors import ProcessorError
+from processor.errors import ExitCode, ProcessorError, services_unavailable_as_errors
 from processor.logs import configure_logging
 from processor.settings import Settings, SettingsError
 from processor.terminal import foreground_process_group
 
 log = logging.getLogger("processor")
-
-
-class ExitCode(IntEnum):
-    """Process exit codes of every command."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 2
-    #: Ctrl-C (SIGINT) before the command had started (128 + 2, as shells report it).
-    INTERRUPTED = 130
 
 
 def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
@@ -65,20 +54,20 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _topology(settings: Settings, _args: argparse.Namespace) -> int:
-    from processor.topology import declare_topology  # noqa: PLC0415
+    from processor.publishing.topology import declare_topology  # noqa: PLC0415
 
     declare_topology(settings)
     return ExitCode.OK
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from processor.publish_file import (  # noqa: PLC0415
+    from processor.publishing.publish_file import (  # noqa: PLC0415
         check_readable,
         describe_invalid,
         publish_events_of,
         read_events,
     )
-    from processor.topology import declare_topology  # noqa: PLC0415
+    from processor.publishing.topology import declare_topology  # noqa: PLC0415
 
     path = Path(args.file)
     check_readable(path)
@@ -100,8 +89,8 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
+    from processor.publishing.topology import ensure_partition_count  # noqa: PLC0415
     from processor.status import read_partition_status  # noqa: PLC0415
-    from processor.topology import ensure_partition_count  # noqa: PLC0415
     from projections.database import connect  # noqa: PLC0415
 
     ensure_partition_count(settings)
@@ -127,14 +116,14 @@ def _wait_idle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, _args: argparse.Namespace) -> int:
-    from processor.demo import run_demo  # noqa: PLC0415
+    from demo.run import run_demo  # noqa: PLC0415
 
     run_demo(settings)
     return ExitCode.OK
 
 
 def _down(_settings: Settings, _args: argparse.Namespace) -> int:
-    from processor import background  # noqa: PLC0415
+    from demo import background  # noqa: PLC0415
 
     stopped = [name for name in ("api", "processor") if background.stop(name)]
     if stopped:
@@ -197,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "api", help="serve the HTTP ingest and read API on API_HOST:API_PORT"
     ).set_defaults(handler=_api)
+    _add_replay(commands)
+    return parser
+
+
+def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = commands.add_parser(
         "replay", help="rebuild projections from the log: verify, swap in, or a user's history"
     )
@@ -225,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="after --swap, drop the replaced tables instead of keeping them",
     )
     replay.set_defaults(handler=_replay)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,15 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     configure_logging(settings.log_level)
     try:
-        return int(args.handler(settings, args))
+        with services_unavailable_as_errors():
+            return int(args.handler(settings, args))
     except KeyboardInterrupt:
         # Ctrl-C before the command installed its own handler (while it was starting up).
         log.info("interrupted while starting; nothing was done")
         return ExitCode.INTERRUPTED
-    except (ProcessorError, TimeoutError, OSError) as exc:
-        # Ours, or a file or socket problem: the message says it all.
+    except ProcessorError as exc:
         log.error("%s", exc)
-        return ExitCode.FAILURE
-    except (ValueError, RuntimeError, psycopg.Error) as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        return ExitCode.FAILURE
+        return exc.exit_code
+
+
+__all__ = ["ExitCode", "build_parser", "main"]

@@ -1,56 +1,84 @@
-"""The processor's exception tree: one root, a few named failures, each carrying its cause."""
+"""The root of every error the product raises on purpose, and the exit code each one means.
+
+Each package keeps its own errors in an ``errors.py`` under this root (``reading``,
+``ownership``, ``applying``, ``publishing``, ``replay``, ``api``, and ``demo`` outside the
+runtime), in the style of dramatiq's one root with a short named tree. An error carries the
+exit code the CLI returns for it, so ``processor.cli`` maps errors to exit codes with one
+``except ProcessorError``.
+
+Errors of the libraries underneath (psycopg, asyncio's sockets, pika) are turned into these at
+the one boundary that meets them all, ``unavailable``: a database or broker that cannot be
+reached or that fails is a ``ServiceUnavailable``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
+from typing import ClassVar
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of every command."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    #: Ctrl-C (SIGINT) before the command had started (128 + 2, as shells report it).
+    INTERRUPTED = 130
+
 
 class ProcessorError(Exception):
-    """Root of every error raised on purpose by the processor package."""
-
-
-class TopologyError(ProcessorError):
-    """The broker refused or could not be reached to declare the exchange and streams."""
-
-
-class PublishError(ProcessorError):
-    """Events were not confirmed by the broker (nack, unroutable, or connection lost).
+    """Root of every error raised on purpose by the product.
 
     Attributes:
-        failed: number of events in the call that were not confirmed.
+        exit_code: what the CLI exits with when a command ends with this error.
     """
 
-    def __init__(self, message: str, failed: int) -> None:
-        super().__init__(message)
-        self.failed = failed
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILURE
 
 
-class LogTruncated(ProcessorError):
-    """A partition's log no longer holds the offsets after its checkpoint (retention removed them).
+class ConfigurationError(ProcessorError):
+    """A setting holds a value that cannot be used; the message names the variable."""
 
-    Attributes:
-        partition: the partition.
-        expected: the offset the owner needed next.
-        first_available: the first offset the broker delivered.
+    exit_code: ClassVar[ExitCode] = ExitCode.USAGE
+
+
+class ServiceUnavailable(ProcessorError):
+    """The database or the broker cannot be reached, or failed while a command used it."""
+
+
+def unavailable(error: Exception) -> ServiceUnavailable:
+    """The ``ServiceUnavailable`` that stands for a library's connection or server failure.
+
+    Args:
+        error: a psycopg error (the database) or an ``OSError`` (a socket: the broker, or a
+            server that does not answer; ``TimeoutError`` is one).
+
+    Returns:
+        An error whose message names the service and keeps the library's own words.
     """
-
-    def __init__(self, partition: int, expected: int, first_available: int) -> None:
-        super().__init__(
-            f"partition {partition}: the log was truncated, offsets "
-            f"{expected}..{first_available - 1} are gone "
-            f"(first available {first_available}); refusing to skip them"
-        )
-        self.partition = partition
-        self.expected = expected
-        self.first_available = first_available
+    detail = str(error).strip() or "no answer"
+    if type(error).__module__.startswith("psycopg"):
+        return ServiceUnavailable(f"database: {type(error).__name__}: {detail}")
+    return ServiceUnavailable(f"{type(error).__name__}: {detail}")
 
 
-class LogStartUnknown(ProcessorError):
-    """The start of a partition's log could not be checked after a hole at the subscription's
-    first record; the owner stops the partition and tries again instead of guessing."""
+@contextmanager
+def services_unavailable_as_errors() -> Iterator[None]:
+    """Turn a database or socket failure raised inside into ``ServiceUnavailable``.
 
-    def __init__(self, partition: int, expected: int, cause: str) -> None:
-        super().__init__(
-            f"partition {partition}: could not check whether offsets from {expected} are still "
-            f"in the log ({cause}); retrying"
-        )
-        self.partition = partition
-        self.expected = expected
+    The one place where the libraries' errors meet the product's: psycopg errors (imported
+    lazily, so pure modules that import this one stay free of the database driver) and
+    ``OSError``.
+
+    Raises:
+        ServiceUnavailable: from the psycopg error or ``OSError`` raised inside.
+    """
+    import psycopg  # noqa: PLC0415 - only where a command talks to the database
+
+    try:
+        yield
+    except (psycopg.Error, OSError) as exc:
+        raise unavailable(exc) from exc

@@ -15,6 +15,6 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pika's connection adapters log several ERROR lines and a traceback for one refused
     # connection; the product reports each connection failure itself, in one line with host,
-    # port and reason (processor.broker_errors).
+    # port and reason (processor.publishing.broker_errors).
     for connection_log in ("pika.adapters", "pika.connection"):
         logging.getLogger(connection_log).setLevel(logging.CRITICAL)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from processor.errors import ConfigurationError
+
 ENV_AMQP_URL: Final = "AMQP_URL"
 ENV_STREAM_PORT: Final = "STREAM_PORT"
 ENV_DATABASE_URL: Final = "DATABASE_URL"
@@ -32,7 +34,7 @@ EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError):
     """An environment variable holds a value that cannot be used; the message names it."""
 
 
@@ -68,6 +70,20 @@ def parse_amqp_url(url: str) -> AmqpEndpoint:
         password=unquote(parts.password or "guest"),
         vhost=vhost,
     )
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a ``DATABASE_URL`` that is not ``postgresql://.../database``.
+
+    Raises:
+        SettingsError: another scheme (a SQLAlchemy driver suffix such as ``+psycopg`` is
+            allowed), or no database name in the path.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.split("+", 1)[0] not in {"postgresql", "postgres"}:
+        raise SettingsError(f"{ENV_DATABASE_URL} must start with postgresql://")
+    if not parts.path.lstrip("/"):
+        raise SettingsError(f"{ENV_DATABASE_URL} names no database (postgresql://host/NAME)")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -144,6 +160,7 @@ class Settings:
                 f"{ENV_PARTITIONS}={self.partitions} must be in 1..{MAX_PARTITIONS}"
             )
         object.__setattr__(self, "amqp", parse_amqp_url(self.amqp_url))
+        check_database_url(self.database_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

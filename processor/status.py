@@ -8,10 +8,15 @@ from dataclasses import dataclass
 
 import psycopg
 
-from processor.leases import current_lease_holders
+from processor.applying.checkpoint import read_checkpoints
+from processor.errors import ProcessorError
+from processor.ownership.leases import current_lease_holders
+from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
-from processor.streams import read_tail_offsets
-from projections.checkpoints import read_checkpoints
+
+
+class LagNotZero(ProcessorError):
+    """Some partition's checkpoint did not reach its log tail in time."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def wait_for_zero_lag(
         The final statuses.
 
     Raises:
-        TimeoutError: lag is still above zero after ``timeout_s`` seconds (names the partitions).
+        LagNotZero: lag is still above zero after ``timeout_s`` seconds (names the partitions).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -75,5 +80,5 @@ def wait_for_zero_lag(
             return statuses
         if time.monotonic() >= deadline:
             detail = ", ".join(f"p{s.partition}: lag {s.lag}" for s in lagging[:8])
-            raise TimeoutError(f"consumer lag still above zero after {timeout_s:.0f} s ({detail})")
+            raise LagNotZero(f"consumer lag still above zero after {timeout_s:.0f} s ({detail})")
         time.sleep(poll_s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -13,10 +12,9 @@ from alembic.config import Config
 from psycopg import sql
 from sqlalchemy import create_engine, text
 
-log = logging.getLogger(__name__)
+from projections import advisory_locks
 
-#: Advisory lock key that serialises migrations when several processes start at once.
-MIGRATION_LOCK_KEY: Final = 0x6D69_6772  # "migr"
+log = logging.getLogger(__name__)
 
 
 class DatabaseUrlError(ValueError):
@@ -98,7 +96,9 @@ def migrate(url: str) -> None:
     engine = create_engine(sqlalchemy_url(url))
     try:
         with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_locks.MIGRATION}
+            )
             config = alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, "head")

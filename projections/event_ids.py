@@ -41,19 +41,33 @@ class ReusedId:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RepeatedId:
+    """A later occurrence of an id for the same user as its first use: a duplicate."""
+
+    event: Event
+    offset: int
+    first: FirstUse
+
+
 @dataclass(slots=True)
 class EventIdVerdict:
     """What a batch's valid events are under the rule: applied, duplicate or reused.
 
     Attributes:
         to_apply: ``(event, offset)`` to fold, in log order.
-        duplicates: occurrences with the first use's user (no effect).
+        repeated: occurrences with the first use's user (duplicates: no effect).
         reused: occurrences for another user than the first use (dead letters).
     """
 
     to_apply: list[tuple[Event, int]] = field(default_factory=list)
-    duplicates: int = 0
+    repeated: list[RepeatedId] = field(default_factory=list)
     reused: list[ReusedId] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        """How many occurrences are duplicates."""
+        return len(self.repeated)
 
 
 def first_occurrences(valid: Sequence[tuple[Event, int]]) -> dict[str, tuple[Event, int]]:
@@ -89,7 +103,7 @@ def judge_event_ids(
             first_use[key] = FirstUse(event.user_id, partition, offset)
             verdict.to_apply.append((event, offset))
         elif first.user_id == event.user_id:
-            verdict.duplicates += 1
+            verdict.repeated.append(RepeatedId(event, offset, first))
         else:
             verdict.reused.append(ReusedId(event, offset, first))
     return verdict

@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 import msgspec
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from projections.fold import level_of
 from projections.tables import (
     SENTIMENT_COLUMNS,
     applied_events,
-    checkpoints,
     dead_letters,
     friendships,
     topic_metrics,
@@ -35,7 +34,7 @@ from schemas.events import SENTIMENTS, UUID_PATTERN
 DEFAULT_PAGE_LIMIT: Final = 50
 #: Most dead letters in one page.
 MAX_PAGE_LIMIT: Final = 500
-#: Longest ``event_id`` kept on a dead letter (``projections.batch`` truncates to it).
+#: Longest ``event_id`` kept on a dead letter (``processor.applying.batch`` truncates to it).
 DEAD_LETTER_EVENT_ID_CHARS: Final = 64
 #: Largest dead-letter id (a bigint), so the largest position a cursor can hold.
 _MAX_ID: Final = 2**63 - 1
@@ -271,7 +270,7 @@ def event_status(conn: Connection, event_id: str) -> EventStatus | None:
                 type=row.type,
                 occurred_at=utc(row.occurred_at),
             )
-    # Stored the way ``projections.batch`` stores a dead letter's id: cut, then NUL escaped.
+    # Stored the way ``processor.applying.batch`` stores a dead letter's id: cut, then NUL escaped.
     spellings = sorted(
         {
             spelling[:DEAD_LETTER_EVENT_ID_CHARS].replace("\x00", "\\u0000")
@@ -305,18 +304,6 @@ def event_status(conn: Connection, event_id: str) -> EventStatus | None:
         raw=raw,
         raw_encoding=encoding,
     )
-
-
-def totals(conn: Connection) -> Totals:
-    """Events applied and dead letters: the per-partition counters that advance with each
-    checkpoint (a sum over the partitions, not a count over every event)."""
-    row = conn.execute(
-        select(
-            func.coalesce(func.sum(checkpoints.c.applied_count), 0).label("applied"),
-            func.coalesce(func.sum(checkpoints.c.dead_lettered_count), 0).label("dead"),
-        )
-    ).one()
-    return Totals(events_applied=int(row.applied), dead_lettered=int(row.dead))
 
 
 def dead_letter_page(

@@ -43,7 +43,7 @@ checkpoints: Final = Table(
     Column("owner", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Fencing token: raised each time a process takes the partition's lease; a batch commits
-    # only under the epoch its owner took (see projections.batch).
+    # only under the epoch its owner took (see processor.applying.batch).
     Column("lease_epoch", BigInteger, nullable=False, server_default="0"),
     # Events applied and dead-lettered in this partition, advanced with the checkpoint.
     Column("applied_count", BigInteger, nullable=False, server_default="0"),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from processor.publisher import OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent
 from testkit.reference import SENTIMENTS
 
 TOPICS = ("music", "sports", "books", "movies", "science", "fashion")

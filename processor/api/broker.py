@@ -12,8 +12,8 @@ from typing import Final
 
 from pika.exceptions import AMQPError
 
-from processor.errors import PublishError
-from processor.publisher import AsyncPublisher, OutgoingEvent
+from processor.publishing.errors import PublishError
+from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ from sqlalchemy import Connection, Engine, create_engine, text
 
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
+from processor.applying.checkpoint import read_totals
 from processor.settings import Settings
 from processor.status import PartitionStatus, read_partition_status
 from projections.database import sqlalchemy_url
-from projections.queries import Totals, totals
+from projections.queries import Totals
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,14 +99,15 @@ class ApiContext:
 
     def read_totals(self) -> Totals:
         """Events applied and dead letters (blocking)."""
-        return self.run_query(totals)
+        applied, dead_lettered = self.run_query(read_totals)
+        return Totals(events_applied=applied, dead_lettered=dead_lettered)
 
     def read_partitions(self) -> list[PartitionStatus]:
         """Checkpoint, tail, lag and owner of every partition (blocking, ~0.25 s broker probe).
 
         Raises:
             sqlalchemy.exc.OperationalError, psycopg.OperationalError: the database failed.
-            Exception: whatever rstream raises when the broker or a stream is unreachable.
+            ReadError, OSError: the broker or a stream cannot be reached or refused.
         """
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection

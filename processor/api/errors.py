@@ -29,7 +29,12 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
+from processor.errors import ProcessorError
+
 log = logging.getLogger(__name__)
+
+#: What a failing database raises through the API's pool (SQLAlchemy) or a psycopg call.
+DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 
 #: Most characters of a request value (path, id, cursor) echoed back in an error message.
 ECHO_CHARS: Final = 64
@@ -88,7 +93,7 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-class ApiError(Exception):
+class ApiError(ProcessorError):
     """An error answer raised on purpose by a handler.
 
     Args:

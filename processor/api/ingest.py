@@ -35,8 +35,8 @@ from litestar.status_codes import (
 from processor.api.broker import BrokerUnavailable
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses
-from processor.errors import PublishError
-from processor.publisher import OutgoingEvent
+from processor.publishing.errors import PublishError
+from processor.publishing.publisher import OutgoingEvent
 from schemas import decode_event_batch
 from schemas.validation import not_json_reason
 

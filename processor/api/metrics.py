@@ -35,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from processor.api.errors import DATABASE_ERRORS
+from processor.reading.errors import ReadError
 from processor.status import PartitionStatus
 from projections.queries import Totals
 
@@ -97,7 +99,7 @@ class ProjectionCollector(Collector):
             )
         try:
             statuses = self._read_partitions()
-        except Exception as exc:  # noqa: BLE001 - rstream raises unnamed errors; see above
+        except (ReadError, OSError, *DATABASE_ERRORS) as exc:
             log.warning("metrics: reading partition status failed: %s: %s", type(exc).__name__, exc)
             up.add_metric(["broker"], 0)
         else:

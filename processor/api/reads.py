@@ -14,8 +14,6 @@ import re
 from typing import Annotated, Final
 
 import msgspec
-import psycopg
-import sqlalchemy.exc
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
@@ -27,6 +25,7 @@ from litestar.status_codes import (
 
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses, quoted
+from processor.reading.errors import ReadError
 from processor.status import PartitionStatus
 from projections import queries
 from projections.queries import (
@@ -39,7 +38,6 @@ from projections.queries import (
 )
 from schemas.events import USER_ID_PATTERN
 
-_DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 #: Largest ``offset`` of ``GET /v1/dead-letters``: PostgreSQL's OFFSET is a bigint.
 MAX_OFFSET: Final = 2**63 - 1
 
@@ -159,12 +157,10 @@ async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
 
     Errors: 503 ``database_unavailable`` / ``broker_unavailable``.
     """
-    totals = await ctx.read(queries.totals)
+    totals = await asyncio.to_thread(ctx.read_totals)
     try:
         statuses: list[PartitionStatus] = await asyncio.to_thread(ctx.read_partitions)
-    except _DATABASE_ERRORS:
-        raise
-    except Exception as exc:  # rstream raises unnamed errors when the broker fails
+    except (ReadError, OSError) as exc:
         raise ApiError(
             HTTP_503_SERVICE_UNAVAILABLE,
             "broker_unavailable",

@@ -7,7 +7,7 @@ explains the guarantees. One module per job:
 - ``reader``: offset ranges of every partition, read concurrently and handed over in batches.
 - ``logstart``: refuse a truncated log (a partition that no longer starts at offset 0).
 - ``shadow``: the shadow schema: create, connect (``search_path``), compare shapes, swap, drop.
-- ``applier``: worker threads applying batches to the shadow with ``projections.batch``.
+- ``applier``: worker threads applying batches to the shadow with ``processor.applying.batch``.
 - ``compare``: live against the shadow, row by row, in SQL.
 - ``run``: the phases of ``verify`` and ``swap`` (rebuild, catch-up, the final transaction).
 - ``history``: one user's records folded from the log.

@@ -1,11 +1,11 @@
-"""Apply replayed batches to the shadow schema: worker threads, one partition per thread at a time.
+"""Apply replayed batches to the shadow schema on the live processor's worker pool.
 
-Each batch goes through ``projections.batch.apply_batch``, the code path of live processing (with
-the live owner's handling of a batch the database rejects, ``apply_replayed_batch``), on a
-connection whose ``search_path`` is the shadow schema, so it locks and advances the shadow's own
-checkpoint rows and writes the shadow's tables. A partition's batches are applied in log order
-and never by two threads at once (as in ``processor.runtime``); threads add concurrency across
-partitions only.
+Each partition is a lane of ``processor.applying.engine.WorkerPool``, the pool live owners run
+on; its batches go through ``processor.applying.applier.PartitionApplier``, the applier live
+owners use (transient errors retried, rejected records isolated and dead-lettered alike), on a
+connection whose ``search_path`` is the shadow schema, so they lock and advance the shadow's
+own checkpoint rows and write the shadow's tables. A partition's batches are applied in log
+order and never by two threads at once; threads add concurrency across partitions only.
 
 The reader hands batches over on its event loop (``deliver``); when more than
 ``max_pending_records`` wait, ``deliver`` returns an awaitable and reading pauses until the
@@ -16,45 +16,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from types import TracebackType
 
-import psycopg
-
+from processor import tuning
+from processor.applying.applier import PartitionApplier
+from processor.applying.batch import BatchResult
+from processor.applying.engine import WorkerPool
+from processor.applying.postgres import PostgresStore
+from processor.reading.log_record import LogRecord
+from processor.replay.errors import ReplayError
 from processor.replay.shadow import connect_shadow
-from projections.batch import BatchResult, LogRecord, apply_batch, apply_isolating_rejects
 
 #: Called by a worker after each committed batch (on that worker's thread).
 OnApplied = Callable[[BatchResult, int], None]
 
 
-def apply_replayed_batch(
-    conn: psycopg.Connection,
-    partition: int,
-    records: list[LogRecord],
-    expected_checkpoint: int,
-    owner: str,
-) -> BatchResult:
-    """``apply_batch`` the way a live owner uses it: a batch the database rejects
-    (``DataError``) is applied one record per transaction and a rejected record is dead-lettered
-    with the reason live writes (``projections.batch.apply_isolating_rejects``). Inside the
-    caller's transaction each attempt is a savepoint.
+class _ShadowLane:
+    """The queued batches of one partition (a ``WorkerPool`` lane)."""
 
-    Raises:
-        the errors of ``projections.batch.apply_batch`` other than ``DataError``.
-    """
-    checkpoint = expected_checkpoint
+    def __init__(self, owner: ShadowApplier, applier: PartitionApplier) -> None:
+        self.partition = applier.partition
+        self.applier = applier
+        self.batches: deque[list[LogRecord]] = deque()
+        self._owner = owner
 
-    def apply(batch: Sequence[LogRecord], poisoned: Mapping[int, str] | None) -> BatchResult:
-        nonlocal checkpoint
-        result = apply_batch(conn, partition, batch, checkpoint, owner, poisoned=poisoned)
-        checkpoint = result.last_offset
-        return result
+    def step(self, store: PostgresStore) -> bool:
+        return self._owner.apply_next(self, store)
 
-    return apply_isolating_rejects(apply, partition, records)
+    def fail(self, error: Exception) -> None:
+        self._owner.failed(error)
 
 
 class ShadowApplier:
@@ -83,31 +76,30 @@ class ShadowApplier:
         on_applied: OnApplied,
         max_pending_records: int,
     ) -> None:
-        self._database_url = database_url
-        self._shadow = shadow
         self.checkpoints = checkpoints
         self._owner = owner
         self._on_applied = on_applied
         self._max_pending = max_pending_records
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queues: dict[int, deque[list[LogRecord]]] = {}
-        self._scheduled: set[int] = set()
-        self._ready: queue.Queue[int | None] = queue.Queue()
+        self._lanes: dict[int, _ShadowLane] = {}
         self._pending_records = 0
         self._pending_batches = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.error: BaseException | None = None
-        self._connections = [
-            connect_shadow(database_url, shadow, application_name=f"friendship-stream {owner}")
+        stores = [
+            PostgresStore(
+                connect_shadow(database_url, shadow, application_name=f"friendship-stream {owner}")
+            )
             for _ in range(threads)
         ]
-        self._threads = [
-            threading.Thread(target=self._work, args=(conn,), name=f"replay-{i}", daemon=True)
-            for i, conn in enumerate(self._connections)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._pool: WorkerPool[PostgresStore] = WorkerPool(
+            threads,
+            name="replay",
+            context_factory=stores.pop,
+            close_context=lambda store: store.conn.close(),
+        )
+        self._pool.start()
 
     def __enter__(self) -> ShadowApplier:
         return self
@@ -123,22 +115,25 @@ class ShadowApplier:
     # -- reader side (event loop) ----------------------------------------------------------------
 
     def deliver(self, partition: int, records: list[LogRecord]) -> asyncio.Future[None] | None:
-        """Queue a batch (``reader.Deliver``); returns a future to wait on when workers lag."""
+        """Queue a batch (``ranges.Deliver``); returns a future to wait on when workers lag."""
         with self._lock:
             if self.error is not None:
                 return None
-            self._queues.setdefault(partition, deque()).append(records)
+            lane = self._lanes.get(partition)
+            if lane is None:
+                checkpoint = self.checkpoints.get(partition, -1)
+                lane = _ShadowLane(self, PartitionApplier(partition, checkpoint, self._owner))
+                self._lanes[partition] = lane
+            lane.batches.append(records)
             self._pending_records += len(records)
             self._pending_batches += 1
-            if partition not in self._scheduled:
-                self._scheduled.add(partition)
-                self._ready.put(partition)
-            if self._pending_records <= self._max_pending:
-                return None
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, waiter))
-            return waiter
+            waiter = None
+            if self._pending_records > self._max_pending:
+                loop = asyncio.get_running_loop()
+                waiter = loop.create_future()
+                self._waiters.append((loop, waiter))
+        self._pool.wake(lane)
+        return waiter
 
     def check(self) -> None:
         """Re-raise a worker's failure (called by the reader's watchdog)."""
@@ -154,62 +149,51 @@ class ShadowApplier:
             Exception: the first failure of a worker (``apply_batch``'s errors, database errors).
         """
         with self._idle:
-            while self._pending_batches > 0 and self.error is None:
-                self._idle.wait(0.1)
+            self._idle.wait_for(lambda: self._pending_batches == 0 or self.error is not None)
         self.check()
 
     def close(self) -> None:
         """Stop the workers (after their batch in flight) and close their connections."""
         with self._lock:
             if self.error is None and self._pending_batches > 0:
-                self.error = RuntimeError("replay stopped with batches still queued")
+                self.error = ReplayError("replay stopped with batches still queued")
             self._release_waiters()
-        for _ in self._threads:
-            self._ready.put(None)
-        for thread in self._threads:
-            thread.join()
-        for conn in self._connections:
-            conn.close()
+        self._pool.stop(tuning.SHUTDOWN_TIMEOUT_S)
 
     # -- workers ---------------------------------------------------------------------------------
+
+    def apply_next(self, lane: _ShadowLane, store: PostgresStore) -> bool:
+        """Apply the lane's oldest batch; True when it has more (a worker thread)."""
+        with self._lock:
+            if self.error is not None or not lane.batches:
+                return False
+            records = lane.batches.popleft()
+        result = lane.applier.apply(store, records)
+        with self._lock:
+            self.checkpoints[lane.partition] = lane.applier.checkpoint
+            self._pending_records -= len(records)
+            self._pending_batches -= 1
+            if self._pending_records <= self._max_pending:
+                self._release_waiters()
+            if self._pending_batches == 0:
+                self._idle.notify_all()
+            more = bool(lane.batches)
+        self._on_applied(result, len(records))
+        return more
+
+    def failed(self, error: BaseException) -> None:
+        """A batch failed: keep the first error for ``check`` and ``drain``."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self._release_waiters()
+            self._idle.notify_all()
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for loop, waiter in waiters:
             with contextlib.suppress(RuntimeError):  # the reader's loop is already closed
                 loop.call_soon_threadsafe(_resolve, waiter)
-
-    def _work(self, conn: psycopg.Connection) -> None:
-        while True:
-            partition = self._ready.get()
-            if partition is None:
-                return
-            with self._lock:
-                if self.error is not None:
-                    continue
-                records = self._queues[partition].popleft()
-            try:
-                expected = self.checkpoints.get(partition, -1)
-                result = apply_replayed_batch(conn, partition, records, expected, self._owner)
-            except BaseException as exc:  # noqa: BLE001 - kept and re-raised by check/drain
-                with self._lock:
-                    self.error = exc
-                    self._release_waiters()
-                    self._idle.notify_all()
-                continue
-            with self._lock:
-                self.checkpoints[partition] = result.last_offset
-                self._pending_records -= len(records)
-                self._pending_batches -= 1
-                if self._pending_records <= self._max_pending:
-                    self._release_waiters()
-                if self._queues[partition]:
-                    self._ready.put(partition)
-                else:
-                    self._scheduled.discard(partition)
-                if self._pending_batches == 0:
-                    self._idle.notify_all()
-            self._on_applied(result, len(records))
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

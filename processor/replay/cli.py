@@ -12,11 +12,11 @@ from typing import Final
 
 from rich.console import Console
 
+from processor import tuning
 from processor.replay.history import read_user_history, user_partitions
 from processor.replay.progress import ReplayProgress
-from processor.replay.reader import DEFAULT_CREDIT
 from processor.replay.report import print_history, print_no_history, print_report
-from processor.replay.run import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, ReplayOptions, swap, verify
+from processor.replay.run import ReplayOptions, swap, verify
 from processor.settings import Settings
 from projections.database import connect
 from projections.fold import Friendship
@@ -31,9 +31,9 @@ PIPE_WIDTH: Final = 200
 def options_from(args: argparse.Namespace) -> ReplayOptions:
     """The run options of the parsed flags (0 = the default)."""
     return ReplayOptions(
-        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
-        threads=args.threads or DEFAULT_THREADS,
-        credit=args.credit or DEFAULT_CREDIT,
+        batch_size=args.batch_size or tuning.REPLAY_BATCH_SIZE,
+        threads=args.threads or tuning.REPLAY_THREADS,
+        credit=args.credit or tuning.REPLAY_CREDIT,
         measure_read=not args.no_read_rate,
         drop_replaced=args.drop_replaced,
     )

@@ -20,11 +20,14 @@ from typing import Final
 import msgspec
 import psycopg
 
-from processor.replay.logstart import ensure_log_complete
-from processor.replay.reader import DEFAULT_CREDIT, LogRange, read_log_ranges
+from processor import tuning
+from processor.applying.decode import decode_records
+from processor.reading.log_record import LogRecord
+from processor.reading.log_start import ensure_log_complete
+from processor.reading.probes import read_tail_offsets
+from processor.reading.ranges import LogRange, read_log_ranges
 from processor.settings import Settings
-from processor.streams import read_tail_offsets
-from projections.batch import LogRecord, decode_records
+from projections.event_ids import FirstUse, first_occurrences, judge_event_ids
 from projections.fold import (
     Friendship,
     clamp_score,
@@ -94,26 +97,40 @@ class HistoryBuilder:
 
     def __init__(self, user_id: str) -> None:
         self.history = History(user_id)
-        self._seen: dict[int, dict[str, tuple[int, str]]] = {}
+        self._seen: dict[int, dict[str, FirstUse]] = {}
 
     def take(self, partition: int, records: Sequence[LogRecord]) -> None:
-        """Take the next records of ``partition`` (every user's; the user's are kept)."""
+        """Take the next records of ``partition`` (every user's; the user's are kept).
+
+        Event ids follow the batch's rule (``projections.event_ids``), fed with the first uses
+        seen earlier in the partition.
+        """
         history = self.history
         history.records_scanned += len(records)
         seen = self._seen.setdefault(partition, {})
-        valid, dead = decode_records(partition, records)
+        decoded = decode_records(partition, records)
+        candidates = first_occurrences(decoded.valid)
+        verdict = judge_event_ids(
+            partition, decoded.valid, {key: seen[key] for key in candidates if key in seen}
+        )
         by_offset: dict[int, tuple[Event | None, str]] = {}
-        for event, offset in valid:
-            first, first_user = seen.setdefault(event.event_id.lower(), (offset, event.user_id))
-            if event.user_id != history.user_id:
-                continue
-            note = ""
-            if first != offset and first_user == event.user_id:
-                note = f"duplicate of offset {first}: no effect"
-            elif first != offset:
-                note = f"dead letter: event_id already applied for {first_user!r} at offset {first}"
-            by_offset[offset] = (event, note)
-        for letter in dead:
+        for event, offset in verdict.to_apply:
+            seen[event.event_id.lower()] = FirstUse(event.user_id, partition, offset)
+            if event.user_id == history.user_id:
+                by_offset[offset] = (event, "")
+        for repeat in verdict.repeated:
+            if repeat.event.user_id == history.user_id:
+                note = f"duplicate of offset {repeat.first.offset}: no effect"
+                by_offset[repeat.offset] = (repeat.event, note)
+        for reuse in verdict.reused:
+            if reuse.event.user_id == history.user_id:
+                first = reuse.first
+                note = (
+                    f"dead letter: event_id already applied for {first.user_id!r} "
+                    f"at offset {first.offset}"
+                )
+                by_offset[reuse.offset] = (reuse.event, note)
+        for letter in decoded.dead:
             if _names_user(letter.raw, history.user_id):
                 by_offset[letter.offset] = (None, f"dead letter: {letter.field}: {letter.reason}")
         for offset in sorted(by_offset):
@@ -158,12 +175,12 @@ def read_user_history(
     user_id: str,
     partitions: Iterable[int],
     *,
-    credit: int = DEFAULT_CREDIT,
+    credit: int = tuning.REPLAY_CREDIT,
 ) -> History:
     """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records.
 
     Raises:
-        LogIncomplete: a partition's log is truncated (the history would be partial).
+        LogTruncated: a partition's log is truncated (the history would be partial).
     """
     chosen = sorted(set(partitions))
     tails: Mapping[int, int] = asyncio.run(read_tail_offsets(settings, chosen))

@@ -3,7 +3,7 @@
 Phases (each a progress bar):
 
 1. *prepare*: read the live checkpoints ``L0`` and the stream tails; refuse a truncated log
-   (``LogIncomplete``); create the shadow schema ``replay_<id>``.
+   (``LogTruncated``); create the shadow schema ``replay_<id>``.
 2. *raw read* (optional): read offsets ``0..L0`` of every partition without the database, to
    report the raw stream read rate of the same records next to the replay rate.
 3. *rebuild*: read ``0..L0`` and apply it to the shadow with ``apply_batch`` in large batches.
@@ -33,22 +33,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final
 
 import psycopg
 
-from processor.replay.applier import ShadowApplier, apply_replayed_batch
-from processor.replay.compare import Comparison, compare_projections
-from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift, SwapRefused
-from processor.replay.logstart import ensure_log_complete
-from processor.replay.progress import Phase, ReplayProgress
-from processor.replay.reader import (
-    DEFAULT_CREDIT,
+from processor import tuning
+from processor.applying.applier import PartitionApplier
+from processor.applying.checkpoint import read_checkpoints
+from processor.applying.postgres import PostgresStore
+from processor.reading.log_record import LogRecord
+from processor.reading.log_start import ensure_log_complete
+from processor.reading.probes import read_tail_offsets
+from processor.reading.ranges import (
     LogRange,
     ranges_between,
     read_log_ranges,
     read_log_ranges_into_memory,
 )
+from processor.replay.applier import ShadowApplier
+from processor.replay.compare import Comparison, compare_projections
+from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift, SwapRefused
+from processor.replay.progress import Phase, ReplayProgress
 from processor.replay.shadow import (
     REPLACED_SUFFIX,
     analyze,
@@ -65,19 +69,10 @@ from processor.replay.shadow import (
     swap_tables,
 )
 from processor.settings import Settings
-from processor.streams import read_tail_offsets
-from projections.batch import LogRecord
-from projections.checkpoints import read_checkpoints
+from projections import advisory_locks
 from projections.database import connect
 
 log = logging.getLogger(__name__)
-
-#: Records per transaction when replaying (live uses ``BATCH_SIZE``, 2000 by default).
-DEFAULT_BATCH_SIZE: Final = 10_000
-#: Worker threads applying batches to the shadow.
-DEFAULT_THREADS: Final = 2
-#: Advisory lock (class, key) held by a swapping replay: one swap at a time per database.
-SWAP_LOCK: Final = (0x7270, 0)  # "rp"
 
 
 @dataclass(frozen=True)
@@ -98,9 +93,9 @@ class ReplayOptions:
         swap_attempts: tries of the final swap step when its locks time out.
     """
 
-    batch_size: int = DEFAULT_BATCH_SIZE
-    threads: int = DEFAULT_THREADS
-    credit: int = DEFAULT_CREDIT
+    batch_size: int = tuning.REPLAY_BATCH_SIZE
+    threads: int = tuning.REPLAY_THREADS
+    credit: int = tuning.REPLAY_CREDIT
     measure_read: bool = True
     drop_replaced: bool = False
     catch_up_rounds: int = 10
@@ -279,12 +274,13 @@ class _Run:
             bar = self.progress.phase("final catch-up", sum(r.span for r in ranges))
             records = read_log_ranges_into_memory(self.settings, ranges, credit=self.options.credit)
             size = self.options.batch_size
+            store = PostgresStore(conn)
             for partition, partition_records in sorted(records.items()):
+                applier = PartitionApplier(partition, self.checkpoints[partition], self.owner)
                 for start in range(0, len(partition_records), size):
                     batch = partition_records[start : start + size]
-                    expected = self.checkpoints[partition]
-                    result = apply_replayed_batch(conn, partition, batch, expected, self.owner)
-                    self.checkpoints[partition] = result.last_offset
+                    result = applier.apply(store, batch)
+                    self.checkpoints[partition] = applier.checkpoint
                     bar.advance(len(batch), result.applied, result.duplicates, result.dead_lettered)
             self.report.phases.append(bar.finish())
         reached = read_checkpoints(conn, self.shadow)
@@ -363,7 +359,9 @@ class _Run:
 
     def take_swap_lock(self) -> None:
         """One swap at a time per database (a session advisory lock on the run's connection)."""
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", SWAP_LOCK).fetchone()
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", advisory_locks.REPLAY_SWAP
+        ).fetchone()
         if not (row and row[0]):
             raise SwapRefused("another replay --swap is running on this database")
 
@@ -375,7 +373,7 @@ def verify(settings: Settings, options: ReplayOptions, progress: ReplayProgress)
         The report; ``report.comparison.identical`` tells the outcome.
 
     Raises:
-        LogIncomplete: the log is truncated. ReplayError: another replay failure.
+        LogTruncated: the log is truncated. ReplayError: another replay failure.
         psycopg.Error, OSError: the database or broker failed; the shadow schema is dropped.
     """
     started = time.monotonic()
@@ -393,7 +391,7 @@ def swap(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -
     """Rebuild into a shadow schema, catch up with live and swap it in (see the module doc).
 
     Raises:
-        LogIncomplete, SchemaDrift, SwapRefused, ReplayError: nothing was changed.
+        LogTruncated, SchemaDrift, SwapRefused, ReplayError: nothing was changed.
         psycopg.Error, OSError: the database or broker failed; nothing was changed.
     """
     started = time.monotonic()

@@ -26,8 +26,9 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import create_engine
 
+from processor.applying import checkpoint
+from processor.applying.checkpoint import ensure_checkpoints
 from processor.replay.errors import SchemaDrift
-from projections.checkpoints import ensure_checkpoints
 from projections.database import alembic_config, connect, sqlalchemy_url
 from projections.tables import metadata
 
@@ -267,20 +268,8 @@ def swap_tables(
                     sql.Identifier(shadow, table), sql.Identifier(live)
                 )
             )
-        cur.execute(
-            sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
-                sql.Identifier(replaced, "checkpoints"), sql.Identifier(live, "checkpoints")
-            )
-        )
-        # The per-partition counters describe the tables: they follow them. Offsets and lease
-        # epochs stay (equal offsets, and the owners' fencing tokens are live's business).
-        cur.execute(
-            sql.SQL(
-                "UPDATE {l} l SET applied_count = s.applied_count, "
-                "dead_lettered_count = s.dead_lettered_count FROM {s} s "
-                "WHERE s.partition = l.partition"
-            ).format(l=sql.Identifier(live, "checkpoints"), s=sql.Identifier(shadow, "checkpoints"))
-        )
+        checkpoint.copy_checkpoints(cur, live, replaced)
+        checkpoint.take_counters(cur, live, shadow)
 
 
 def table_counts(conn: psycopg.Connection, schema: str) -> Mapping[str, int]:

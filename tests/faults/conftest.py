@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from processor.publishing.topology import declare_topology
 from processor.settings import Settings
-from processor.topology import declare_topology
 from testkit.services import Services, isolated_settings
 from tests.faults.support import FaultReport, render_table
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processor.leases import LEASE_LOCK_CLASS
-from processor.membership import MEMBER_APPLICATION_PREFIX, OWNER_APPLICATION_PREFIX
+from processor.ownership.membership import MEMBER_APPLICATION_PREFIX, OWNER_APPLICATION_PREFIX
 from processor.settings import Settings
+from projections.advisory_locks import LEASE_CLASS
 from projections.database import connect
 from testkit.reference import reference_fold
 from testkit.services import Services
@@ -130,7 +130,7 @@ def lease_count(settings: Settings) -> int:
             "SELECT count(*) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid = %s AND l.objsubid = 2 "
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (LEASE_LOCK_CLASS,),
+            (LEASE_CLASS,),
         )
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from processor.settings import Settings
-from processor.streams import RECONNECT_MAX_S, RECONNECT_MIN_S
+from processor.tuning import RECONNECT_MAX_S, RECONNECT_MIN_S
 from testkit.services import Services
 from tests.faults.scale import size
 from tests.faults.support import (

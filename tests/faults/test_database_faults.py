@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from processor.membership import OWNER_APPLICATION_PREFIX
+from processor.ownership.membership import OWNER_APPLICATION_PREFIX
 from processor.settings import Settings
 from projections.database import connect, database_name
 from tests.faults.scale import size

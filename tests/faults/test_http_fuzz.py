@@ -29,9 +29,12 @@ from schemathesis import GenerationMode
 
 from processor.api import create_app
 from processor.api.ingest import MAX_BODY_BYTES
+from processor.applying.batch import apply_batch
+from processor.applying.checkpoint import ensure_checkpoints
+from processor.applying.postgres import PostgresStore
+from processor.reading.log_record import LogRecord
+from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
-from processor.streams import read_tail_offsets
-from projections.batch import LogRecord, apply_batch, ensure_checkpoints
 from projections.database import connect
 from tests.faults.adversarial import draw_corpus, samples, with_fresh_event_id
 from tests.faults.scale import size
@@ -199,7 +202,7 @@ def test_a_dead_letter_whose_event_id_holds_nul_can_be_looked_up(
     body = json.dumps({"event_id": "bad\x00id", "type": "friendship.adjusted"}).encode()
     with connect(settings.database_url) as conn:
         ensure_checkpoints(conn, settings.partitions)
-        apply_batch(conn, 3, [LogRecord(0, body)], -1, "test")
+        apply_batch(PostgresStore(conn), 3, [LogRecord(0, body)], -1, "test")
     response = client.get("/v1/events/bad%00id")
     assert response.status_code == 200, response.text[:300]
     assert response.json()["status"] == "dead_lettered"

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from processor.publisher import OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent
 from processor.settings import Settings
 from projections.database import connect, database_name
 from tests.faults.adversarial import draw_corpus, samples, with_fresh_event_id

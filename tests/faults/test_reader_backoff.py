@@ -14,9 +14,10 @@ from collections.abc import Awaitable
 
 import pytest
 
+from processor.reading.log_record import LogRecord
+from processor.reading.reader import StreamReader
 from processor.settings import Settings
-from processor.streams import RECONNECT_MAX_S, RECONNECT_MIN_S, StreamReader
-from projections.batch import LogRecord
+from processor.tuning import RECONNECT_MAX_S, RECONNECT_MIN_S
 from tests.faults.support import RECONNECT_LINE
 
 
@@ -48,7 +49,7 @@ def test_reconnect_attempts_count_up_with_a_bounded_jittered_back_off(
         amqp_url="amqp://guest:guest@127.0.0.1:5672/%2F", stream_port=refused_port()
     )
     reader = StreamReader(settings, name="friendship-stream backoff-test")
-    caplog.set_level(logging.WARNING, logger="processor.streams")
+    caplog.set_level(logging.WARNING, logger="processor.reading.reader")
     reader.start()
     try:
         reader.subscribe(0, NullSink())
@@ -63,5 +64,8 @@ def test_reconnect_attempts_count_up_with_a_bounded_jittered_back_off(
     delays = [float(m.group("delay")) for m in lines]
     assert attempts[:5] == [1, 2, 3, 4, 5], "attempts must keep counting while the broker is down"
     for attempt, delay in zip(attempts, delays, strict=True):
-        assert RECONNECT_MIN_S <= delay <= min(RECONNECT_MAX_S, 0.2 * 2**attempt), (attempt, delay)
+        assert RECONNECT_MIN_S <= delay <= min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt), (
+            attempt,
+            delay,
+        )
     assert len(set(delays)) > 1

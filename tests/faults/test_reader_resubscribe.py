@@ -15,9 +15,10 @@ from collections.abc import Awaitable
 
 import pytest
 
+from processor.reading.log_record import LogRecord
+from processor.reading.probes import read_tail_offsets
+from processor.reading.reader import StreamReader
 from processor.settings import Settings
-from processor.streams import StreamReader, read_tail_offsets
-from projections.batch import LogRecord
 from tests.integration.support import outgoing, publish, synthetic_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

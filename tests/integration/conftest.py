@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from processor.publishing.topology import declare_topology
 from processor.settings import Settings
-from processor.topology import declare_topology
 from testkit.services import Services, isolated_settings
 
 

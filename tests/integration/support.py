@@ -13,11 +13,11 @@ from typing import Any
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType, Producer
 
-from processor.amqp_body import message_body
-from processor.publisher import OutgoingEvent, publish_events
+from processor.publishing.publisher import OutgoingEvent, publish_events
+from processor.reading.amqp_body import message_body
+from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings, stream_name
 from processor.status import PartitionStatus, read_partition_status, wait_for_zero_lag
-from processor.streams import read_tail_offsets
 from projections.database import connect
 from testkit.events import EPOCH, RATINGS, TOPICS, outgoing, synthetic_events
 from testkit.processes import processor_process, stored_projections

@@ -13,10 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-from processor.publisher import OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent
+from processor.publishing.topology import declare_topology
+from processor.reading.probes import read_first_offset, read_tail_offsets
 from processor.settings import Settings
-from processor.streams import read_first_offset, read_tail_offsets
-from processor.topology import declare_topology
 from testkit.reference import reference_fold
 from testkit.services import Services, isolated_settings
 from tests.integration.support import (
@@ -207,14 +207,15 @@ def test_a_truncated_log_stops_only_its_partition_with_a_loud_error(
         log_path = tmp_path / "processor.log"
         with processor_process(settings, log_path) as process:
             deadline = time.monotonic() + 60
-            while "log was truncated" not in log_path.read_text():
+            while "the log is truncated" not in log_path.read_text():
                 assert time.monotonic() < deadline, "no truncation error was logged"
                 time.sleep(0.1)
             statuses = drain_except(settings, truncated)
             assert process.poll() is None, "the processor must keep running"
         log_text = log_path.read_text()
-        assert f"partition {truncated}: the log was truncated, offsets 0.." in log_text
-        assert "ERROR" in log_text
+        line = next(x for x in log_text.splitlines() if "the log is truncated" in x)
+        assert f"partition {truncated} (events.p{truncated:03d}): offsets 0.." in line
+        assert "refusing to skip them" in line and "ERROR" in line
         assert statuses[truncated].checkpoint == -1
         assert (
             count(settings, f"SELECT count(*) FROM applied_events WHERE partition = {truncated}")

@@ -1,0 +1,150 @@
+"""Apply one batch of log records in ONE transaction: the rules of a batch, in the design's steps.
+
+This is the single code path for live processing and replay (DESIGN.md "Data flow"):
+
+1. decode and de-duplicate (pure): refuse offsets out of order; turn records into valid events
+   and dead letters (``processor.applying.decode``);
+2. inside one transaction of the store (``processor.applying.store``):
+   a. lock the partition's checkpoint and fence a stale owner;
+   b. record the batch's event ids: only ids new to the store are applied, so a redelivered,
+      replayed or re-published event changes nothing the second time, and a reused id follows
+      ``projections.event_ids`` (first occurrence in log order wins);
+   c. write projections: create and lock the touched rows in key order, fold the events in
+      memory with ``projections.fold``, write each touched row once;
+   d. keep the dead letters (reason, partition, offset, raw bytes);
+   e. advance the checkpoint by compare-and-set; COMMIT.
+
+A crash anywhere before COMMIT leaves nothing behind; the batch is read again and applied once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from processor.applying.decode import check_offsets, decode_records, reused_id_letters
+from processor.applying.store import BatchStore, BatchTransaction, CheckpointAdvance, TopicKey
+from processor.reading.log_record import LogRecord
+from projections.event_ids import first_occurrences, judge_event_ids
+from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
+from schemas.events import Event, FriendshipAdjusted
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed batch did (counts are events, offsets are stream offsets)."""
+
+    partition: int
+    first_offset: int
+    last_offset: int
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        """Count ``other`` (a later batch of the same partition) into this result."""
+        self.last_offset = max(self.last_offset, other.last_offset)
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+
+
+def apply_batch(
+    store: BatchStore,
+    partition: int,
+    records: Sequence[LogRecord],
+    expected_checkpoint: int,
+    owner: str,
+    *,
+    lease_epoch: int | None = None,
+    poisoned: Mapping[int, str] | None = None,
+) -> BatchResult:
+    """Apply ``records`` (one partition, in log order) in one transaction of ``store``.
+
+    Args:
+        store: where to apply (``PostgresStore`` on a connection, or ``InMemoryStore``).
+        partition: partition number.
+        records: log records of the partition in log order, every offset above
+            ``expected_checkpoint`` (holes allowed).
+        expected_checkpoint: the committed offset this owner resumed from (-1 = nothing yet).
+        owner: who commits (written on the checkpoint, e.g. ``"host:pid"``).
+        lease_epoch: the fencing token the owner got with its lease; the batch commits only
+            while the checkpoint still carries it, and the commit is logged. None (replay into
+            a shadow schema) checks no epoch and logs nothing.
+        poisoned: offsets to dead-letter with the given reason instead of applying them (the
+            database rejected them, see ``processor.applying.applier``).
+
+    Returns:
+        The counts of the committed batch.
+
+    Raises:
+        ValueError: ``records`` is empty.
+        OffsetsOutOfOrder: an offset is not above the previous one (or the checkpoint).
+        CheckpointConflict: another owner moved the checkpoint or took the lease; nothing was
+            applied.
+        psycopg.Error: a database failure; the transaction was rolled back as a whole.
+    """
+    if not records:
+        raise ValueError("apply_batch needs at least one record")
+    check_offsets(partition, records, expected_checkpoint)
+    decoded = decode_records(partition, records, poisoned)
+    first_seen = first_occurrences(decoded.valid)
+    result = BatchResult(partition, records[0].offset, records[-1].last_offset)
+    with store.transaction() as tx:
+        tx.lock_checkpoint(partition, expected_checkpoint, lease_epoch)
+        verdict = judge_event_ids(
+            partition, decoded.valid, tx.record_event_ids(partition, first_seen)
+        )
+        dead = decoded.dead + reused_id_letters(partition, verdict.reused, records)
+        if verdict.to_apply:
+            write_projections(tx, [event for event, _ in verdict.to_apply])
+        if dead:
+            tx.write_dead_letters(dead)
+        result.applied, result.duplicates = len(verdict.to_apply), verdict.duplicates
+        result.dead_lettered = len(dead)
+        tx.advance_checkpoint(
+            CheckpointAdvance(
+                partition=partition,
+                expected=expected_checkpoint,
+                first_offset=result.first_offset,
+                last_offset=result.last_offset,
+                owner=owner,
+                applied=result.applied,
+                dead_lettered=result.dead_lettered,
+                lease_epoch=lease_epoch,
+            )
+        )
+    return result
+
+
+def touched_rows(events: Sequence[Event]) -> tuple[list[str], list[TopicKey]]:
+    """The sorted users and ``(user, topic)`` keys a batch's events change. Pure."""
+    users = sorted({event.user_id for event in events})
+    topics = sorted(
+        {(e.user_id, e.data.topic) for e in events if not isinstance(e, FriendshipAdjusted)}
+    )
+    return users, topics
+
+
+def fold_into(
+    events: Sequence[Event],
+    friendships: dict[str, Friendship],
+    topics: dict[TopicKey, TopicMetrics],
+) -> None:
+    """Fold ``events`` (log order) into the row states, in place. Pure but for the dicts."""
+    for event in events:
+        user = event.user_id
+        friendships[user] = evolve_friendship(friendships.get(user, Friendship()), event)
+        if not isinstance(event, FriendshipAdjusted):
+            key = (user, event.data.topic)
+            topics[key] = evolve_topic(topics.get(key, TopicMetrics()), event)
+
+
+def write_projections(tx: BatchTransaction, events: Sequence[Event]) -> None:
+    """Lock the rows ``events`` touch, fold the events into them and write them back."""
+    users, topic_keys = touched_rows(events)
+    friendships, topics = tx.lock_rows(users, topic_keys)
+    fold_into(events, friendships, topics)
+    tx.write_rows(
+        {user: friendships[user] for user in users}, {key: topics[key] for key in topic_keys}
+    )

@@ -1,0 +1,253 @@
+"""The checkpoint: how far each partition's log has been applied, and who may move it.
+
+One row per partition (``checkpoints``): the committed offset (-1 = nothing yet), the owner, the
+lease epoch (the fencing token), and counters of applied and dead-lettered events. It is the
+tracking record of DESIGN.md "Data flow": it moves in the same transaction as the projection
+rows it covers, so a crash anywhere replays at most the uncommitted batch.
+
+The life cycle of one batch, inside its transaction:
+
+1. ``lock`` the row (``SELECT ... FOR UPDATE``) and check it still holds the offset and the
+   lease epoch the owner resumed with (fencing: a zombie owner stops here);
+2. the batch writes its projections;
+3. ``advance`` the row by compare-and-set on the old offset and epoch, and append the commit to
+   ``checkpoint_log`` (the audit of who committed which offsets).
+
+This module is the one place whose SQL reads or writes checkpoint rows (live or a replay
+shadow schema).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Connection, func, select
+
+from processor.applying.errors import (
+    CheckpointConflict,
+    CheckpointMissing,
+    PartitionCountMismatch,
+)
+from processor.applying.store import CheckpointAdvance
+from projections import tables
+
+_LOCK: Final = (
+    "SELECT committed_offset, lease_epoch FROM checkpoints WHERE partition = %s FOR UPDATE"
+)
+_ADVANCE: Final = (
+    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(), "
+    "applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s "
+    "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
+)
+_LOG_COMMIT: Final = """
+INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
+                            dead_lettered, committed_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+"""
+_LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
+
+
+def lock(cur: psycopg.Cursor, partition: int, expected: int, lease_epoch: int | None) -> None:
+    """Lock the partition's row for this transaction and fence a stale owner.
+
+    Args:
+        cur: a cursor inside the batch's transaction.
+        partition: the partition.
+        expected: the committed offset the owner resumed from (-1 = nothing yet).
+        lease_epoch: the owner's fencing token; None (a replay shadow) checks none.
+
+    Raises:
+        CheckpointConflict: the row holds another offset or a newer lease epoch.
+    """
+    row = cur.execute(_LOCK, (partition,)).fetchone()
+    found = None if row is None else int(row[0])
+    if found != expected:
+        raise CheckpointConflict(partition, expected, found)
+    if lease_epoch is not None and row is not None and int(row[1]) != lease_epoch:
+        raise CheckpointConflict(
+            partition, expected, found, f" (lease epoch {row[1]}, this owner holds {lease_epoch})"
+        )
+
+
+def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
+    """Move the checkpoint from ``advance.expected`` to ``advance.last_offset``
+    (compare-and-set) and, for a live owner (``lease_epoch`` given), append the commit to
+    ``checkpoint_log``.
+
+    Raises:
+        CheckpointConflict: the row no longer holds ``expected`` and the epoch (nothing moved).
+    """
+    epoch = advance.lease_epoch
+    cur.execute(
+        _ADVANCE,
+        (
+            advance.last_offset,
+            advance.owner,
+            advance.applied,
+            advance.dead_lettered,
+            advance.partition,
+            advance.expected,
+            epoch,
+            epoch,
+        ),
+    )
+    if cur.rowcount != 1:
+        raise CheckpointConflict(advance.partition, advance.expected, None)
+    if epoch is not None:
+        cur.execute(
+            _LOG_COMMIT,
+            (
+                advance.partition,
+                advance.first_offset,
+                advance.last_offset,
+                advance.owner,
+                epoch,
+                advance.applied,
+                advance.dead_lettered,
+            ),
+        )
+
+
+def begin_lease_epoch(conn: psycopg.Connection, partition: int, member: str) -> tuple[int, int]:
+    """Start a new lease epoch for a partition whose lease ``conn`` holds.
+
+    Raises the row's ``lease_epoch`` (the fencing token) and records the owner, so a previous
+    owner's late commit fails its compare-and-set.
+
+    Returns:
+        ``(committed_offset, lease_epoch)`` of the partition.
+
+    Raises:
+        CheckpointMissing: the partition has no checkpoint row.
+    """
+    row = conn.execute(
+        "UPDATE checkpoints SET lease_epoch = lease_epoch + 1, owner = %s, updated_at = now() "
+        "WHERE partition = %s RETURNING committed_offset, lease_epoch",
+        (member, partition),
+    ).fetchone()
+    if row is None:
+        raise CheckpointMissing(f"partition {partition} has no checkpoint row")
+    return int(row[0]), int(row[1])
+
+
+def ensure_checkpoints(
+    conn: psycopg.Connection, partitions: int, schema: str | None = None
+) -> None:
+    """Create the rows 0..partitions-1 (offset -1) that do not exist yet.
+
+    Args:
+        conn: an autocommit connection.
+        partitions: the deployment's partition count.
+        schema: a replay shadow schema; None for the live tables.
+
+    Raises:
+        PartitionCountMismatch: rows exist for partitions >= ``partitions``: the deployment was
+            created with more partitions, and fewer would leave some unread.
+    """
+    table = _table(schema)
+    row = conn.execute(sql.SQL("SELECT max(partition) FROM {}").format(table)).fetchone()
+    if row is not None and row[0] is not None and int(row[0]) >= partitions:
+        raise PartitionCountMismatch(
+            f"the database has checkpoints for {int(row[0]) + 1} partitions but PARTITIONS="
+            f"{partitions}; set PARTITIONS to the deployment's count"
+        )
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (partition) SELECT generate_series(0, %s - 1) "
+                "ON CONFLICT (partition) DO NOTHING"
+            ).format(table),
+            (partitions,),
+        )
+
+
+def read_checkpoint(conn: psycopg.Connection, partition: int) -> int:
+    """The committed offset of a partition (-1 when nothing is committed yet).
+
+    Raises:
+        CheckpointMissing: the partition has no checkpoint row (``ensure_checkpoints`` not run).
+    """
+    row = conn.execute(
+        "SELECT committed_offset FROM checkpoints WHERE partition = %s", (partition,)
+    ).fetchone()
+    if row is None:
+        raise CheckpointMissing(f"partition {partition} has no checkpoint row")
+    return int(row[0])
+
+
+def read_checkpoints(
+    conn: psycopg.Connection, schema: str | None = None, *, lock_mode: str = ""
+) -> dict[int, int]:
+    """``{partition: committed offset}`` of every row.
+
+    Args:
+        conn: a connection (inside the caller's transaction when ``lock_mode`` is used).
+        schema: a schema to read (live or a replay shadow); None: the connection's default.
+        lock_mode: ``""``, ``"FOR SHARE"`` or ``"FOR UPDATE"``; rows lock in partition order.
+
+    Raises:
+        ValueError: an unknown ``lock_mode``.
+    """
+    if lock_mode not in _LOCK_MODES:
+        raise ValueError(f"unknown lock {lock_mode!r}")
+    query = sql.SQL(
+        "SELECT partition, committed_offset FROM {} ORDER BY partition " + lock_mode
+    ).format(_table(schema))
+    return {int(p): int(o) for p, o in conn.execute(query).fetchall()}
+
+
+def consumed_records(conn: psycopg.Connection) -> int:
+    """How far the checkpoints are into the logs: the sum over partitions of offset + 1.
+
+    Offsets may have holes (segment header chunks), so this is an upper bound of the records
+    consumed; a difference of two readings is what the demo reports.
+    """
+    row = conn.execute("SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints").fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_totals(conn: Connection) -> tuple[int, int]:
+    """``(events applied, dead letters)`` over every partition: the counters that advance with
+    each checkpoint (a sum over the partitions, not a count over every event).
+
+    Args:
+        conn: a SQLAlchemy connection (the read API's pool).
+    """
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(tables.checkpoints.c.applied_count), 0),
+            func.coalesce(func.sum(tables.checkpoints.c.dead_lettered_count), 0),
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def copy_checkpoints(cur: psycopg.Cursor, source: str, target: str) -> None:
+    """Create ``target.checkpoints`` as a copy of ``source.checkpoints`` (a swap's snapshot)."""
+    cur.execute(
+        sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
+            sql.Identifier(target, "checkpoints"), sql.Identifier(source, "checkpoints")
+        )
+    )
+
+
+def take_counters(cur: psycopg.Cursor, live: str, shadow: str) -> None:
+    """Give live's checkpoint rows the shadow's applied and dead-lettered counts.
+
+    The counters describe the projection tables, so they follow them when a swap puts the
+    shadow's tables in place. Offsets and lease epochs stay: the offsets are equal, and the
+    owners' fencing tokens are live's business.
+    """
+    cur.execute(
+        sql.SQL(
+            "UPDATE {l} l SET applied_count = s.applied_count, "
+            "dead_lettered_count = s.dead_lettered_count FROM {s} s "
+            "WHERE s.partition = l.partition"
+        ).format(l=sql.Identifier(live, "checkpoints"), s=sql.Identifier(shadow, "checkpoints"))
+    )
+
+
+def _table(schema: str | None) -> sql.Composable:
+    return sql.Identifier(schema, "checkpoints") if schema else sql.Identifier("checkpoints")

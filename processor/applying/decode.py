@@ -1,0 +1,158 @@
+"""Decode a batch of log records into valid events and dead letters. Pure: no I/O.
+
+The first step of a batch (DESIGN.md "Data flow"): every record becomes either a valid event
+with its offset, or a ``DeadLetter`` naming why it is invalid (docs/contract.md section 4): an
+entry the reader could not unpack, a body that is not a valid event, or an event whose routing
+key is not its ``user_id`` ("Routing"). The de-duplication by event id that follows needs what
+the store recorded before (``projections.event_ids`` holds its rule, the store the ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from processor.applying.errors import OffsetsOutOfOrder
+from processor.reading.log_record import LogRecord
+from projections.event_ids import ReusedId
+from schemas.events import Event
+from schemas.validation import EventValidationError, decode_event
+
+#: Longest routing key quoted in a dead letter's reason (AMQP allows 255 bytes).
+QUOTED_KEY_CHARS: Final = 128
+#: Longest ``event_id`` kept from the body of an invalid record.
+KEPT_EVENT_ID_CHARS: Final = 64
+
+_EVENT_ID_PROBE: Final = msgspec.json.Decoder(dict[str, object])
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An invalid record: where it is in the log, why it is invalid and its raw bytes."""
+
+    partition: int
+    offset: int
+    event_id: str | None
+    field: str
+    reason: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """A batch after decoding: ``valid`` ``(event, offset)`` in log order, and ``dead``."""
+
+    valid: list[tuple[Event, int]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def check_offsets(partition: int, records: Sequence[LogRecord], checkpoint: int) -> None:
+    """Refuse a batch whose offsets do not strictly increase after ``checkpoint``.
+
+    Raises:
+        OffsetsOutOfOrder: an offset is not above the previous record's last offset (or the
+            checkpoint); holes are allowed.
+    """
+    previous = checkpoint
+    for record in records:
+        if record.offset <= previous:
+            raise OffsetsOutOfOrder(
+                f"partition {partition}: record at offset {record.offset} does not follow "
+                f"offset {previous}"
+            )
+        previous = record.last_offset
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL accepts: NUL characters (which a producer may send) escaped."""
+    return text.replace("\x00", "\\u0000")
+
+
+def readable_event_id(body: bytes) -> str | None:
+    """The ``event_id`` of an invalid body when it is a readable string, else None."""
+    try:
+        decoded = _EVENT_ID_PROBE.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
+        return None
+    value = decoded.get("event_id")
+    return storable(value[:KEPT_EVENT_ID_CHARS]) if isinstance(value, str) else None
+
+
+def misrouted_reason(routing_key: str, user_id: str) -> str:
+    """Why an event published under another routing key than its ``user_id`` is dead."""
+    shown = routing_key[:QUOTED_KEY_CHARS]
+    if len(routing_key) > QUOTED_KEY_CHARS:
+        shown += "..."
+    return (
+        f"routing key {shown!r} is not the user_id {user_id!r}: the key chose the partition, so "
+        "this user's events could sit in two partitions and lose their order; publish with "
+        "routing key = user_id"
+    )
+
+
+def _dead(partition: int, record: LogRecord, field_name: str, reason: str) -> DeadLetter:
+    return DeadLetter(
+        partition=partition,
+        offset=record.offset,
+        event_id=readable_event_id(record.body),
+        field=storable(field_name),
+        reason=storable(reason),
+        raw=record.body,
+    )
+
+
+def decode_records(
+    partition: int,
+    records: Sequence[LogRecord],
+    poisoned: Mapping[int, str] | None = None,
+) -> DecodedBatch:
+    """Decode a batch into valid events and dead letters, in log order.
+
+    Records with an ``error``, and those whose offset is in ``poisoned`` (offset -> reason, the
+    records the database rejected), are dead letters whatever their body holds; so is a valid
+    event whose routing key is not its ``user_id``.
+    """
+    decoded = DecodedBatch()
+    for record in records:
+        reason = record.error or (poisoned or {}).get(record.offset)
+        if reason is not None:
+            decoded.dead.append(_dead(partition, record, "", reason))
+            continue
+        try:
+            event = decode_event(record.body)
+        except EventValidationError as error:
+            decoded.dead.append(_dead(partition, record, error.field, error.reason))
+            continue
+        if record.routing_key is not None and record.routing_key != event.user_id:
+            reason = misrouted_reason(record.routing_key, event.user_id)
+            decoded.dead.append(_dead(partition, record, "user_id", reason))
+            continue
+        decoded.valid.append((event, record.offset))
+    return decoded
+
+
+def reused_id_letters(
+    partition: int, reused: Sequence[ReusedId], records: Sequence[LogRecord]
+) -> list[DeadLetter]:
+    """The dead letters of event ids reused for another user (``projections.event_ids``)."""
+    bodies = {record.offset: record.body for record in records}
+    return [
+        DeadLetter(
+            partition=partition,
+            offset=use.offset,
+            event_id=use.event.event_id,
+            field="event_id",
+            reason=storable(use.reason),
+            raw=bodies[use.offset],
+        )
+        for use in reused
+    ]
+
+
+def rejected_reason(error: Exception) -> str:
+    """The dead-letter reason of a record the database rejected (a value outside a column's
+    range, say), the same for live processing and replay."""
+    return f"the database rejected this event: {error}".strip()

@@ -1,0 +1,241 @@
+"""The PostgreSQL store of a batch: one transaction on the owner's connection.
+
+Implements ``processor.applying.store.BatchTransaction`` with set-based statements whose arrays
+go in binary (``%b``): event ids ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (only new ids
+are applied), projection rows created when missing and then locked in key order, upserts, dead
+letters. The checkpoint's SQL is in ``processor.applying.checkpoint``, the one module that
+reads or writes checkpoint rows. Tables carry no schema: a replay points ``search_path`` at its
+shadow schema and the same statements write there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Final
+
+import psycopg
+
+from processor.applying import checkpoint
+from processor.applying.decode import DeadLetter
+from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey
+from projections.event_ids import FirstUse
+from projections.fold import Friendship, TopicMetrics
+from projections.tables import SENTIMENT_COLUMNS
+from schemas.events import Event
+
+_EARLIER_USES: Final = """
+SELECT event_id::text, user_id, partition, log_offset FROM applied_events
+WHERE event_id = ANY(%b::uuid[])
+"""
+_RECORD_EVENT_IDS: Final = """
+INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
+SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
+                     %b::timestamptz[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id::text
+"""
+# Rows a batch will write are created first when missing, then locked: FOR UPDATE locks only
+# rows that exist, so two transactions touching a new user would both fold from the empty
+# state and the later upsert would overwrite the earlier (a lost update). An insert that meets
+# another transaction's uncommitted row waits for it, and the lock then reads its result.
+_CREATE_MISSING_FRIENDSHIPS: Final = """
+INSERT INTO friendships (user_id, score, events_applied, last_event_at)
+SELECT user_id, 0, 0, NULL FROM unnest(%b::text[]) AS k(user_id) ORDER BY user_id
+ON CONFLICT (user_id) DO NOTHING
+"""
+_ZERO_SENTIMENTS: Final = ", ".join("0" for _ in SENTIMENT_COLUMNS)
+_CREATE_MISSING_TOPICS: Final = f"""
+INSERT INTO topic_metrics (user_id, topic, conversations, turns, duration_s,
+                           {", ".join(SENTIMENT_COLUMNS)}, last_discussed_at)
+SELECT user_id, topic, 0, 0, 0, {_ZERO_SENTIMENTS}, NULL
+FROM unnest(%b::text[], %b::text[]) AS k(user_id, topic) ORDER BY user_id, topic
+ON CONFLICT (user_id, topic) DO NOTHING
+"""
+_LOCK_FRIENDSHIPS: Final = """
+SELECT user_id, score, events_applied, last_event_at FROM friendships
+WHERE user_id = ANY(%b::text[]) ORDER BY user_id FOR UPDATE
+"""
+_SENTIMENT_LIST: Final = ", ".join(SENTIMENT_COLUMNS)
+_LOCK_TOPICS: Final = f"""
+SELECT t.user_id, t.topic, t.conversations, t.turns, t.duration_s, {_SENTIMENT_LIST},
+       t.last_discussed_at
+FROM topic_metrics t
+JOIN unnest(%b::text[], %b::text[]) AS k(user_id, topic)
+  ON t.user_id = k.user_id AND t.topic = k.topic
+ORDER BY t.user_id, t.topic FOR UPDATE OF t
+"""
+_UPSERT_FRIENDSHIPS: Final = """
+INSERT INTO friendships (user_id, score, events_applied, last_event_at)
+SELECT * FROM unnest(%b::text[], %b::smallint[], %b::bigint[], %b::timestamptz[])
+ON CONFLICT (user_id) DO UPDATE SET
+  score = excluded.score,
+  events_applied = excluded.events_applied,
+  last_event_at = excluded.last_event_at
+"""
+_SENTIMENT_ARRAYS: Final = ", ".join("%b::bigint[]" for _ in SENTIMENT_COLUMNS)
+_SENTIMENT_SET: Final = ",\n  ".join(f"{c} = excluded.{c}" for c in SENTIMENT_COLUMNS)
+_UPSERT_TOPICS: Final = f"""
+INSERT INTO topic_metrics (user_id, topic, conversations, turns, duration_s, {_SENTIMENT_LIST},
+                           last_discussed_at)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::float8[],
+                     {_SENTIMENT_ARRAYS}, %b::timestamptz[])
+ON CONFLICT (user_id, topic) DO UPDATE SET
+  conversations = excluded.conversations,
+  turns = excluded.turns,
+  duration_s = excluded.duration_s,
+  {_SENTIMENT_SET},
+  last_discussed_at = excluded.last_discussed_at
+"""
+_INSERT_DEAD_LETTERS: Final = """
+INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw)
+SELECT * FROM unnest(%b::int[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bytea[])
+ON CONFLICT (partition, log_offset) DO NOTHING
+"""
+
+
+class PostgresStore:
+    """Batches applied to the database of ``conn`` (an autocommit connection).
+
+    Args:
+        conn: the connection; each batch is one transaction on it (a savepoint when the caller
+            already opened one, as the final step of a replay does).
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[BatchTransaction]:
+        """One batch transaction (``BatchStore.transaction``)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            yield _PostgresTransaction(cur)
+
+
+class _PostgresTransaction:
+    """``BatchTransaction`` on one cursor inside the batch's transaction."""
+
+    def __init__(self, cur: psycopg.Cursor) -> None:
+        self._cur = cur
+
+    def lock_checkpoint(self, partition: int, expected: int, lease_epoch: int | None) -> None:
+        checkpoint.lock(self._cur, partition, expected, lease_epoch)
+
+    def record_event_ids(
+        self, partition: int, first_seen: Mapping[str, tuple[Event, int]]
+    ) -> dict[str, FirstUse]:
+        if not first_seen:
+            return {}
+        candidates = list(first_seen.values())
+        self._cur.execute(
+            _RECORD_EVENT_IDS,
+            (
+                [event.event_id for event, _ in candidates],
+                [partition] * len(candidates),
+                [offset for _, offset in candidates],
+                [event.user_id for event, _ in candidates],
+                [type(event).__struct_config__.tag for event, _ in candidates],
+                [event.occurred_at for event, _ in candidates],
+            ),
+        )
+        new_ids = {row[0] for row in self._cur.fetchall()}
+        return self._earlier_uses(partition, first_seen, new_ids)
+
+    def _earlier_uses(
+        self, partition: int, first_seen: Mapping[str, tuple[Event, int]], new_ids: set[str]
+    ) -> dict[str, FirstUse]:
+        """The recorded first use of each id of the batch that was not new.
+
+        An id whose row vanished in between (not new, yet not found) counts as first used by
+        the batch's first occurrence, so it is neither applied nor recorded twice.
+        """
+        repeated = [key for key in first_seen if key not in new_ids]
+        if not repeated:
+            return {}
+        earlier = {
+            event_id: FirstUse(user_id, int(earlier_partition), int(earlier_offset))
+            for event_id, user_id, earlier_partition, earlier_offset in self._cur.execute(
+                _EARLIER_USES, (repeated,)
+            )
+        }
+        for key in repeated:
+            if key not in earlier:
+                event, offset = first_seen[key]
+                earlier[key] = FirstUse(event.user_id, partition, offset)
+        return earlier
+
+    def lock_rows(
+        self, users: Sequence[str], topics: Sequence[TopicKey]
+    ) -> tuple[dict[str, Friendship], dict[TopicKey, TopicMetrics]]:
+        cur = self._cur
+        topic_users, topic_names = [k[0] for k in topics], [k[1] for k in topics]
+        cur.execute(_CREATE_MISSING_FRIENDSHIPS, (users,))
+        if topics:
+            cur.execute(_CREATE_MISSING_TOPICS, (topic_users, topic_names))
+        friendships = {
+            user_id: Friendship(score, applied, last_at)
+            for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (users,))
+        }
+        metrics: dict[TopicKey, TopicMetrics] = {}
+        if topics:
+            for row in cur.execute(_LOCK_TOPICS, (topic_users, topic_names)).fetchall():
+                metrics[(row[0], row[1])] = TopicMetrics(
+                    conversations=row[2],
+                    turns=row[3],
+                    duration_s=row[4],
+                    sentiment=tuple(row[5 : 5 + len(SENTIMENT_COLUMNS)]),
+                    last_discussed_at=row[5 + len(SENTIMENT_COLUMNS)],
+                )
+        return friendships, metrics
+
+    def write_rows(
+        self, friendships: Mapping[str, Friendship], topics: Mapping[TopicKey, TopicMetrics]
+    ) -> None:
+        users = list(friendships)
+        states = list(friendships.values())
+        self._cur.execute(
+            _UPSERT_FRIENDSHIPS,
+            (
+                users,
+                [f.score for f in states],
+                [f.events_applied for f in states],
+                [f.last_event_at for f in states],
+            ),
+        )
+        if not topics:
+            return
+        keys = list(topics)
+        metrics = list(topics.values())
+        sentiment_columns = [
+            [m.sentiment[i] for m in metrics] for i in range(len(SENTIMENT_COLUMNS))
+        ]
+        last_discussed: list[datetime | None] = [m.last_discussed_at for m in metrics]
+        self._cur.execute(
+            _UPSERT_TOPICS,
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [m.conversations for m in metrics],
+                [m.turns for m in metrics],
+                [m.duration_s for m in metrics],
+                *sentiment_columns,
+                last_discussed,
+            ),
+        )
+
+    def write_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        self._cur.execute(
+            _INSERT_DEAD_LETTERS,
+            (
+                [d.partition for d in dead],
+                [d.offset for d in dead],
+                [d.event_id for d in dead],
+                [d.field for d in dead],
+                [d.reason for d in dead],
+                [d.raw for d in dead],
+            ),
+        )
+
+    def advance_checkpoint(self, advance: CheckpointAdvance) -> None:
+        checkpoint.advance(self._cur, advance)

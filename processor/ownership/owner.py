@@ -1,0 +1,223 @@
+"""A partition owner: one partition's lease, feed and applier, and the states it goes through.
+
+An owner exists only while its process holds the partition's lease (a PostgreSQL advisory lock
+on ``conn``). It runs its own states; the membership loop only asks (``hand_off``) and the
+worker pool only runs it (``step``):
+
+```
+ACTIVE ──hand_off──▶ DRAINING ──batch in flight committed──▶ RELEASED
+  │  ╰──lease lost, fenced, database error──────────────────────▶ RELEASED
+  ╰──log truncated──▶ STOPPED (keeps the lease: no process retries a log that lost records)
+```
+
+In ACTIVE it applies batches: the feed wakes it when a batch is ready, the pool runs ``step``
+on a worker thread, one batch at a time. Released, it has stopped reading and closed the lease
+connection, so another owner can take the partition from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import psycopg
+
+from processor.applying.applier import PartitionApplier
+from processor.applying.batch import BatchResult
+from processor.applying.errors import ApplyError, CheckpointConflict
+from processor.applying.postgres import PostgresStore
+from processor.reading.errors import LogTruncated, ReadError
+from processor.reading.feed import PartitionFeed
+
+log = logging.getLogger(__name__)
+
+
+class OwnerState(Enum):
+    """Where an owner is in its life (see the module doc)."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    RELEASED = "released"
+
+
+@dataclass
+class ApplyCounters:
+    """Events one process committed, over all its owners (thread-safe)."""
+
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, result: BatchResult) -> None:
+        """Count a committed batch."""
+        with self._lock:
+            self.applied += result.applied
+            self.duplicates += result.duplicates
+            self.dead_lettered += result.dead_lettered
+
+
+@dataclass(frozen=True)
+class OwnerLinks:
+    """What an owner tells the rest of its process.
+
+    Attributes:
+        wake: schedule the owner on a worker (``WorkerPool.wake``).
+        unsubscribe: stop reading a partition (``StreamReader.unsubscribe``).
+        released: the owner gave its partition up (its lease is gone).
+        stopped: the owner stopped its partition on ``error`` and keeps the lease.
+        counters: where committed batches are counted.
+    """
+
+    wake: Callable[[PartitionOwner], None]
+    unsubscribe: Callable[[int], object]
+    released: Callable[[PartitionOwner], None]
+    stopped: Callable[[PartitionOwner, Exception], None]
+    counters: ApplyCounters
+
+
+class PartitionOwner:
+    """Owns one partition while holding its lease on ``conn``.
+
+    Args:
+        conn: the autocommit connection that holds the lease; batches commit on it.
+        applier: the partition's applier, at the checkpoint read when the lease was taken and
+            under the lease epoch taken with it.
+        feed: the records read for the partition, in log order.
+        batch_size: most records per transaction.
+        links: the process's pool, reader and bookkeeping.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        applier: PartitionApplier,
+        feed: PartitionFeed,
+        *,
+        batch_size: int,
+        links: OwnerLinks,
+    ) -> None:
+        self.partition = applier.partition
+        self.conn = conn
+        self.applier = applier
+        self.feed = feed
+        self._store = PostgresStore(conn)
+        self._batch_size = batch_size
+        self._links = links
+        self._lock = threading.Lock()
+        self._state = OwnerState.ACTIVE
+        self._applying = False
+
+    @property
+    def state(self) -> OwnerState:
+        """The owner's state now."""
+        with self._lock:
+            return self._state
+
+    def wake(self) -> None:
+        """A batch is ready (or the feed failed): run ``step`` on a worker (any thread)."""
+        if self.state is OwnerState.ACTIVE:
+            self._links.wake(self)
+
+    # -- worker side -----------------------------------------------------------------------------
+
+    def step(self, _context: object = None) -> bool:
+        """Apply the next batch (``engine.Lane``); True when more records wait.
+
+        Runs on one worker thread at a time. Failures end here: a fenced owner, a lost
+        connection or a failed read releases the partition; a truncated log stops it. An owner
+        handed off during the batch is released once the batch committed.
+        """
+        with self._lock:
+            if self._state is not OwnerState.ACTIVE:
+                return False
+            self._applying = True
+        try:
+            self._apply_next()
+        finally:
+            with self._lock:
+                self._applying = False
+                state: OwnerState = self._state  # hand_off may have changed it meanwhile
+                drained = state is OwnerState.DRAINING
+                if drained:
+                    self._state = OwnerState.RELEASED
+        if drained:
+            self._close("handed off after its batch committed", logging.INFO)
+            return False
+        return self.state is OwnerState.ACTIVE and (
+            self.feed.has_records() or self.feed.error is not None
+        )
+
+    def fail(self, error: Exception) -> None:
+        """``step`` failed in a way nobody expected (``engine.Lane``): log it and let go."""
+        log.error("partition %d: unexpected failure", self.partition, exc_info=error)
+        self.release(f"{type(error).__name__}: {error}")
+
+    def _apply_next(self) -> None:
+        try:
+            if self.feed.error is not None:
+                raise self.feed.error
+            records = self.feed.take(self._batch_size)
+            if not records:
+                return
+            result = self.applier.apply(self._store, records)
+        except CheckpointConflict as exc:
+            self.release(f"fenced: {exc}")
+            return
+        except LogTruncated as exc:
+            self._stop(exc)
+            return
+        except (psycopg.Error, ApplyError, ReadError) as exc:
+            self.release(f"{type(exc).__name__}: {exc}")
+            return
+        self._links.counters.add(result)
+        log.debug(
+            "partition %d: committed offsets %d..%d (%d applied, %d duplicates, %d dead)",
+            self.partition,
+            result.first_offset,
+            result.last_offset,
+            result.applied,
+            result.duplicates,
+            result.dead_lettered,
+        )
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def hand_off(self, reason: str, level: int = logging.INFO) -> None:
+        """Give the partition up gracefully: a batch in flight commits first (any thread)."""
+        with self._lock:
+            if self._state in (OwnerState.RELEASED, OwnerState.DRAINING):
+                return
+            busy = self._applying
+            self._state = OwnerState.DRAINING if busy else OwnerState.RELEASED
+        if busy:
+            self._links.unsubscribe(self.partition)  # read no more; released after the batch
+        else:
+            self._close(f"handed off ({reason})", level)
+
+    def release(self, reason: str, level: int = logging.WARNING) -> None:
+        """Give the partition up now: stop reading it and close the lease connection."""
+        with self._lock:
+            if self._state is OwnerState.RELEASED:
+                return
+            self._state = OwnerState.RELEASED
+        self._close(reason, level)
+
+    def _close(self, reason: str, level: int) -> None:
+        self._links.unsubscribe(self.partition)
+        self.conn.close()
+        self._links.released(self)
+        log.log(level, "partition %d: released (%s)", self.partition, reason)
+
+    def _stop(self, error: LogTruncated) -> None:
+        with self._lock:
+            if self._state is not OwnerState.ACTIVE:
+                return
+            self._state = OwnerState.STOPPED
+        self._links.unsubscribe(self.partition)
+        log.error("%s; partition %d stopped, operator action needed", error, self.partition)
+        self._links.stopped(self, error)

@@ -1,0 +1,185 @@
+"""Publishing a JSON Lines file of events (the ``publish`` command)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from processor.publishing.errors import FileUnreadable, PublishError, PublishingError
+from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
+from processor.settings import Settings
+from schemas.validation import EventValidationError, decode_event
+
+log = logging.getLogger(__name__)
+
+#: Events published per confirm round.
+CHUNK: Final = 5000
+#: Invalid lines named one by one in an error or a report; the rest are counted.
+MAX_REPORTED_LINES: Final = 20
+
+
+@dataclass(frozen=True)
+class InvalidLine:
+    """One line of the input file that is not a valid event.
+
+    Attributes:
+        number: the line number (1-based).
+        reason: why (the field and the rule it breaks).
+    """
+
+    number: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileEvents:
+    """What a JSON Lines file holds: the events to publish, in file order, and its bad lines.
+
+    With ``allow_invalid``, ``events`` also holds the invalid lines as they are (the processor
+    dead-letters them); ``invalid`` lists them either way.
+    """
+
+    events: list[OutgoingEvent]
+    invalid: list[InvalidLine]
+
+
+def describe_invalid(path: Path, invalid: list[InvalidLine]) -> str:
+    """The invalid lines, one per line, at most ``MAX_REPORTED_LINES`` of them, then a count."""
+    shown = [f"  {path}:{line.number}: {line.reason}" for line in invalid[:MAX_REPORTED_LINES]]
+    if len(invalid) > MAX_REPORTED_LINES:
+        shown.append(f"  ... and {len(invalid) - MAX_REPORTED_LINES} more invalid lines")
+    return "\n".join(shown)
+
+
+class InvalidFile(PublishingError):
+    """Lines of the input file are not valid events; nothing of the file was published.
+
+    Attributes:
+        path: the file.
+        invalid: every invalid line (the message names the first ``MAX_REPORTED_LINES``).
+    """
+
+    def __init__(self, path: Path, invalid: list[InvalidLine]) -> None:
+        super().__init__(
+            f"{path}: {len(invalid)} invalid lines, nothing published (--allow-invalid publishes "
+            f"them too, and the processor dead-letters them):\n{describe_invalid(path, invalid)}"
+        )
+        self.path = path
+        self.invalid = invalid
+
+
+def check_readable(path: Path) -> None:
+    """Fail early, before any connection, when ``path`` is not a readable file.
+
+    Raises:
+        FileUnreadable: there is no such file, it is a directory, or it cannot be read.
+    """
+    if not path.exists():
+        raise FileUnreadable(f"no such file: {path}")
+    if path.is_dir():
+        raise FileUnreadable(f"{path} is a directory, not a JSON Lines file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise FileUnreadable(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def read_events(path: Path, *, allow_invalid: bool = False) -> FileEvents:
+    """Read events from a JSON Lines file (one event object per line, blank lines skipped).
+
+    Args:
+        path: the file.
+        allow_invalid: publish lines that are not valid events as they are (the processor
+            dead-letters them) instead of refusing the file.
+
+    Raises:
+        InvalidFile: lines are not valid events and ``allow_invalid`` is false (names each,
+            up to ``MAX_REPORTED_LINES``, with its line number, field and reason).
+        OSError: the file cannot be read.
+    """
+    events: list[OutgoingEvent] = []
+    invalid: list[InvalidLine] = []
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            body = line.strip()
+            if not body:
+                continue
+            try:
+                event = decode_event(body)
+            except EventValidationError as error:
+                reasons = "; ".join(
+                    f"{field or '<body>'}: {reason}" for field, reason in error.problems
+                )
+                invalid.append(InvalidLine(number, reasons))
+                routing = _routing_key_of_invalid(body, number)
+                events.append(OutgoingEvent(routing[0], routing[1], body))
+                continue
+            events.append(OutgoingEvent(event.event_id, event.user_id, body))
+    if invalid and not allow_invalid:
+        raise InvalidFile(path, invalid)
+    return FileEvents(events, invalid)
+
+
+def _routing_key_of_invalid(body: bytes, number: int) -> tuple[str, str]:
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raw = None
+    if isinstance(raw, dict):
+        user = raw.get("user_id")
+        event_id = raw.get("event_id")
+        if isinstance(user, str) and user:
+            return (event_id if isinstance(event_id, str) else f"line-{number}", user[:255])
+    return (f"line-{number}", f"invalid-line-{number}")
+
+
+async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = False) -> int:
+    """Publish every event of ``path`` with confirms, ``CHUNK`` at a time; returns the count.
+
+    A chunk that fails is published again (bounded retries with jitter): the processor applies
+    a re-published event once.
+
+    Raises:
+        InvalidFile: lines are invalid and ``allow_invalid`` is false (checked before publishing).
+        PublishError: a chunk still failed after the retries.
+    """
+    return await publish_events_of(settings, read_events(path, allow_invalid=allow_invalid))
+
+
+async def publish_events_of(settings: Settings, contents: FileEvents) -> int:
+    """Publish ``contents.events`` with confirms (see ``publish_file``); returns the count.
+
+    Raises:
+        PublishError: a chunk still failed after the retries.
+    """
+    events = contents.events
+    publisher = AsyncPublisher(settings)
+    published = 0
+    try:
+        for start in range(0, len(events), CHUNK):
+            chunk = events[start : start + CHUNK]
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(PublishError),
+                stop=stop_after_attempt(5),
+                wait=wait_random_exponential(multiplier=0.2, max=5),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.warning("re-publishing a chunk of %d events", len(chunk))
+                        await publisher.close()
+                    published += await publisher.publish(chunk)
+    finally:
+        await publisher.close()
+    return published

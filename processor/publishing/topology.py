@@ -1,0 +1,195 @@
+"""Idempotent declaration of the exchange and partition streams (CONTRACT.md §5).
+
+The ``events`` exchange is ``x-consistent-hash``; partition ``i`` is the stream ``events.p{i:03d}``
+bound with weight ``"1"`` in partition order, so the hash ring is the same after a broker restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, Final
+
+import pika
+import pika.exceptions
+
+from processor.publishing.broker_errors import connection_failure_reason
+from processor.publishing.errors import TopologyError
+from processor.settings import EXCHANGE, MAX_PARTITIONS, Settings, stream_name
+
+log = logging.getLogger(__name__)
+
+#: Binding weight of every partition (equal weights = equal share of the hash ring).
+BINDING_WEIGHT: Final = "1"
+#: AMQP reply code of a passive declare of a queue that does not exist.
+_NOT_FOUND: Final = 404
+
+
+def stream_arguments(settings: Settings) -> dict[str, object]:
+    """Queue arguments of a partition stream: its type and explicit retention.
+
+    Retention defaults to keeping everything (replay needs the whole log); ``STREAM_MAX_AGE``
+    (e.g. ``"7D"``) and ``STREAM_MAX_LENGTH_BYTES`` (bytes) set RabbitMQ's ``x-max-age`` and
+    ``x-max-length-bytes`` when an operator chooses to truncate.
+    """
+    arguments: dict[str, object] = {"x-queue-type": "stream"}
+    if settings.stream_max_age:
+        arguments["x-max-age"] = settings.stream_max_age
+    if settings.stream_max_length_bytes:
+        arguments["x-max-length-bytes"] = settings.stream_max_length_bytes
+    if settings.stream_max_segment_size_bytes:
+        arguments["x-stream-max-segment-size-bytes"] = settings.stream_max_segment_size_bytes
+    return arguments
+
+
+def declare_topology(settings: Settings) -> list[str]:
+    """Declare the exchange, the partition streams and their bindings; safe to run twice.
+
+    Returns:
+        The stream names, in partition order.
+
+    Raises:
+        TopologyError: the broker refused a declaration (for example an existing stream with
+            other retention arguments, or the consistent-hash plugin not enabled), or it already
+            has a different number of partition streams.
+    """
+    streams = [stream_name(p) for p in range(settings.partitions)]
+    connection = _connect(settings)
+    try:
+        _check_partition_count(connection, settings.partitions)
+        channel = connection.channel()
+        # A plugin exchange type: types-pika only knows the built-in ones.
+        exchange_type: Any = "x-consistent-hash"
+        channel.exchange_declare(EXCHANGE, exchange_type=exchange_type, durable=True)
+        arguments = stream_arguments(settings)
+        for stream in streams:
+            channel.queue_declare(stream, durable=True, arguments=arguments)
+        for stream in streams:
+            channel.queue_bind(stream, EXCHANGE, routing_key=BINDING_WEIGHT)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(
+            f"the broker refused the topology ({exc.reply_code} {exc.reply_text}); "
+            "is rabbitmq_consistent_hash_exchange enabled, and do existing streams have the "
+            "same retention arguments?"
+        ) from exc
+    finally:
+        if connection.is_open:
+            connection.close()
+    log.info("topology ready: exchange %s, %d partition streams", EXCHANGE, len(streams))
+    return streams
+
+
+def _connect(settings: Settings) -> pika.BlockingConnection:
+    """A blocking AMQP connection to ``AMQP_URL``.
+
+    Raises:
+        TopologyError: it cannot be opened (one line naming host, port and the reason).
+    """
+    try:
+        return pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise TopologyError(
+            f"cannot connect to the broker at {settings.amqp.host}:{settings.amqp.port}: "
+            f"{connection_failure_reason(exc)}"
+        ) from None
+
+
+def count_partition_streams(settings: Settings, limit: int = MAX_PARTITIONS) -> int:
+    """How many partition streams the broker's vhost has: ``events.p000`` onwards, consecutive.
+
+    Returns:
+        0 when the topology was never declared.
+
+    Raises:
+        TopologyError: the broker cannot be reached.
+    """
+    connection = _connect(settings)
+    try:
+        count = 0
+        while count < limit and _stream_exists(connection, stream_name(count)):
+            count += 1
+        return count
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def ensure_partition_count(settings: Settings) -> None:
+    """Refuse to go on when ``PARTITIONS`` differs from the broker's partition streams.
+
+    A read-only check for commands that only look (``status``): showing 8 of 16 partitions
+    without a word would mislead.
+
+    Raises:
+        TopologyError: the counts differ (names both, and what to set), or the broker cannot
+            be reached.
+    """
+    existing = count_partition_streams(settings, limit=max(settings.partitions, MAX_PARTITIONS))
+    if existing and existing != settings.partitions:
+        raise TopologyError(
+            f"the broker has {existing} partition streams ({stream_name(0)}.."
+            f"{stream_name(existing - 1)}) but PARTITIONS={settings.partitions}; "
+            f"set PARTITIONS={existing}"
+        )
+
+
+class _ExpectedNotFound(logging.Filter):
+    """Drops pika's WARNING about the channel the broker closes on a passive declare's 404.
+
+    The probe asks whether a stream exists by declaring it passively; "no" arrives as a
+    channel close with 404, which pika logs as a warning a user would have to decode.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "NOT_FOUND - no queue" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_not_found() -> Iterator[None]:
+    channel_log = logging.getLogger("pika.channel")
+    expected = _ExpectedNotFound()
+    channel_log.addFilter(expected)
+    try:
+        yield
+    finally:
+        channel_log.removeFilter(expected)
+
+
+def _stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
+    """Whether the vhost has the queue ``name`` (a passive declare; a 404 means no)."""
+    channel = connection.channel()
+    try:
+        with _quiet_not_found():
+            channel.queue_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _NOT_FOUND:
+            return False
+        raise
+    channel.close()
+    return True
+
+
+def _check_partition_count(connection: pika.BlockingConnection, partitions: int) -> None:
+    """Refuse a ``PARTITIONS`` that differs from the streams the broker already has.
+
+    Changing the count changes the hash ring: users would move to other partitions and their
+    events would no longer be in one log in order.
+
+    Raises:
+        TopologyError: the vhost has ``events.p{partitions}`` (more partitions), or has
+            ``events.p000`` but not ``events.p{partitions - 1}`` (fewer).
+    """
+    if _stream_exists(connection, stream_name(partitions)):
+        raise TopologyError(
+            f"the broker already has stream {stream_name(partitions)}: this deployment has more "
+            f"than PARTITIONS={partitions} partitions; set PARTITIONS to the existing count"
+        )
+    if _stream_exists(connection, stream_name(0)) and not _stream_exists(
+        connection, stream_name(partitions - 1)
+    ):
+        raise TopologyError(
+            f"the broker has {stream_name(0)} but not {stream_name(partitions - 1)}: this "
+            f"deployment has fewer than PARTITIONS={partitions} partitions; changing the count "
+            "would move users to other partitions (drain, then re-create the topology)"
+        )

@@ -1,0 +1,197 @@
+"""Stream chunks into log records: the one place live processing and replay turn the chunks of
+``Deliver`` frames into entries (``chunk_entries``: CRC checked, sub-entry batches unpacked) and
+entries (AMQP 1.0 messages, or sub-entry batches that cannot be unpacked) into ``LogRecord``
+values. Pure: no I/O.
+
+The chunk format is the stream protocol's (``deps/rabbitmq_stream/docs/PROTOCOL.adoc`` and
+``osiris`` in rabbitmq-server): a header (magic and version, chunk type, entries, records,
+timestamp, epoch, first offset, CRC-32 of the data, data and trailer lengths), then the entries.
+An entry is a 4-byte size and a message, or, with the top bit of its first byte set, a
+sub-entry batch: codec, record count, sizes, then the (maybe compressed) records.
+
+A readable message becomes a record with its body and the routing key it was published with
+(``x-routing-key``). An entry that is not a readable message, and a sub-entry batch the reader
+cannot unpack, become records that carry an ``error``: the batch dead-letters them and the
+checkpoint moves past every offset they cover, so one bad entry never stops its partition.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from processor.reading.amqp_body import read_message
+from processor.reading.errors import AmqpFormatError, StreamProtocolError
+from processor.reading.log_record import LogRecord
+
+#: Deliver v1 after the subscription id: magic/version, chunk type, entries, records, timestamp,
+#: epoch, first offset, CRC, data length, trailer length, reserved.
+_CHUNK: Final = struct.Struct(">BBHIqQQIIII")
+_CHUNK_DATA_AT: Final = 5 + _CHUNK.size
+_UINT32: Final = struct.Struct(">I")
+_SUBENTRY: Final = struct.Struct(">HII")  # records, uncompressed size, size
+#: Sub-entry compression codecs of the stream protocol (only 0 and 1 are read here).
+_CODECS: Final = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableEntry:
+    """A sub-entry batch of a chunk that cannot be unpacked (unknown codec, failed
+    decompression, a malformed header): it stands for ``records`` offsets.
+
+    Attributes:
+        raw: the sub-entry's bytes as stored, header included.
+        records: how many offsets it covers (from its header, or the rest of the chunk when
+            the header itself is unreadable).
+        reason: why it cannot be read.
+    """
+
+    raw: bytes
+    records: int
+    reason: str
+
+
+#: One item of a chunk: a message (its AMQP 1.0 bytes, one offset) or an unreadable sub-entry
+#: batch (``UnreadableEntry.records`` offsets).
+ChunkEntry = memoryview | UnreadableEntry
+
+#: The reason prefix of an entry that is not an AMQP 1.0 message.
+NOT_A_MESSAGE = "stream entry is not an AMQP 1.0 message"
+
+
+def unreadable_reason(exc: AmqpFormatError) -> str:
+    """The dead-letter reason of an entry that is not an AMQP 1.0 message."""
+    return f"{NOT_A_MESSAGE}: {exc}"
+
+
+def entry_record(offset: int, entry: ChunkEntry) -> LogRecord:
+    """The log record of one chunk item at ``offset`` (never raises: bad entries carry an
+    ``error``)."""
+    if isinstance(entry, UnreadableEntry):
+        return LogRecord(
+            offset,
+            entry.raw,
+            f"unreadable stream entry ({entry.records} records from offset {offset}): "
+            f"{entry.reason}",
+            records=entry.records,
+        )
+    try:
+        body, routing_key = read_message(entry)
+    except AmqpFormatError as exc:
+        return LogRecord(offset, bytes(entry), unreadable_reason(exc))
+    return LogRecord(offset, body, routing_key=routing_key)
+
+
+def chunk_records(first_offset: int, entries: Sequence[ChunkEntry]) -> Iterator[LogRecord]:
+    """The records of a chunk in offset order, starting at ``first_offset``."""
+    offset = first_offset
+    for entry in entries:
+        record = entry_record(offset, entry)
+        offset = record.last_offset + 1
+        yield record
+
+
+def chunk_span(entries: Sequence[ChunkEntry]) -> int:
+    """How many offsets a chunk's items cover."""
+    return sum(entry.records if isinstance(entry, UnreadableEntry) else 1 for entry in entries)
+
+
+def _unpack_subentry(kind: int, batch: memoryview, count: int) -> list[memoryview]:
+    """The records of one sub-entry batch (after decompression).
+
+    Raises:
+        ValueError: an unknown codec, a failed decompression or records that do not fit.
+    """
+    compression = (kind & 0x70) >> 4
+    if compression == 1:
+        try:
+            batch = memoryview(zlib.decompress(batch, wbits=31))
+        except zlib.error as exc:
+            raise ValueError(f"gzip decompression failed ({exc})") from exc
+    elif compression != 0:
+        name = _CODECS.get(compression, "unknown")
+        raise ValueError(f"sub-entry compression {compression} ({name}) is not supported")
+    out: list[memoryview] = []
+    inner = 0
+    for _ in range(count):
+        if inner + 4 > len(batch):
+            raise ValueError(f"the sub-entry batch ends after {len(out)} of {count} records")
+        (length,) = _UINT32.unpack_from(batch, inner)
+        if inner + 4 + length > len(batch):
+            raise ValueError(f"record {len(out)} of the sub-entry batch ends outside it")
+        out.append(batch[inner + 4 : inner + 4 + length])
+        inner += 4 + length
+    return out
+
+
+def chunk_entries(frame: bytes | memoryview) -> tuple[int, int, list[ChunkEntry]]:
+    """Split a ``Deliver`` (v1) frame body into its messages. Pure.
+
+    Args:
+        frame: the frame after its size field (key, version, subscription id, chunk).
+
+    Returns:
+        ``(subscription id, first offset, entries)``: the chunk's first offset and its items in
+        offset order (sub-entry batches unpacked). A sub-entry batch that cannot be unpacked
+        is one ``UnreadableEntry`` for all its offsets, to be dead-lettered: it stops neither
+        the chunk nor its partition.
+
+    Raises:
+        StreamProtocolError: a CRC mismatch, a chunk type other than user data or a
+            truncated chunk (the chunk as a whole cannot be trusted).
+    """
+    view = memoryview(frame)
+    subscription_id = view[4]
+    (_, chunk_type, entries, records, _, _, first_offset, crc, data_length, _, _) = (
+        _CHUNK.unpack_from(view, 5)
+    )
+    data = view[_CHUNK_DATA_AT : _CHUNK_DATA_AT + data_length]
+    if len(data) != data_length:
+        raise StreamProtocolError("a chunk ends before its data length")
+    if chunk_type != 0:
+        raise StreamProtocolError(f"chunk type {chunk_type} is not user data")
+    if zlib.crc32(data) != crc:
+        raise StreamProtocolError(f"chunk at offset {first_offset}: CRC mismatch")
+    out: list[ChunkEntry] = []
+    covered = 0
+    pos = 0
+    for _ in range(entries):
+        if pos >= data_length:
+            break
+        kind = data[pos]
+        if kind & 0x80 == 0:
+            (size,) = _UINT32.unpack_from(data, pos)
+            out.append(data[pos + 4 : pos + 4 + size])
+            covered += 1
+            pos += 4 + size
+            continue
+        header_end = pos + 1 + _SUBENTRY.size
+        count, _, size = (
+            _SUBENTRY.unpack_from(data, pos + 1)
+            if header_end <= data_length
+            else (
+                0,
+                0,
+                0,
+            )
+        )
+        if header_end > data_length or header_end + size > data_length or count == 0:
+            # The header cannot be trusted: the rest of the chunk is one unreadable entry.
+            rest = max(records - covered, 1)
+            reason = f"a sub-entry batch header at byte {pos} of the chunk is malformed"
+            out.append(UnreadableEntry(bytes(data[pos:]), rest, reason))
+            covered += rest
+            break
+        batch = data[header_end : header_end + size]
+        try:
+            out.extend(_unpack_subentry(kind, batch, count))
+        except ValueError as exc:
+            out.append(UnreadableEntry(bytes(data[pos : header_end + size]), count, str(exc)))
+        covered += count
+        pos = header_end + size
+    if covered != records:
+        raise StreamProtocolError(f"chunk at offset {first_offset}: {covered} of {records} records")
+    return subscription_id, first_offset, out

@@ -1,0 +1,80 @@
+"""Errors of the read path: the stream protocol, the log's start, and stalled reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from processor.errors import ProcessorError
+from processor.settings import stream_name
+
+
+class ReadError(ProcessorError):
+    """Root of the errors of ``processor.reading``."""
+
+
+class StreamProtocolError(ReadError):
+    """The broker refused a request, closed the connection, or sent a frame this reader rejects."""
+
+
+class AmqpFormatError(ReadError):
+    """A stream entry is not a readable AMQP 1.0 message (it is dead-lettered, not raised on)."""
+
+
+@dataclass(frozen=True)
+class MissingRange:
+    """Offsets ``first..last`` (inclusive) of a partition that the log no longer holds."""
+
+    partition: int
+    first: int
+    last: int
+
+    def describe(self) -> str:
+        """``partition 3 (events.p003): offsets 0..1841``."""
+        return (
+            f"partition {self.partition} ({stream_name(self.partition)}): "
+            f"offsets {self.first}..{self.last}"
+        )
+
+
+class LogTruncated(ReadError):
+    """The log no longer holds offsets that must be applied: retention removed them.
+
+    Live processing stops the partition (the others go on) and replay refuses to rebuild,
+    because going on would skip events silently. Holes inside a stream are not this: RabbitMQ
+    gives an offset to each segment's header chunk, which consumers never see.
+
+    Attributes:
+        missing: each truncated partition's missing offsets, in partition order.
+    """
+
+    def __init__(self, missing: Sequence[MissingRange]) -> None:
+        self.missing = tuple(sorted(missing, key=lambda m: m.partition))
+        ranges = "; ".join(m.describe() for m in self.missing)
+        super().__init__(
+            f"the log is truncated: {ranges} are gone (retention removed them); "
+            "refusing to skip them"
+        )
+
+    @property
+    def partitions(self) -> tuple[int, ...]:
+        """The truncated partitions."""
+        return tuple(m.partition for m in self.missing)
+
+
+class LogStartUnknown(ReadError):
+    """Where a partition's log starts could not be learnt from the broker, so whether offsets
+    from ``expected`` are still there is unknown; the caller stops and tries again instead of
+    guessing."""
+
+    def __init__(self, partition: int, expected: int, cause: str) -> None:
+        super().__init__(
+            f"partition {partition}: could not check whether offsets from {expected} are still "
+            f"in the log ({cause}); retrying"
+        )
+        self.partition = partition
+        self.expected = expected
+
+
+class ReadStalled(ReadError):
+    """No record arrived from the broker for too long while records were still expected."""

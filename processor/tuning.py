@@ -1,0 +1,63 @@
+"""Timeouts, intervals, credits and batch sizes of the runtime that are not settings.
+
+Each is named once, here; what an operator tunes is in ``processor.settings`` instead. Units are
+in the names (``_S`` seconds, ``_MS`` milliseconds). Changing one changes behaviour the tests
+pin, so each says what depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- reading ---------------------------------------------------------------------------------
+
+#: Chunks the broker may send ahead of the live reader, per subscription.
+LIVE_CREDIT: Final = 256
+#: Chunks in flight per subscription when replay reads ranges. This log has one or two small
+#: messages per chunk, so the broker's cost per chunk decides the read rate; a large credit
+#: keeps it busy. Memory is bounded by back-pressure, not by the credit.
+REPLAY_CREDIT: Final = 2048
+#: Most stream connections of one range read: one per partition up to this, then shared. The
+#: broker serves each connection in its own process, so several connections read in parallel.
+RANGE_READ_MAX_CONNECTIONS: Final = 32
+#: Seconds without a record (and without back-pressure) after which a range read is stalled.
+RANGE_READ_STALL_S: Final = 60.0
+#: Live reader reconnect back-off bounds, in seconds (full jitter between them).
+RECONNECT_MIN_S: Final = 0.2
+RECONNECT_MAX_S: Final = 5.0
+#: Seconds allowed to open a stream connection and for each request's answer.
+STREAM_REQUEST_TIMEOUT_S: Final = 10.0
+#: Batches of records a live feed holds before the reader waits (back-pressure).
+FEED_BUFFERED_BATCHES: Final = 4
+#: Seconds to wait for a stream's first chunk when probing where its log starts; a stream that
+#: did not answer is asked again with the second, longer wait.
+FIRST_OFFSET_WAITS_S: Final = (2.0, 8.0)
+#: Seconds to wait for the last chunks when probing the streams' tails; silent streams are
+#: asked again with four times the wait before they count as empty.
+TAIL_PROBE_WAIT_S: Final = 0.25
+
+# -- applying --------------------------------------------------------------------------------
+
+#: Attempts of one batch on transient database errors before its owner gives it up.
+BATCH_ATTEMPTS: Final = 5
+#: Exponential back-off with full jitter between attempts: multiplier and cap, in seconds.
+BATCH_RETRY_WAIT_S: Final = 0.05
+BATCH_RETRY_WAIT_MAX_S: Final = 2.0
+#: Records per transaction when replaying (live uses the ``BATCH_SIZE`` setting).
+REPLAY_BATCH_SIZE: Final = 10_000
+#: Worker threads applying replayed batches.
+REPLAY_THREADS: Final = 2
+
+# -- the processor process -------------------------------------------------------------------
+
+#: Seconds between progress log lines.
+PROGRESS_EVERY_S: Final = 10.0
+#: Seconds a worker may take to finish its batch at shutdown before its connection is closed.
+SHUTDOWN_TIMEOUT_S: Final = 60.0
+
+# -- publishing ------------------------------------------------------------------------------
+
+#: Unconfirmed publishes one publisher keeps in flight.
+PUBLISH_MAX_IN_FLIGHT: Final = 10_000
+#: Events per confirmed chunk when a file (or the demo's data) is published.
+PUBLISH_CHUNK: Final = 5000

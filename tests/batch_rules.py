@@ -1,0 +1,284 @@
+"""The rules of a batch, as one contract test suite run against every ``BatchStore``.
+
+In the style of pyeventsourcing's shared persistence tests: ``BatchRules`` holds the cases and
+reads the outcome through a small ``Backend``; ``tests/unit/applying/test_batch_rules.py`` runs
+it against the in-memory store and ``tests/integration/applying/test_batch_rules.py`` against
+PostgreSQL. Expected projections come from ``testkit.reference.reference_fold``, written apart
+from the product's fold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.applying.batch import BatchResult, apply_batch
+from processor.applying.errors import CheckpointConflict, OffsetsOutOfOrder
+from processor.applying.store import BatchStore
+from processor.reading.log_record import LogRecord
+from testkit.reference import reference_fold
+from tests.strategies import ADJUSTED, COMPLETED, TURN_RECORDED, make_event, valid_event_logs
+
+PARTITIONS = 4
+
+
+class Backend(ABC):
+    """One store under test, and how to read back what it keeps."""
+
+    store: BatchStore
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget everything: empty tables, checkpoints back at -1, epochs at 0."""
+
+    @abstractmethod
+    def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
+        """A new lease epoch: ``(committed offset, epoch)``."""
+
+    @abstractmethod
+    def projections(self) -> dict[str, dict[str, Any]]:
+        """Every user's projection in ``reference_fold``'s shape."""
+
+    @abstractmethod
+    def dead_letters(self) -> dict[tuple[int, int], tuple[str | None, str, str, bytes]]:
+        """``{(partition, offset): (event_id, field, reason, raw)}``."""
+
+    @abstractmethod
+    def checkpoint(self, partition: int) -> tuple[int, int, int]:
+        """``(committed offset, applied count, dead-lettered count)``."""
+
+    @abstractmethod
+    def commit_log(self) -> list[tuple[int, int, int, str, int]]:
+        """``(partition, first offset, last offset, owner, epoch)`` of each live commit."""
+
+    @abstractmethod
+    def applied_event(self, event_id: str) -> tuple[str, int, int] | None:
+        """``(user_id, partition, offset)`` of an applied event id, None when unknown."""
+
+
+def turn(user: str, sentiment: str = "happy", *, event_id: str | None = None) -> bytes:
+    data = {"conversation_id": "c1", "topic": "space", "speaker": "child", "sentiment": sentiment}
+    return make_event(TURN_RECORDED, user, "2024-03-01T10:00:00Z", data, event_id)
+
+
+def adjusted(user: str, delta: int, *, event_id: str | None = None) -> bytes:
+    data = {"delta": delta, "reason": "a test adjustment"}
+    return make_event(ADJUSTED, user, "2024-03-01T11:00:00+02:00", data, event_id)
+
+
+def completed(user: str, rating: str = "excellent") -> bytes:
+    data = {
+        "conversation_id": "c1",
+        "topic": "music_2",
+        "turns": 4,
+        "duration_s": 12.5,
+        "rating": rating,
+    }
+    return make_event(COMPLETED, user, "2024-03-02T09:30:00-05:00", data)
+
+
+def records(*bodies: bytes, start: int = 0) -> list[LogRecord]:
+    return [LogRecord(start + i, body) for i, body in enumerate(bodies)]
+
+
+class BatchRules(ABC):
+    """The rules every store obeys under ``apply_batch`` (subclass and give ``backend``)."""
+
+    #: Hypothesis examples per property (the database store runs fewer).
+    examples: ClassVar[int] = 60
+
+    @pytest.fixture
+    @abstractmethod
+    def backend(self) -> Iterator[Backend]:
+        """A fresh, empty store with checkpoints for ``PARTITIONS`` partitions."""
+
+    def apply(
+        self,
+        backend: Backend,
+        partition: int,
+        batch: Sequence[LogRecord],
+        checkpoint: int,
+        *,
+        epoch: int | None = None,
+        poisoned: dict[int, str] | None = None,
+    ) -> BatchResult:
+        return apply_batch(
+            backend.store,
+            partition,
+            batch,
+            checkpoint,
+            "owner-a",
+            lease_epoch=epoch,
+            poisoned=poisoned,
+        )
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def test_valid_events_fold_as_the_reference_fold(self, backend: Backend) -> None:
+        bodies = [turn("alice"), turn("alice", "angry"), completed("alice"), adjusted("bob", 30)]
+        result = self.apply(backend, 0, records(*bodies), -1)
+        assert (result.applied, result.duplicates, result.dead_lettered) == (4, 0, 0)
+        assert backend.projections() == reference_fold(bodies)
+        assert backend.checkpoint(0) == (3, 4, 0)
+
+    def test_clamping_makes_order_matter_within_and_across_batches(self, backend: Backend) -> None:
+        self.apply(backend, 0, records(adjusted("up-down", -5), adjusted("up-down", 10)), -1)
+        self.apply(backend, 1, records(adjusted("down-up", 10)), -1)
+        self.apply(backend, 1, records(adjusted("down-up", -5), start=1), 0)
+        projections = backend.projections()
+        assert (projections["up-down"]["score"], projections["down-up"]["score"]) == (10, 5)
+
+    def test_offsets_may_have_holes_and_the_checkpoint_is_the_last(self, backend: Backend) -> None:
+        batch = [LogRecord(0, turn("a")), LogRecord(2, turn("a")), LogRecord(7, turn("a"))]
+        self.apply(backend, 2, batch, -1)
+        assert backend.checkpoint(2)[0] == 7
+
+    # -- event ids -------------------------------------------------------------------------------
+
+    def test_a_repeated_event_id_changes_nothing_within_or_across_batches(
+        self, backend: Backend
+    ) -> None:
+        first = turn("alice", event_id=str(uuid.uuid4()))
+        repeat = first.replace(b"happy", b"angry")  # same id: the repeat is not even read
+        result = self.apply(backend, 0, records(first, first), -1)
+        later = self.apply(backend, 0, records(repeat, start=2), 1)
+        assert (result.applied, result.duplicates, later.applied, later.duplicates) == (1, 1, 0, 1)
+        assert backend.projections() == reference_fold([first])
+        assert backend.checkpoint(0) == (2, 1, 0)
+
+    def test_an_id_reused_for_another_user_is_dead_lettered_naming_the_first(
+        self, backend: Backend
+    ) -> None:
+        event_id = str(uuid.uuid4())
+        alice, bob = turn("alice", event_id=event_id), turn("bob", event_id=event_id)
+        result = self.apply(backend, 0, records(alice, bob), -1)
+        assert (result.applied, result.dead_lettered) == (1, 1)
+        letter_id, field, reason, raw = backend.dead_letters()[(0, 1)]
+        assert (letter_id, field, raw) == (event_id, "event_id", bob)
+        assert "'alice'" in reason and "partition 0, offset 0" in reason
+        assert backend.applied_event(event_id) == ("alice", 0, 0)
+
+    def test_event_ids_compare_as_uuids_whatever_their_case(self, backend: Backend) -> None:
+        event_id = str(uuid.uuid4())
+        self.apply(backend, 0, records(turn("alice", event_id=event_id)), -1)
+        result = self.apply(
+            backend, 0, records(turn("alice", event_id=event_id.upper()), start=1), 0
+        )
+        assert (result.applied, result.duplicates) == (0, 1)
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    def test_invalid_records_are_dead_lettered_and_the_checkpoint_moves_past_them(
+        self, backend: Backend
+    ) -> None:
+        naive = turn("alice").replace(b"10:00:00Z", b"10:00:00")
+        bodies = [b"not json", naive, turn("alice"), b'{"event_id": "x"}']
+        result = self.apply(backend, 3, records(*bodies), -1)
+        assert (result.applied, result.dead_lettered) == (1, 3)
+        dead = backend.dead_letters()
+        assert set(dead) == {(3, 0), (3, 1), (3, 3)}
+        assert dead[(3, 1)][1] == "occurred_at" and dead[(3, 1)][3] == naive
+        assert dead[(3, 3)][0] == "x"
+        assert backend.checkpoint(3) == (3, 1, 3)
+
+    def test_an_unreadable_entry_is_one_dead_letter_for_all_its_offsets(
+        self, backend: Backend
+    ) -> None:
+        entry = LogRecord(0, b"\x78raw", "unreadable stream entry: zstd", records=3)
+        result = self.apply(backend, 1, [entry, LogRecord(3, turn("kid"))], -1)
+        assert (result.applied, result.dead_lettered, result.last_offset) == (1, 1, 3)
+        assert backend.dead_letters()[(1, 0)][2] == "unreadable stream entry: zstd"
+        assert backend.checkpoint(1) == (3, 1, 1)
+
+    def test_an_event_routed_by_another_key_is_dead_lettered_naming_both(
+        self, backend: Backend
+    ) -> None:
+        body = turn("alice")
+        result = self.apply(backend, 0, [LogRecord(0, body, routing_key="mallory")], -1)
+        assert (result.applied, result.dead_lettered) == (0, 1)
+        _, field, reason, _ = backend.dead_letters()[(0, 0)]
+        assert field == "user_id" and "'mallory'" in reason and "'alice'" in reason
+        assert backend.projections() == {}
+
+    def test_poisoned_offsets_are_dead_lettered_with_their_reason(self, backend: Backend) -> None:
+        batch = records(turn("alice"), turn("poison"))
+        result = self.apply(backend, 0, batch, -1, poisoned={1: "the database rejected this event"})
+        assert (result.applied, result.dead_lettered) == (1, 1)
+        assert backend.dead_letters()[(0, 1)][2] == "the database rejected this event"
+        assert set(backend.projections()) == {"alice"}
+
+    # -- fencing and order -----------------------------------------------------------------------
+
+    def test_a_batch_from_another_checkpoint_is_refused_whole(self, backend: Backend) -> None:
+        self.apply(backend, 0, records(turn("alice")), -1)
+        with pytest.raises(CheckpointConflict):
+            self.apply(backend, 0, records(turn("alice"), adjusted("bob", 9), start=1), -1)
+        assert backend.checkpoint(0) == (0, 1, 0)
+        assert set(backend.projections()) == {"alice"}
+
+    def test_a_superseded_lease_epoch_commits_nothing(self, backend: Backend) -> None:
+        checkpoint, old = backend.begin_lease(2, "owner-a")
+        self.apply(backend, 2, records(turn("alice")), checkpoint, epoch=old)
+        _, new = backend.begin_lease(2, "owner-b")
+        with pytest.raises(CheckpointConflict):
+            self.apply(backend, 2, records(adjusted("alice", 50), start=1), 0, epoch=old)
+        assert backend.projections()["alice"]["score"] == 1  # +1 from the turn, not +50
+        assert new == old + 1
+        assert backend.checkpoint(2) == (0, 1, 0)
+
+    def test_live_commits_are_logged_with_their_epoch_and_replay_commits_are_not(
+        self, backend: Backend
+    ) -> None:
+        _, epoch = backend.begin_lease(1, "owner-a")
+        self.apply(backend, 1, records(turn("a"), turn("b")), -1, epoch=epoch)
+        self.apply(backend, 0, records(turn("c")), -1)
+        assert backend.commit_log() == [(1, 0, 1, "owner-a", epoch)]
+
+    @pytest.mark.parametrize("offsets", [[0, 0], [3, 2], [-1]], ids=["repeat", "back", "at"])
+    def test_offsets_that_do_not_increase_after_the_checkpoint_are_refused(
+        self, backend: Backend, offsets: list[int]
+    ) -> None:
+        batch = [LogRecord(offset, turn("alice")) for offset in offsets]
+        with pytest.raises(OffsetsOutOfOrder):
+            self.apply(backend, 0, batch, -1)
+        assert backend.checkpoint(0) == (-1, 0, 0)
+        assert backend.projections() == {}
+
+    def test_an_empty_batch_is_an_error(self, backend: Backend) -> None:
+        with pytest.raises(ValueError, match="at least one record"):
+            self.apply(backend, 0, [], -1)
+
+    # -- batching does not matter ----------------------------------------------------------------
+
+    def test_the_result_does_not_depend_on_where_batches_end(self, backend: Backend) -> None:
+        @settings(
+            max_examples=self.examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            log=valid_event_logs(max_size=30),
+            cuts=st.sets(st.integers(1, 29)),
+            partition=st.integers(0, PARTITIONS - 1),
+        )
+        def check(log: list[bytes], cuts: set[int], partition: int) -> None:
+            backend.reset()
+            log = log + log[: len(log) // 3]  # re-published copies: duplicates
+            batch_records = records(*log)
+            bounds = [0, *sorted(c for c in cuts if c < len(log)), len(log)]
+            checkpoint = -1
+            for start, end in itertools.pairwise(bounds):
+                if end > start:
+                    result = self.apply(backend, partition, batch_records[start:end], checkpoint)
+                    checkpoint = result.last_offset
+            assert backend.projections() == reference_fold(log)
+            assert backend.checkpoint(partition)[:2] == (len(log) - 1, len(set(log)))
+
+        check()

@@ -1,0 +1,83 @@
+"""The rules of a batch (``tests/batch_rules.py``) against PostgreSQL, in a database of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from processor.applying.checkpoint import begin_lease_epoch, ensure_checkpoints
+from processor.applying.postgres import PostgresStore
+from processor.settings import Settings
+from projections.database import connect
+from testkit.processes import stored_projections
+from tests.batch_rules import PARTITIONS, Backend, BatchRules
+
+
+class PostgresBackend(Backend):
+    """A ``PostgresStore`` on one connection; reads go through their own SQL."""
+
+    def __init__(self, settings: Settings, conn: psycopg.Connection) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.store = PostgresStore(conn)
+
+    def reset(self) -> None:
+        with self.conn.transaction():
+            self.conn.execute(
+                "TRUNCATE friendships, topic_metrics, applied_events, dead_letters, checkpoint_log"
+            )
+            self.conn.execute(
+                "UPDATE checkpoints SET committed_offset = -1, lease_epoch = 0, owner = NULL, "
+                "applied_count = 0, dead_lettered_count = 0"
+            )
+
+    def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
+        return begin_lease_epoch(self.conn, partition, owner)
+
+    def projections(self) -> dict[str, dict[str, Any]]:
+        return stored_projections(self.settings)
+
+    def dead_letters(self) -> dict[tuple[int, int], tuple[str | None, str, str, bytes]]:
+        rows = self.conn.execute(
+            "SELECT partition, log_offset, event_id, field, reason, raw FROM dead_letters"
+        ).fetchall()
+        return {
+            (p, o): (event_id, field, reason, bytes(raw))
+            for p, o, event_id, field, reason, raw in rows
+        }
+
+    def checkpoint(self, partition: int) -> tuple[int, int, int]:
+        row = self.conn.execute(
+            "SELECT committed_offset, applied_count, dead_lettered_count FROM checkpoints "
+            "WHERE partition = %s",
+            (partition,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def commit_log(self) -> list[tuple[int, int, int, str, int]]:
+        rows = self.conn.execute(
+            "SELECT partition, first_offset, last_offset, owner, lease_epoch FROM checkpoint_log "
+            "ORDER BY id"
+        ).fetchall()
+        return [(int(p), int(f), int(last), str(o), int(e)) for p, f, last, o, e in rows]
+
+    def applied_event(self, event_id: str) -> tuple[str, int, int] | None:
+        row = self.conn.execute(
+            "SELECT user_id, partition, log_offset FROM applied_events WHERE event_id = %s",
+            (event_id,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+
+class TestBatchRulesPostgres(BatchRules):
+    examples = 25
+
+    @pytest.fixture
+    def backend(self, settings: Settings) -> Iterator[Backend]:
+        with connect(settings.database_url) as conn:
+            ensure_checkpoints(conn, PARTITIONS)
+            yield PostgresBackend(settings, conn)

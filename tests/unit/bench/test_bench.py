@@ -1,0 +1,84 @@
+"""The benchmark's pure parts: latency matching, percentiles, profile summary, targets, README."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.latency import commit_latencies, percentile
+from bench.profile import summarise
+from bench.report import README_END, README_START, targets, write_readme_section
+from bench.results import (
+    BenchResults,
+    DrainResult,
+    IngestResult,
+    LatencyResult,
+    PreviousDesignResult,
+)
+from processor.publishing.publisher import OutgoingEvent
+
+
+def test_an_event_commits_at_the_first_checkpoint_change_covering_its_offset() -> None:
+    events = [OutgoingEvent(f"e{n}", "u", b"{}") for n in range(4)]
+    offsets = {"e0": (0, 0), "e1": (0, 5), "e2": (1, 3), "e3": (2, 0)}
+    changes = [(10.0, 0, 2), (10.5, 0, 7), (11.0, 1, 3), (9.0, 0, -1)]
+    latencies = commit_latencies(events, [1.0, 2.0, 3.0, 4.0], offsets, changes)
+    assert latencies[:3] == [9.0, 8.5, 8.0]
+    assert math.isinf(latencies[3])  # partition 2 never committed
+
+
+def test_percentile_is_nearest_rank() -> None:
+    ordered = [float(n) for n in range(1, 101)]
+    assert percentile(ordered, 0.5) == 50.0
+    assert percentile(ordered, 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_profile_summary_groups_threads_and_counts_self_and_product_time() -> None:
+    raw = [
+        "thread (0x1): worker-0;run (threading.py:10);apply_batch (processor/applying/batch.py:5);"
+        "execute (psycopg/cursor.py:3) 6\n",
+        "thread (0x2): worker-1;run (threading.py:10);apply_batch (processor/applying/batch.py:9);"
+        "decode_event (schemas/validation.py:40) 4\n",
+        "thread (0x3): stream-reader;_run_loop (processor/reading/reader.py:1) 5\n",
+        "not a sample line\n",
+    ]
+    summary = {t.thread: t for t in summarise(raw)}
+    workers = summary["worker-*"]
+    assert workers.samples == 10
+    assert workers.self_time[0].frame == "execute (psycopg/cursor.py)"
+    assert workers.self_time[0].percent == 60.0
+    assert workers.inclusive[0].frame == "apply_batch (processor/applying/batch.py)"
+    assert workers.inclusive[0].samples == 10
+    assert summary["stream-reader"].samples == 5
+
+
+def _results(drain_rate: float, previous_rate: float, p99_ms: float) -> BenchResults:
+    results = BenchResults()
+    results.ingest = IngestResult(10_000, 500, 1.0, 10_000.0)
+    results.drain = DrainResult(1_000, 10, 1.0, 0.9, drain_rate, drain_rate, 0, 10.0)
+    results.latency = LatencyResult(
+        5_000, 5_000, 1.0, 5_000, 5_000, 10.0, 20.0, p99_ms, p99_ms, 5.0, 5.0, 0.1
+    )
+    results.previous = [PreviousDesignResult(10, 100, 10, 1.0, previous_rate, 3, True)]
+    return results
+
+
+def test_targets_pass_and_fail_on_the_ratios() -> None:
+    passing = targets(_results(drain_rate=20_000, previous_rate=300, p99_ms=80))
+    assert [t.passed for t in passing] == [True, True, True, None]
+    failing = targets(_results(drain_rate=6_000, previous_rate=300, p99_ms=math.inf))
+    assert [t.passed for t in failing] == [False, False, False, None]
+    assert failing[2].measured == "never"
+
+
+def test_readme_section_is_replaced_between_the_markers_only(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{README_START}\nold\n{README_END}\n\nrest\n")
+    assert write_readme_section(readme, "new table")
+    assert readme.read_text() == f"# title\n\n{README_START}\nnew table\n{README_END}\n\nrest\n"
+    bare = tmp_path / "BARE.md"
+    bare.write_text("no markers\n")
+    assert not write_readme_section(bare, "x")
+    assert bare.read_text() == "no markers\n"
