@@ -1,5 +1,5 @@
 """Step 1, the raw ingest ceiling: how fast events go through the ``events`` exchange into the
-partition streams with publisher confirms (``processor.publisher.AsyncPublisher``)."""
+partition streams with publisher confirms (``processor.publishing.publisher.AsyncPublisher``)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """Replay: rebuild the projections from the event log, verify them against live, swap them in.
 
 ``python -m processor replay --verify | --swap | --user ID`` (``just replay``); README "Replay"
-explains the guarantees. One module per job:
+explains the guarantees. It reads the log with ``processor.reading.ranges`` (after
+``reading.log_start.ensure_log_complete``) and applies it with ``processor.applying``, the code
+live owners use. One module per job:
 
-- ``wire``: a minimal read-only client of the RabbitMQ stream protocol (bulk reads).
-- ``reader``: offset ranges of every partition, read concurrently and handed over in batches.
-- ``logstart``: refuse a truncated log (a partition that no longer starts at offset 0).
 - ``shadow``: the shadow schema: create, connect (``search_path``), compare shapes, swap, drop.
-- ``applier``: worker threads applying batches to the shadow with ``processor.applying.batch``.
+- ``applier``: the shadow's partitions on the live ``WorkerPool`` and ``PartitionApplier``.
 - ``compare``: live against the shadow, row by row, in SQL.
 - ``run``: the phases of ``verify`` and ``swap`` (rebuild, catch-up, the final transaction).
 - ``history``: one user's records folded from the log.

@@ -1,7 +1,7 @@
 """The HTTP API against the real broker and database (CONTRACT.md §5, §6).
 
 Each test gets its own vhost (topology declared) and migrated database from the ``settings``
-fixture. Projections are written with ``projections.batch.apply_batch`` directly, so the read
+fixture. Projections are written with ``processor.applying.batch.apply_batch`` directly, so the read
 API is checked against known stored state without a processor running.
 """
 
