@@ -5,7 +5,8 @@ with an admin transaction. Each batch either commits whole or retries whole.
   control connection), repeatedly, each time while a batch transaction is open: the owners
   release their partitions and take them again from the committed checkpoint; the member rejoins.
 - A statement timeout (``ALTER DATABASE ... SET statement_timeout``) cancels slowed projection
-  writes: the batch is retried whole on the same connection (``processor.applying.applier.TRANSIENT_ERRORS``).
+  writes: the batch is retried whole on the same connection
+  (``processor.applying.applier.TRANSIENT_ERRORS``).
 - An admin transaction locks a friendship row, then the checkpoint row of its partition: the
   reverse of the processor's order, so PostgreSQL detects a deadlock and aborts the processor's
   batch, which is retried whole.

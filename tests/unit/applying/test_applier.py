@@ -1,6 +1,7 @@
-"""``processor.applying.applier.apply_isolating_rejects``: one batch the database rejects is applied one
-record at a time and the culprit dead-lettered, for live owners and replay alike. The applier
-here is in memory: it rejects records by offset as PostgreSQL would with a ``DataError``."""
+"""``processor.applying.applier.apply_isolating_rejects``: one batch the database rejects is
+applied one record at a time and the culprit dead-lettered, for live owners and replay alike.
+The applier here is in memory: it rejects records by offset as PostgreSQL would with a
+``DataError``."""
 
 from __future__ import annotations
 
