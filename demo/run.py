@@ -26,6 +26,7 @@ from rich.table import Table
 from demo import background
 from demo.data import DEFAULT_DATA_DIR, iter_demo_events
 from demo.errors import DemoError
+from processor import tuning
 from processor.applying.checkpoint import consumed_records
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.publishing.topology import declare_topology
@@ -47,8 +48,6 @@ MAPPING_SUMMARY: Final = (
 
 #: Columns of the demo's output when it does not go to a terminal.
 PIPE_WIDTH: Final = 120
-#: Events per confirm round when publishing the demo data.
-PUBLISH_CHUNK: Final = 5000
 #: Seconds the demo waits for zero lag before giving up.
 DRAIN_TIMEOUT_S: Final = 600.0
 #: Seconds the demo waits for the API's ``/healthz`` to answer.
@@ -136,8 +135,8 @@ async def _publish(settings: Settings, events: list[OutgoingEvent], console: Con
         ) as progress:
             task = progress.add_task("publish", total=len(events), rate=0.0)
             done = 0
-            for start in range(0, len(events), PUBLISH_CHUNK):
-                done += await publisher.publish(events[start : start + PUBLISH_CHUNK])
+            for start in range(0, len(events), tuning.PUBLISH_CHUNK):
+                done += await publisher.publish(events[start : start + tuning.PUBLISH_CHUNK])
                 elapsed = time.perf_counter() - started
                 progress.update(task, completed=done, rate=done / elapsed if elapsed else 0.0)
     finally:

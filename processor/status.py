@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from processor import tuning
 from processor.applying.checkpoint import read_checkpoints
 from processor.errors import ProcessorError
 from processor.ownership.leases import current_lease_holders
@@ -62,7 +63,7 @@ def wait_for_zero_lag(
     settings: Settings,
     conn: psycopg.Connection,
     timeout_s: float,
-    poll_s: float = 0.5,
+    poll_s: float = tuning.LAG_POLL_S,
 ) -> list[PartitionStatus]:
     """Poll until every partition's checkpoint reached its log tail.
 

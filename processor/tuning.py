@@ -29,6 +29,12 @@ RECONNECT_MAX_S: Final = 5.0
 STREAM_REQUEST_TIMEOUT_S: Final = 10.0
 #: Batches of records a live feed holds before the reader waits (back-pressure).
 FEED_BUFFERED_BATCHES: Final = 4
+#: Seconds allowed for a stream connection's polite close, and for the broker's answer to it.
+STREAM_CLOSE_TIMEOUT_S: Final = 5.0
+STREAM_CLOSE_ANSWER_S: Final = 2.0
+#: Seconds the live reader's loop thread may take to start, and to stop.
+READER_START_TIMEOUT_S: Final = 10.0
+READER_STOP_TIMEOUT_S: Final = 10.0
 #: Seconds to wait for a stream's first chunk when probing where its log starts; a stream that
 #: did not answer is asked again with the second, longer wait.
 FIRST_OFFSET_WAITS_S: Final = (2.0, 8.0)
@@ -55,9 +61,34 @@ PROGRESS_EVERY_S: Final = 10.0
 #: Seconds a worker may take to finish its batch at shutdown before its connection is closed.
 SHUTDOWN_TIMEOUT_S: Final = 60.0
 
+#: Seconds between two looks at the lag while waiting for zero lag (``just wait-idle``).
+LAG_POLL_S: Final = 0.5
+
+# -- replay ----------------------------------------------------------------------------------
+
+#: Longest wait, in seconds, for a swap's table locks (readers hold them briefly).
+SWAP_TABLE_LOCK_TIMEOUT_S: Final = 5.0
+#: Longest wait, in seconds, for the live checkpoint rows (the batches in flight).
+SWAP_CHECKPOINT_LOCK_TIMEOUT_S: Final = 60.0
+
 # -- publishing ------------------------------------------------------------------------------
 
 #: Unconfirmed publishes one publisher keeps in flight.
 PUBLISH_MAX_IN_FLIGHT: Final = 10_000
+#: Seconds a publisher waits for its connection to close.
+PUBLISHER_CLOSE_TIMEOUT_S: Final = 10.0
 #: Events per confirmed chunk when a file (or the demo's data) is published.
 PUBLISH_CHUNK: Final = 5000
+
+# -- the HTTP API ----------------------------------------------------------------------------
+
+#: Longest wait, in seconds, to open the API's broker connection.
+API_BROKER_CONNECT_TIMEOUT_S: Final = 10.0
+#: Longest wait, in seconds, for the broker to confirm one ingest request's events.
+API_PUBLISH_TIMEOUT_S: Final = 30.0
+#: Seconds to wait for a new database connection, and for a free one from the pool.
+API_DB_CONNECT_TIMEOUT_S: Final = 5
+#: Longest a read query may run, in milliseconds.
+API_STATEMENT_TIMEOUT_MS: Final = 15_000
+#: Seconds uvicorn gives requests in flight at shutdown.
+API_SHUTDOWN_GRACE_S: Final = 10

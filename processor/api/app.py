@@ -19,6 +19,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from processor import tuning
 from processor.api import ingest, probes, reads
 from processor.api.context import ApiContext
 from processor.api.errors import exception_handlers
@@ -96,5 +97,5 @@ def serve(settings: Settings) -> None:
         access_log=False,
         lifespan="on",
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=tuning.API_SHUTDOWN_GRACE_S,
     )

@@ -8,20 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Final
 
 from pika.exceptions import AMQPError
 
+from processor import tuning
 from processor.publishing.errors import PublishError
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Longest wait, in seconds, to open the broker connection.
-CONNECT_TIMEOUT_S: Final = 10.0
-#: Longest wait, in seconds, for the broker to confirm one ingest request's events.
-PUBLISH_TIMEOUT_S: Final = 30.0
 
 
 class BrokerUnavailable(PublishError):
@@ -49,7 +44,8 @@ class BrokerLink:
         """The open publisher, (re)connecting first when needed; one connect at a time.
 
         Raises:
-            BrokerUnavailable: the broker cannot be reached within ``CONNECT_TIMEOUT_S``.
+            BrokerUnavailable: the broker cannot be reached within
+                ``tuning.API_BROKER_CONNECT_TIMEOUT_S``.
         """
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -62,7 +58,9 @@ class BrokerLink:
             publisher = AsyncPublisher(self._settings)
             self._publisher = publisher
             try:
-                await asyncio.wait_for(publisher.connect(), timeout=CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(
+                    publisher.connect(), timeout=tuning.API_BROKER_CONNECT_TIMEOUT_S
+                )
             except (PublishError, TimeoutError, OSError, AMQPError) as exc:
                 await self._close_quietly(publisher)
                 self._publisher = None
@@ -79,17 +77,20 @@ class BrokerLink:
         Raises:
             BrokerUnavailable: no connection could be opened; nothing was published.
             PublishError: some events were not confirmed (nack, unroutable, connection lost or no
-                answer within ``PUBLISH_TIMEOUT_S``); others may be in the log, and publishing
-                them again is safe (the processor applies an ``event_id`` once).
+                answer within ``tuning.API_PUBLISH_TIMEOUT_S``); others may be in the log, and
+                publishing them again is safe (the processor applies an ``event_id`` once).
         """
         if not events:
             return 0
         publisher = await self.ensure_open()
         try:
-            return await asyncio.wait_for(publisher.publish(events), timeout=PUBLISH_TIMEOUT_S)
+            return await asyncio.wait_for(
+                publisher.publish(events), timeout=tuning.API_PUBLISH_TIMEOUT_S
+            )
         except TimeoutError as exc:
             raise PublishError(
-                f"the broker did not confirm {len(events)} events within {PUBLISH_TIMEOUT_S:.0f} s",
+                f"the broker did not confirm {len(events)} events within "
+                f"{tuning.API_PUBLISH_TIMEOUT_S:.0f} s",
                 len(events),
             ) from exc
 

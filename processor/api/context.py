@@ -16,6 +16,7 @@ from typing import Concatenate, Final, ParamSpec, TypeVar
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
 
+from processor import tuning
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.applying.checkpoint import read_totals
@@ -29,10 +30,6 @@ T = TypeVar("T")
 
 #: ``application_name`` of the API's database sessions.
 APPLICATION_NAME: Final = "friendship-stream api"
-#: Seconds to wait for a new database connection, and for a free one from the pool.
-DB_CONNECT_TIMEOUT_S: Final = 5
-#: Longest a read query may run, in milliseconds.
-STATEMENT_TIMEOUT_MS: Final = 15_000
 
 
 def create_db_engine(database_url: str) -> Engine:
@@ -44,12 +41,12 @@ def create_db_engine(database_url: str) -> Engine:
         hide_parameters=True,
         pool_size=5,
         max_overflow=5,
-        pool_timeout=DB_CONNECT_TIMEOUT_S,
+        pool_timeout=tuning.API_DB_CONNECT_TIMEOUT_S,
         connect_args={
-            "connect_timeout": DB_CONNECT_TIMEOUT_S,
+            "connect_timeout": tuning.API_DB_CONNECT_TIMEOUT_S,
             "application_name": APPLICATION_NAME,
             # UTC sessions: instants near years 1 and 9999 load whatever the database's zone.
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c timezone=UTC",
+            "options": f"-c statement_timeout={tuning.API_STATEMENT_TIMEOUT_MS} -c timezone=UTC",
         },
     )
 

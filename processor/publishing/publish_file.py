@@ -15,6 +15,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from processor import tuning
 from processor.publishing.errors import FileUnreadable, PublishError, PublishingError
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
@@ -22,8 +23,6 @@ from schemas.validation import EventValidationError, decode_event
 
 log = logging.getLogger(__name__)
 
-#: Events published per confirm round.
-CHUNK: Final = 5000
 #: Invalid lines named one by one in an error or a report; the rest are counted.
 MAX_REPORTED_LINES: Final = 20
 
@@ -145,7 +144,9 @@ def _routing_key_of_invalid(body: bytes, number: int) -> tuple[str, str]:
 
 
 async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = False) -> int:
-    """Publish every event of ``path`` with confirms, ``CHUNK`` at a time; returns the count.
+    """Publish every event of ``path`` with confirms, ``tuning.PUBLISH_CHUNK`` at a time.
+
+    Returns the number of events published.
 
     A chunk that fails is published again (bounded retries with jitter): the processor applies
     a re-published event once.
@@ -167,8 +168,8 @@ async def publish_events_of(settings: Settings, contents: FileEvents) -> int:
     publisher = AsyncPublisher(settings)
     published = 0
     try:
-        for start in range(0, len(events), CHUNK):
-            chunk = events[start : start + CHUNK]
+        for start in range(0, len(events), tuning.PUBLISH_CHUNK):
+            chunk = events[start : start + tuning.PUBLISH_CHUNK]
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(PublishError),
                 stop=stop_after_attempt(5),

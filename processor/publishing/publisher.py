@@ -16,7 +16,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
@@ -24,14 +23,12 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties, Confirm
 
+from processor import tuning
 from processor.publishing.broker_errors import connection_failure_reason
 from processor.publishing.errors import PublishError
 from processor.settings import EXCHANGE, Settings
 
 log = logging.getLogger(__name__)
-
-#: Most unconfirmed messages on the channel at once.
-DEFAULT_MAX_IN_FLIGHT: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +48,9 @@ class AsyncPublisher:
         max_in_flight: most unconfirmed messages before ``publish`` waits for acks.
     """
 
-    def __init__(self, settings: Settings, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, settings: Settings, max_in_flight: int = tuning.PUBLISH_MAX_IN_FLIGHT
+    ) -> None:
         self._parameters = pika.URLParameters(settings.amqp_url)
         self._address = f"{settings.amqp.host}:{settings.amqp.port}"
         self._max_in_flight = max_in_flight
@@ -130,7 +129,7 @@ class AsyncPublisher:
 
             connection.add_on_close_callback(on_closed)
             connection.close()
-            await asyncio.wait_for(closed, timeout=10)
+            await asyncio.wait_for(closed, timeout=tuning.PUBLISHER_CLOSE_TIMEOUT_S)
         self._connection = None
         self._channel = None
 

@@ -231,7 +231,7 @@ class StreamConnection:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self._request(_CLOSE, struct.pack(">H", _OK) + _string("closing"), "close"),
-                2.0,
+                tuning.STREAM_CLOSE_ANSWER_S,
             )
         for task in self._tasks:
             task.cancel()

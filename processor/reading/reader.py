@@ -75,7 +75,7 @@ class StreamReader:
         self._wanted: dict[int, RecordSink] = {}
         self._subscribed: dict[int, RecordSink] = {}
         self._subscription_ids: dict[int, int] = {}
-        self._consumer: StreamConnection | None = None
+        self._connection: StreamConnection | None = None
         self._next_subscription_id = 0
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
@@ -89,9 +89,11 @@ class StreamReader:
     def start(self) -> None:
         """Start the loop thread and the connection supervisor."""
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_supervisor(), self._loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._start_supervisor(), self._loop).result(
+            timeout=tuning.READER_START_TIMEOUT_S
+        )
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = tuning.READER_STOP_TIMEOUT_S) -> None:
         """Unsubscribe everything, close the connection and end the loop thread."""
         if not self._thread.is_alive():
             return
@@ -141,7 +143,7 @@ class StreamReader:
         # round, after a ``subscribe`` made meanwhile, whose newer sink ``_reconcile`` installs.
         if partition in self._wanted:
             return
-        if partition in self._subscribed and self._consumer is not None:
+        if partition in self._subscribed and self._connection is not None:
             await self._unsubscribe_stream(partition)
 
     async def _shutdown(self) -> None:
@@ -152,15 +154,15 @@ class StreamReader:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await self._close_consumer()
+        await self._close_connection()
 
     async def _supervise(self) -> None:
         """Keep a connection open and the subscriptions equal to the wanted set."""
         attempt = 0
         while not self._stopping:
             try:
-                if self._consumer is None:
-                    await self._open_consumer()
+                if self._connection is None:
+                    await self._open_connection()
                 # Clear before reconciling: a change made meanwhile must wake the next round.
                 self._changed.clear()
                 await self._reconcile()
@@ -195,10 +197,10 @@ class StreamReader:
                     attempt,
                     delay,
                 )
-                await self._close_consumer()
+                await self._close_connection()
                 await asyncio.sleep(delay)
 
-    async def _open_consumer(self) -> None:
+    async def _open_connection(self) -> None:
         self._connection_lost.clear()
         self._subscribed.clear()
         self._subscription_ids.clear()
@@ -209,7 +211,7 @@ class StreamReader:
             with contextlib.suppress(Exception):
                 await connection.close()
             raise
-        self._consumer = connection
+        self._connection = connection
         failed = connection.failed
         assert failed is not None
         failed.add_done_callback(self._on_failed)
@@ -220,15 +222,15 @@ class StreamReader:
         log.warning("stream connection lost: %s", failed.exception())
         self._connection_lost.set()
 
-    async def _close_consumer(self) -> None:
-        consumer, self._consumer = self._consumer, None
+    async def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
         self._subscribed.clear()
         self._subscription_ids.clear()
         for partition in list(self._pumps):
             self._stop_pump(partition)
-        if consumer is not None:
+        if connection is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.close(), timeout=5)
+                await asyncio.wait_for(connection.close(), tuning.STREAM_CLOSE_TIMEOUT_S)
 
     def _free_subscription_id(self) -> int:
         """A subscription id not in use, cycling so an id is not reused right away."""
@@ -250,8 +252,8 @@ class StreamReader:
                 await self._subscribe_stream(partition, sink)
 
     async def _subscribe_stream(self, partition: int, sink: RecordSink) -> None:
-        consumer = self._consumer
-        if consumer is None:
+        connection = self._connection
+        if connection is None:
             raise ConnectionError("no stream connection")
         start = sink.next_offset
         sink.subscribed(start)
@@ -265,7 +267,7 @@ class StreamReader:
         def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> None:
             chunks.put_nowait((first_offset, entries))
 
-        await consumer.subscribe(
+        await connection.subscribe(
             subscription_id,
             stream_name(partition),
             start,
@@ -275,7 +277,7 @@ class StreamReader:
         )
         self._stop_pump(partition)
         self._pumps[partition] = asyncio.create_task(
-            self._pump(partition, subscription_id, consumer, chunks, sink)
+            self._pump(partition, subscription_id, connection, chunks, sink)
         )
         self._subscribed[partition] = sink
         self._subscription_ids[partition] = subscription_id
@@ -285,7 +287,7 @@ class StreamReader:
         self,
         partition: int,
         subscription_id: int,
-        consumer: StreamConnection,
+        connection: StreamConnection,
         chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]],
         sink: RecordSink,
     ) -> None:
@@ -301,7 +303,7 @@ class StreamReader:
                     await waiting
                 taken += 1
                 if taken >= step:
-                    consumer.grant(subscription_id, taken)
+                    connection.grant(subscription_id, taken)
                     taken = 0
         except asyncio.CancelledError:
             raise
@@ -318,13 +320,13 @@ class StreamReader:
         self._stop_pump(partition)
         self._subscribed.pop(partition, None)
         subscription_id = self._subscription_ids.pop(partition, None)
-        consumer = self._consumer
-        if consumer is None or subscription_id is None:
+        connection = self._connection
+        if connection is None or subscription_id is None:
             return
         try:
             # Answered after every chunk sent before it: no stale chunk reaches a later
             # subscription that reuses the id.
-            await consumer.unsubscribe(subscription_id)
+            await connection.unsubscribe(subscription_id)
         except Exception as exc:  # noqa: BLE001 - a failed unsubscribe means a broken connection
             log.warning("unsubscribing %s failed (%s); reconnecting", stream_name(partition), exc)
             self._connection_lost.set()

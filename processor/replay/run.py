@@ -100,8 +100,8 @@ class ReplayOptions:
     drop_replaced: bool = False
     catch_up_rounds: int = 10
     final_gap: int = 20_000
-    lock_timeout_s: float = 5.0
-    checkpoint_lock_timeout_s: float = 60.0
+    lock_timeout_s: float = tuning.SWAP_TABLE_LOCK_TIMEOUT_S
+    checkpoint_lock_timeout_s: float = tuning.SWAP_CHECKPOINT_LOCK_TIMEOUT_S
     swap_attempts: int = 3
 
 
