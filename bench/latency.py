@@ -7,9 +7,10 @@ Method, with nothing added to the product:
 2. the load is published at a fixed rate: every 5 ms the events that are due are published
    (confirms awaited concurrently, so a slow confirm never delays the schedule), and each
    event's publish time is ``time.monotonic()`` just before its ``basic.publish``;
-3. a separate process polls the checkpoints (``projections.checkpoints.read_checkpoints``) every
-   ``poll_s`` and records each change with the ``time.monotonic()`` taken after the answer
-   (CLOCK_MONOTONIC is system-wide, so both processes share the clock);
+3. a separate process polls the checkpoints
+   (``processor.applying.checkpoint.read_checkpoints``) every ``poll_s`` and records each
+   change with the ``time.monotonic()`` taken after the answer (CLOCK_MONOTONIC is
+   system-wide, so both processes share the clock);
 4. afterwards ``applied_events`` gives each event's partition and offset; its commit time is the
    first recorded change at or past its offset. The checkpoint commits in the same transaction as
    the event's effects, so that is when the event became visible.

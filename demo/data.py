@@ -1,12 +1,13 @@
 """The bundled Topical-Chat conversations (``data/topical-chat/``) as contract events, for the demo.
 
-A pure converter: it reads the dataset's JSON files and yields event bodies (CONTRACT.md sections 1
+A pure converter: it reads the dataset's JSON files and yields event bodies (docs/contract.md
+sections 1
 and 2); it talks to no broker and no database. ``python -m demo.data OUT.jsonl`` writes
 the bodies one per line and prints how many. The mapping below is also returned, as text, by
 ``mapping_description()`` so that the demo can print it.
 
 MAPPING
-Topical-Chat -> contract events (CONTRACT.md sections 1 and 2)
+Topical-Chat -> contract events (docs/contract.md sections 1 and 2)
 
 Input: <data_dir>/conversations/{valid_freq,valid_rare,test_freq}.json, the reading sets of the
 same names in <data_dir>/reading_sets/, and <data_dir>/entity_to_topic.json.
@@ -117,7 +118,7 @@ class DemoEvent:
     Attributes:
         event_id: the event's UUID (canonical form), also the AMQP ``message_id``.
         user_id: the child, ``child-NNN``; the routing key.
-        body: the JSON envelope of CONTRACT.md section 1, UTF-8, one line (no newline).
+        body: the JSON envelope of docs/contract.md section 1, UTF-8, one line (no newline).
     """
 
     event_id: str

@@ -15,6 +15,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,7 +34,7 @@ from processor.publishing.topology import declare_topology
 from processor.settings import Settings
 from processor.status import read_partition_status
 from projections.database import connect, migrate
-from projections.fold import LEVELS
+from projections.fold import LEVELS, level_of
 
 #: The mapping in brief, one paragraph (the console wraps it to its width); the whole of it is
 #: ``demo.data.mapping_description()``.
@@ -240,14 +241,9 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
             "SELECT count(*), coalesce(sum(events_applied), 0) FROM friendships"
         ).fetchone() or (0, 0)
         dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
-        levels: dict[str, int] = dict(
-            conn.execute(
-                """SELECT CASE WHEN score >= 80 THEN 'best_friend' WHEN score >= 60 THEN 'friend'
-                               WHEN score >= 40 THEN 'buddy' WHEN score >= 20 THEN 'acquaintance'
-                               ELSE 'stranger' END, count(*)
-                   FROM friendships GROUP BY 1"""
-            ).fetchall()
-        )
+        levels: Counter[str] = Counter()
+        for score, users in conn.execute("SELECT score, count(*) FROM friendships GROUP BY 1"):
+            levels[level_of(int(score))] += int(users)
         topics = conn.execute(
             """SELECT topic, sum(conversations), sum(turns), count(*) FROM topic_metrics
                GROUP BY topic ORDER BY sum(conversations) DESC, topic LIMIT 8"""

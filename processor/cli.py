@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from processor import tuning
 from processor.errors import ExitCode, ProcessorError, services_unavailable_as_errors
 from processor.logs import configure_logging
 from processor.settings import Settings, SettingsError
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_status
     )
     wait = commands.add_parser("wait-idle", help="wait until every partition has zero lag")
-    wait.add_argument("--timeout", type=float, default=600.0, help="seconds")
+    wait.add_argument("--timeout", type=float, default=tuning.WAIT_IDLE_TIMEOUT_S, help="seconds")
     wait.set_defaults(handler=_wait_idle)
     commands.add_parser("demo", help="Topical-Chat through the pipeline").set_defaults(
         handler=_demo

@@ -49,6 +49,10 @@ class ServiceUnavailable(ProcessorError):
     """The database or the broker cannot be reached, or failed while a command used it."""
 
 
+class LagNotZero(ProcessorError):
+    """Some partition's checkpoint did not reach its log tail in time (``just wait-idle``)."""
+
+
 def unavailable(error: Exception) -> ServiceUnavailable:
     """The ``ServiceUnavailable`` that stands for a library's connection or server failure.
 

@@ -58,6 +58,7 @@ class Processor:
         self._coordinator = Coordinator(settings, self.member, self._make_owner)
         self._links = OwnerLinks(
             wake=self._pool.wake,
+            subscribe=self._reader.subscribe,
             unsubscribe=self._reader.unsubscribe,
             released=self._coordinator.forget,
             stopped=self._coordinator.stopped,
@@ -124,7 +125,7 @@ class Processor:
     def _make_owner(
         self, partition: int, conn: psycopg.Connection, checkpoint: int, epoch: int
     ) -> PartitionOwner:
-        """The owner of a partition whose lease ``conn`` just took; it starts reading."""
+        """The owner of a partition whose lease ``conn`` just took (not reading yet)."""
         settings = self.settings
         owner: PartitionOwner | None = None
 
@@ -145,7 +146,6 @@ class Processor:
         owner = PartitionOwner(
             conn, applier, feed, batch_size=settings.batch_size, links=self._links
         )
-        self._reader.subscribe(partition, feed)
         return owner
 
     def _shutdown(self) -> None:

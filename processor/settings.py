@@ -1,4 +1,5 @@
-"""All environment variables in one place, read once into a frozen ``Settings`` (CONTRACT.md §7).
+"""All environment variables in one place, read once into a frozen ``Settings`` (docs/contract.md
+§7).
 
 Nothing reads the environment at import time: ``Settings.from_env()`` is called by the entry
 points and the object is passed down.
@@ -164,7 +165,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from the environment (or ``env``), defaults from CONTRACT.md §7.
+        """Build settings from the environment (or ``env``), defaults from docs/contract.md §7.
 
         Raises:
             SettingsError: a variable is malformed or out of range.

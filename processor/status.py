@@ -10,14 +10,10 @@ import psycopg
 
 from processor import tuning
 from processor.applying.checkpoint import read_checkpoints
-from processor.errors import ProcessorError
+from processor.errors import LagNotZero
 from processor.ownership.leases import current_lease_holders
 from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
-
-
-class LagNotZero(ProcessorError):
-    """Some partition's checkpoint did not reach its log tail in time."""
 
 
 @dataclass(frozen=True)

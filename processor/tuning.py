@@ -38,6 +38,10 @@ READER_STOP_TIMEOUT_S: Final = 10.0
 #: Seconds to wait for a stream's first chunk when probing where its log starts; a stream that
 #: did not answer is asked again with the second, longer wait.
 FIRST_OFFSET_WAITS_S: Final = (2.0, 8.0)
+#: Seconds between a range read's checks of its outcome, connections and stalls.
+RANGE_READ_POLL_S: Final = 0.05
+#: Chunks the broker may send a probe (the least the stream client asks for).
+PROBE_CREDIT: Final = 2
 #: Seconds to wait for the last chunks when probing the streams' tails; silent streams are
 #: asked again with four times the wait before they count as empty.
 TAIL_PROBE_WAIT_S: Final = 0.25
@@ -53,6 +57,8 @@ BATCH_RETRY_WAIT_MAX_S: Final = 2.0
 REPLAY_BATCH_SIZE: Final = 10_000
 #: Worker threads applying replayed batches.
 REPLAY_THREADS: Final = 2
+#: Records a user's history reads per batch (``replay --user``: nothing is written).
+HISTORY_BATCH_SIZE: Final = 5_000
 
 # -- the processor process -------------------------------------------------------------------
 
@@ -60,6 +66,8 @@ REPLAY_THREADS: Final = 2
 PROGRESS_EVERY_S: Final = 10.0
 #: Seconds a worker may take to finish its batch at shutdown before its connection is closed.
 SHUTDOWN_TIMEOUT_S: Final = 60.0
+#: Seconds allowed to deliver a cancel request for a statement still running at shutdown.
+CANCEL_TIMEOUT_S: Final = 5.0
 
 #: Seconds between two looks at the lag while waiting for zero lag (``just wait-idle``).
 LAG_POLL_S: Final = 0.5
@@ -70,6 +78,16 @@ LAG_POLL_S: Final = 0.5
 SWAP_TABLE_LOCK_TIMEOUT_S: Final = 5.0
 #: Longest wait, in seconds, for the live checkpoint rows (the batches in flight).
 SWAP_CHECKPOINT_LOCK_TIMEOUT_S: Final = 60.0
+#: Tries of the final swap step when its locks time out, and the back-off between them
+#: (``attempt * SWAP_RETRY_WAIT_S`` seconds).
+SWAP_ATTEMPTS: Final = 3
+SWAP_RETRY_WAIT_S: Final = 0.5
+#: Most catch-up rounds before a replay's final step, and the most offsets that step may still
+#: have to apply (under the snapshot, or while live writes wait for a swap).
+REPLAY_CATCH_UP_ROUNDS: Final = 10
+REPLAY_FINAL_GAP: Final = 20_000
+#: Seconds ``just wait-idle`` waits for zero lag by default.
+WAIT_IDLE_TIMEOUT_S: Final = 600.0
 
 # -- publishing ------------------------------------------------------------------------------
 

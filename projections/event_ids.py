@@ -1,6 +1,7 @@
 """The event-id rule of a partition, as a pure function of the batch and what came before.
 
-Within a partition the first occurrence of an event id in log order wins (CONTRACT.md section 8,
+Within a partition the first occurrence of an event id in log order wins (docs/contract.md section
+3,
 "Event ids"): it is applied. A later occurrence with the same ``user_id`` is a duplicate (no
 effect); one with another ``user_id`` is dead-lettered with a reason naming the first user. The
 answer depends only on log order, never on where batches begin and end, so live processing and

@@ -1,4 +1,4 @@
-"""The pure fold: ``evolve(state, event) -> state`` (CONTRACT.md section 2). No I/O here.
+"""The pure fold: ``evolve(state, event) -> state`` (docs/contract.md section 2). No I/O here.
 
 A user's projection is the left fold of that user's events in log order. It has two parts that
 the storage layer keeps in two tables: the friendship (one per user) and the topic metrics (one per

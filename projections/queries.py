@@ -1,4 +1,4 @@
-"""Read queries on the stored projections, applied event ids and dead letters (CONTRACT.md §6).
+"""Read queries on the stored projections, applied event ids and dead letters (docs/contract.md §6).
 
 Every function takes a SQLAlchemy ``Connection`` (sync, psycopg 3) and returns frozen msgspec
 Structs that the HTTP API sends as they are. Timestamps come back as UTC datetimes (msgspec writes

@@ -1,4 +1,5 @@
-"""Event envelope and event types (CONTRACT.md sections 1-2), decoded and validated by msgspec."""
+"""Event envelope and event types (docs/contract.md sections 1-2), decoded and validated by
+msgspec."""
 
 from schemas.events import (
     RATINGS,

@@ -1,6 +1,7 @@
 """The event envelope and the three event types as frozen msgspec Structs.
 
-Source of every rule: CONTRACT.md sections 1 and 2. The envelope fields (``event_id``, ``type``,
+Source of every rule: docs/contract.md sections 1 and 2. The envelope fields (``event_id``,
+``type``,
 ``user_id``, ``occurred_at``, ``data``) are repeated on each event type so that ``type`` is the tag
 of a msgspec tagged union: one decoder picks the right Struct and validates ``data`` with it.
 

@@ -2,7 +2,7 @@
 
 The decoder (``schemas.validation``) stops at the first problem and speaks in msgspec's terms
 (``Expected `str` matching regex ...``). When an event is invalid, this module looks at the
-decoded JSON value once more and lists every rule of CONTRACT.md sections 1 and 2 it breaks,
+decoded JSON value once more and lists every rule of docs/contract.md sections 1 and 2 it breaks,
 each as ``(field, reason)``. It runs only for invalid events, so valid traffic pays nothing.
 """
 

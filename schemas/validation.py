@@ -31,7 +31,7 @@ TOO_DEEP: Final = "nested too deeply to decode"
 
 
 class EventValidationError(ValueError):
-    """An event body that breaks a rule of CONTRACT.md section 1 or 2.
+    """An event body that breaks a rule of docs/contract.md section 1 or 2.
 
     Attributes:
         field: dotted path of the first offending field (``"data.topic"``), ``""`` for the
@@ -92,7 +92,8 @@ def _truncate_fractions(body: bytes | bytearray | str) -> bytes | bytearray | st
     """The body with ``occurred_at`` cut to microseconds when it has more fraction digits.
 
     msgspec rounds to the nearest microsecond (``...59.9999996Z`` becomes the next year);
-    the contract truncates (CONTRACT.md section 8, "Timestamps"). Only bodies with seven or
+    the contract truncates (docs/contract.md section 1, "Times are kept to the microsecond"). Only
+    bodies with seven or
     more digits after a dot come here, so valid traffic pays one byte search.
     """
     try:
@@ -120,7 +121,8 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
     Raises:
         EventValidationError: not JSON (bytes that are not UTF-8 included), not an object, a
             missing or wrongly typed field, an unknown ``type``, an out-of-range value, a naive
-            timestamp or one whose instant falls outside years 1-9999 in UTC (CONTRACT.md section
+            timestamp or one whose instant falls outside years 1-9999 in UTC (docs/contract.md
+            section
             4), or nesting deeper than the decoder's recursion limit.
     """
     if not isinstance(body, str):

@@ -1,4 +1,5 @@
-"""A straightforward reference fold: the test oracle for the projections (CONTRACT.md section 2).
+"""A straightforward reference fold: the test oracle for the projections (docs/contract.md section
+2).
 
 Written independently of ``projections.fold`` and of ``schemas``: plain ``json``, dicts and ints,
 the score clamped after every change. Unit tests compare it with ``fold_by_user``; integration

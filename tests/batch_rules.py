@@ -13,6 +13,8 @@ import itertools
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 
 from processor.applying.batch import BatchResult, apply_batch
 from processor.applying.errors import CheckpointConflict, OffsetsOutOfOrder
-from processor.applying.store import BatchStore
+from processor.applying.store import BatchStore, BatchTransaction
 from processor.reading.log_record import LogRecord
 from testkit.reference import reference_fold
 from tests.strategies import ADJUSTED, COMPLETED, TURN_RECORDED, make_event, valid_event_logs
@@ -37,6 +39,10 @@ class Backend(ABC):
     @abstractmethod
     def reset(self) -> None:
         """Forget everything: empty tables, checkpoints back at -1, epochs at 0."""
+
+    @abstractmethod
+    def rewind(self, partition: int) -> None:
+        """Set the partition's checkpoint back to -1, as an operator resetting it would."""
 
     @abstractmethod
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
@@ -86,6 +92,42 @@ def completed(user: str, rating: str = "excellent") -> bytes:
 
 def records(*bodies: bytes, start: int = 0) -> list[LogRecord]:
     return [LogRecord(start + i, body) for i, body in enumerate(bodies)]
+
+
+class Injected(Exception):
+    """A failure injected into a store's transaction."""
+
+
+class _FaultyTransaction:
+    """Delegates to a real transaction; ``at`` fails (``Injected``) or, for
+    ``advance_checkpoint`` with ``shift``, is called with a wrong expected offset."""
+
+    def __init__(self, tx: BatchTransaction, at: str, shift: int) -> None:
+        self._tx, self._at, self._shift = tx, at, shift
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._tx, name)
+        if name != self._at:
+            return method
+        if self._shift:
+            return lambda advance: method(replace(advance, expected=advance.expected + self._shift))
+
+        def fail(*_args: Any) -> None:
+            raise Injected(name)
+
+        return fail
+
+
+class FaultyStore:
+    """A store whose transactions fail at one step (after earlier steps wrote)."""
+
+    def __init__(self, store: BatchStore, at: str, shift: int = 0) -> None:
+        self._store, self._at, self._shift = store, at, shift
+
+    @contextmanager
+    def transaction(self) -> Iterator[BatchTransaction]:
+        with self._store.transaction() as tx:
+            yield _FaultyTransaction(tx, self._at, self._shift)  # type: ignore[misc]
 
 
 class BatchRules(ABC):
@@ -254,6 +296,51 @@ class BatchRules(ABC):
     def test_an_empty_batch_is_an_error(self, backend: Backend) -> None:
         with pytest.raises(ValueError, match="at least one record"):
             self.apply(backend, 0, [], -1)
+
+    @pytest.mark.parametrize(
+        "step", ["record_event_ids", "write_rows", "write_dead_letters", "advance_checkpoint"]
+    )
+    def test_a_transaction_that_fails_midway_leaves_nothing_behind(
+        self, backend: Backend, step: str
+    ) -> None:
+        first = self.apply(backend, 0, records(turn("alice")), -1)
+        before = (backend.projections(), backend.dead_letters(), backend.checkpoint(0))
+        event_id = str(uuid.uuid4())
+        batch = records(turn("alice", event_id=event_id), b"not json", start=1)
+        with pytest.raises(Injected):
+            apply_batch(FaultyStore(backend.store, step), 0, batch, first.last_offset, "owner-a")
+        assert (backend.projections(), backend.dead_letters(), backend.checkpoint(0)) == before
+        assert backend.applied_event(event_id) is None
+        again = self.apply(backend, 0, batch, first.last_offset)  # and it applies whole later
+        assert (again.applied, again.dead_lettered) == (1, 1)
+
+    def test_the_checkpoint_moves_only_by_compare_and_set(self, backend: Backend) -> None:
+        faulty = FaultyStore(backend.store, "advance_checkpoint", shift=1)
+        with pytest.raises(CheckpointConflict):
+            apply_batch(faulty, 0, records(turn("alice")), -1, "owner-a")
+        assert backend.checkpoint(0) == (-1, 0, 0)
+        assert backend.projections() == {}
+
+    def test_an_id_first_used_in_another_partition_keeps_its_first_user(
+        self, backend: Backend
+    ) -> None:
+        event_id = str(uuid.uuid4())
+        self.apply(backend, 0, records(turn("alice", event_id=event_id)), -1)
+        result = self.apply(
+            backend,
+            1,
+            records(turn("bob", event_id=event_id), turn("alice", event_id=event_id)),
+            -1,
+        )
+        assert (result.applied, result.duplicates, result.dead_lettered) == (0, 1, 1)
+        assert "partition 0, offset 0" in backend.dead_letters()[(1, 0)][2]
+        assert backend.applied_event(event_id) == ("alice", 0, 0)
+
+    def test_the_first_dead_letter_at_an_offset_is_kept(self, backend: Backend) -> None:
+        self.apply(backend, 2, records(b"first garbage"), -1)
+        backend.rewind(2)  # an operator set the checkpoint back; the offset is read again
+        self.apply(backend, 2, records(b"second garbage"), -1)
+        assert backend.dead_letters()[(2, 0)][3] == b"first garbage"
 
     # -- batching does not matter ----------------------------------------------------------------
 

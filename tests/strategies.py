@@ -1,4 +1,4 @@
-"""Valid events for tests: a JSON builder and Hypothesis strategies (CONTRACT.md sections 1-2).
+"""Valid events for tests: a JSON builder and Hypothesis strategies (docs/contract.md sections 1-2).
 
 Everything here produces raw JSON bodies (``bytes``), exactly what a producer publishes, so unit
 tests (``decode_event(body)``), integration tests (publish the body) and the reference fold

@@ -1,4 +1,4 @@
-"""The HTTP API: event ingest (CONTRACT.md §5) and the read API (§6) on Litestar.
+"""The HTTP API: event ingest (docs/contract.md §5) and the read API (§6) on Litestar.
 
 ``create_app(settings)`` builds the ASGI app; ``serve(settings)`` runs it with uvicorn.
 """

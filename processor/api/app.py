@@ -1,6 +1,6 @@
 """The HTTP app: ``create_app(settings)`` builds it, ``serve(settings)`` runs it with uvicorn.
 
-Routes (CONTRACT.md §5, §6): ``POST /v1/events``; ``GET /v1/users/{user_id}/friendship``,
+Routes (docs/contract.md §5, §6): ``POST /v1/events``; ``GET /v1/users/{user_id}/friendship``,
 ``/v1/users/{user_id}/topics``, ``/v1/events/{event_id}``, ``/v1/stats``, ``/v1/dead-letters``;
 ``GET /healthz``, ``/readyz``, ``/metrics``; the OpenAPI document at ``/schema/openapi.json``.
 Every error answers ``{"error": {"code", "message"}}`` (see ``processor.api.errors``).

@@ -1,4 +1,4 @@
-"""``POST /v1/events``: validate events, publish them with broker confirms (CONTRACT.md §5).
+"""``POST /v1/events``: validate events, publish them with broker confirms (docs/contract.md §5).
 
 All or nothing: one invalid item refuses the whole request (422, one detail per bad item) and
 nothing is published. Valid items are published as the exact bytes received (unknown fields kept)
@@ -74,7 +74,7 @@ def _ingest_request_body() -> RequestBody:
     return RequestBody(
         required=True,
         description=(
-            f"One event object (CONTRACT.md §1) or a JSON array of up to {MAX_EVENTS}; "
+            f"One event object (docs/contract.md §1) or a JSON array of up to {MAX_EVENTS}; "
             f"at most {MAX_BODY_BYTES} bytes."
         ),
         content={

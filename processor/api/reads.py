@@ -1,4 +1,4 @@
-"""The read API (CONTRACT.md §6): friendship, topics, event status, stats and dead letters.
+"""The read API (docs/contract.md §6): friendship, topics, event status, stats and dead letters.
 
 Every handler runs its query in a worker thread (``ApiContext.read``). Timestamps are RFC 3339
 in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
@@ -59,7 +59,7 @@ class StatsView(msgspec.Struct, frozen=True):
     partitions: list[PartitionView]
 
 
-#: A ``user_id`` as the contract defines it (CONTRACT.md section 1), for path parameters.
+#: A ``user_id`` as the contract defines it (docs/contract.md section 1), for path parameters.
 _USER_ID: Final = re.compile(USER_ID_PATTERN)
 
 

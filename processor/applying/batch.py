@@ -1,6 +1,6 @@
 """Apply one batch of log records in ONE transaction: the rules of a batch, in the design's steps.
 
-This is the single code path for live processing and replay (DESIGN.md "Data flow"):
+This is the single code path for live processing and replay (README "How it works"):
 
 1. decode and de-duplicate (pure): refuse offsets out of order; turn records into valid events
    and dead letters (``processor.applying.decode``);

@@ -2,7 +2,7 @@
 
 One row per partition (``checkpoints``): the committed offset (-1 = nothing yet), the owner, the
 lease epoch (the fencing token), and counters of applied and dead-lettered events. It is the
-tracking record of DESIGN.md "Data flow": it moves in the same transaction as the projection
+tracking record of README "How it works": it moves in the same transaction as the projection
 rows it covers, so a crash anywhere replays at most the uncommitted batch.
 
 The life cycle of one batch, inside its transaction:
@@ -163,20 +163,6 @@ def ensure_checkpoints(
         )
 
 
-def read_checkpoint(conn: psycopg.Connection, partition: int) -> int:
-    """The committed offset of a partition (-1 when nothing is committed yet).
-
-    Raises:
-        CheckpointMissing: the partition has no checkpoint row (``ensure_checkpoints`` not run).
-    """
-    row = conn.execute(
-        "SELECT committed_offset FROM checkpoints WHERE partition = %s", (partition,)
-    ).fetchone()
-    if row is None:
-        raise CheckpointMissing(f"partition {partition} has no checkpoint row")
-    return int(row[0])
-
-
 def read_checkpoints(
     conn: psycopg.Connection, schema: str | None = None, *, lock_mode: str = ""
 ) -> dict[int, int]:
@@ -206,6 +192,16 @@ def consumed_records(conn: psycopg.Connection) -> int:
     """
     row = conn.execute("SELECT coalesce(sum(committed_offset + 1), 0) FROM checkpoints").fetchone()
     return int(row[0]) if row else 0
+
+
+def checkpoints_schema(conn: psycopg.Connection) -> str | None:
+    """The schema where ``checkpoints`` resolves on ``conn`` (the live tables on a default
+    connection), None when there is no such table (the database was never migrated)."""
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass('checkpoints')"
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def read_totals(conn: Connection) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Decode a batch of log records into valid events and dead letters. Pure: no I/O.
 
-The first step of a batch (DESIGN.md "Data flow"): every record becomes either a valid event
+The first step of a batch (README "How it works"): every record becomes either a valid event
 with its offset, or a ``DeadLetter`` naming why it is invalid (docs/contract.md section 4): an
 entry the reader could not unpack, a body that is not a valid event, or an event whose routing
 key is not its ``user_id`` ("Routing"). The de-duplication by event id that follows needs what

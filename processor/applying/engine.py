@@ -101,11 +101,6 @@ class WorkerPool(Generic[ContextT]):
             elif run is _Run.RUNNING:
                 self._runs[lane] = _Run.RUNNING_WOKEN
 
-    def scheduled(self, lane: Lane[ContextT]) -> bool:
-        """True while ``lane`` is queued or running."""
-        with self._lock:
-            return lane in self._runs
-
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until no lane is queued or running; False when ``timeout_s`` passed first."""
         with self._idle:
@@ -150,10 +145,12 @@ class WorkerPool(Generic[ContextT]):
     def _run(self, lane: Lane[ContextT], context: ContextT) -> None:
         try:
             again = lane.step(context)
-        except Exception as exc:
-            log.debug("lane %r failed", lane, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a lane's failure stops that lane only
             again = False
-            lane.fail(exc)
+            try:
+                lane.fail(exc)
+            except Exception:  # the worker must live on for the other lanes
+                log.exception("lane %r could not handle its failure (%s)", lane, exc)
         with self._lock:
             woken = self._runs.get(lane) is _Run.RUNNING_WOKEN
             if (again or woken) and not self._stopping:

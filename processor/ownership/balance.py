@@ -44,6 +44,7 @@ def plan_balance(
     owned: Collection[int],
     held_by_others: Collection[int],
     unavailable: Collection[int] = (),
+    keep: Collection[int] = (),
 ) -> BalancePlan:
     """What this member should change to move towards its fair share.
 
@@ -54,6 +55,8 @@ def plan_balance(
         owned: partitions this member owns.
         held_by_others: partitions whose lease another connection holds.
         unavailable: partitions this member must not take (e.g. stopped on a truncated log).
+        keep: owned partitions never handed off (a stopped partition keeps its lease, so no
+            member retries a log that lost records); they still count towards the share.
     """
     members = set(live) | {me}
     share = fair_share(partitions, len(members))
@@ -61,7 +64,7 @@ def plan_balance(
     if len(owned) > share:
         surplus = len(owned) - share
         # Hand off the owned partitions this member likes least.
-        least_liked = sorted(owned, key=order.index, reverse=True)
+        least_liked = sorted((p for p in owned if p not in keep), key=order.index, reverse=True)
         return BalancePlan(share, (), tuple(least_liked[:surplus]))
     wanted = share - len(owned)
     free = [p for p in order if p not in owned and p not in held_by_others and p not in unavailable]

@@ -131,6 +131,7 @@ class Coordinator:
             owned=owned,
             held_by_others={p for p in holders if p not in owned},
             unavailable=unavailable,
+            keep=unavailable & owned,
         )
         for partition in plan.hand_off:
             with self._lock:
@@ -143,15 +144,16 @@ class Coordinator:
             self._take(partition)
 
     def leave(self) -> None:
-        """Close every owner's lease connection and deregister (graceful shutdown).
+        """Let every owner go and deregister (graceful shutdown).
 
-        Call after the worker pool stopped: a batch still in flight then rolls back.
+        Call after the worker pool stopped: a batch that outlived the pool's timeout is
+        cancelled and rolls back (``PartitionOwner.abandon``).
         """
         with self._lock:
             owners = list(self._owners.values())
             self._owners.clear()
         for owner in owners:
-            owner.conn.close()
+            owner.abandon()
         control, self._control = self._control, None
         if control is None:
             return
@@ -220,6 +222,7 @@ class Coordinator:
         owner = self._make_owner(partition, conn, checkpoint, epoch)
         with self._lock:
             self._owners[partition] = owner
+        owner.start()  # registered first: an owner that releases at once is forgotten
         log.info(
             "partition %d: lease taken (epoch %d), resuming after offset %d",
             partition,

@@ -4,7 +4,8 @@ A lease is ``pg_try_advisory_lock(LEASE_CLASS, partition)`` in the processor's d
 It lives exactly as long as the owner's connection: a process that dies, or whose connection is
 terminated, loses its leases at once, and another process can take them. The lease is what says
 who owns a partition; the checkpoint compare-and-set is what stops a late commit of an owner
-that lost it (see ``processor.applying.batch``). Source: DESIGN.md, "Ownership across processes".
+that lost it (see ``processor.applying.batch``). Source: README "Many processes, on one machine or
+many".
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ def try_acquire_lease(conn: psycopg.Connection, partition: int) -> bool:
     """Try to take the partition's lease on ``conn`` without waiting; True when taken."""
     row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LEASE_CLASS, partition)).fetchone()
     return bool(row and row[0])
-
-
-def release_lease(conn: psycopg.Connection, partition: int) -> None:
-    """Give the partition's lease back (closing the connection does the same)."""
-    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LEASE_CLASS, partition))
 
 
 @dataclass(frozen=True)

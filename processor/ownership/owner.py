@@ -5,18 +5,22 @@ on ``conn``). It runs its own states; the membership loop only asks (``hand_off`
 worker pool only runs it (``step``):
 
 ```
-ACTIVE ──hand_off──▶ DRAINING ──batch in flight committed──▶ RELEASED
-  │  ╰──lease lost, fenced, database error──────────────────────▶ RELEASED
-  ╰──log truncated──▶ STOPPED (keeps the lease: no process retries a log that lost records)
+ACTIVE ──hand_off──▶ DRAINING ──batch in flight ended──▶ RELEASED
+  │  ╰──lease lost, fenced, database error, unexpected failure──▶ RELEASED
+  ╰──log truncated──▶ STOPPED ──lease lost, process stops──▶ RELEASED
 ```
 
-In ACTIVE it applies batches: the feed wakes it when a batch is ready, the pool runs ``step``
-on a worker thread, one batch at a time. Released, it has stopped reading and closed the lease
-connection, so another owner can take the partition from its checkpoint.
+In ACTIVE it applies batches: ``start`` subscribes its feed, the feed wakes it when a batch is
+ready, and the pool runs ``step`` on a worker thread, one batch at a time. STOPPED, it reads no
+more but keeps its lease, so no process retries a log that lost records until an operator acts
+(the coordinator does not hand a stopped partition off to balance). Released, it has stopped
+reading and closed the lease connection, so another owner can take the partition from its
+checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from enum import Enum
 
 import psycopg
 
+from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.batch import BatchResult
 from processor.applying.errors import ApplyError, CheckpointConflict
@@ -67,6 +72,7 @@ class OwnerLinks:
 
     Attributes:
         wake: schedule the owner on a worker (``WorkerPool.wake``).
+        subscribe: start reading a partition into a feed (``StreamReader.subscribe``).
         unsubscribe: stop reading a partition (``StreamReader.unsubscribe``).
         released: the owner gave its partition up (its lease is gone).
         stopped: the owner stopped its partition on ``error`` and keeps the lease.
@@ -74,6 +80,7 @@ class OwnerLinks:
     """
 
     wake: Callable[[PartitionOwner], None]
+    subscribe: Callable[[int, PartitionFeed], None]
     unsubscribe: Callable[[int], object]
     released: Callable[[PartitionOwner], None]
     stopped: Callable[[PartitionOwner, Exception], None]
@@ -118,6 +125,10 @@ class PartitionOwner:
         with self._lock:
             return self._state
 
+    def start(self) -> None:
+        """Start reading the partition from the checkpoint (call once, after registering)."""
+        self._links.subscribe(self.partition, self.feed)
+
     def wake(self) -> None:
         """A batch is ready (or the feed failed): run ``step`` on a worker (any thread)."""
         if self.state is OwnerState.ACTIVE:
@@ -130,7 +141,8 @@ class PartitionOwner:
 
         Runs on one worker thread at a time. Failures end here: a fenced owner, a lost
         connection or a failed read releases the partition; a truncated log stops it. An owner
-        handed off during the batch is released once the batch committed.
+        handed off during the batch is released once the batch ended. Anything else propagates
+        to the pool, which calls ``fail``.
         """
         with self._lock:
             if self._state is not OwnerState.ACTIVE:
@@ -142,13 +154,10 @@ class PartitionOwner:
             with self._lock:
                 self._applying = False
                 state: OwnerState = self._state  # hand_off may have changed it meanwhile
-                drained = state is OwnerState.DRAINING
-                if drained:
-                    self._state = OwnerState.RELEASED
-        if drained:
-            self._close("handed off after its batch committed", logging.INFO)
+        if state is OwnerState.DRAINING:
+            self.release("handed off after its batch committed", logging.INFO)
             return False
-        return self.state is OwnerState.ACTIVE and (
+        return state is OwnerState.ACTIVE and (
             self.feed.has_records() or self.feed.error is not None
         )
 
@@ -188,30 +197,46 @@ class PartitionOwner:
     # -- life cycle ------------------------------------------------------------------------------
 
     def hand_off(self, reason: str, level: int = logging.INFO) -> None:
-        """Give the partition up gracefully: a batch in flight commits first (any thread)."""
+        """Give the partition up gracefully: a batch in flight ends first (any thread)."""
         with self._lock:
             if self._state in (OwnerState.RELEASED, OwnerState.DRAINING):
                 return
             busy = self._applying
-            self._state = OwnerState.DRAINING if busy else OwnerState.RELEASED
+            if busy:
+                self._state = OwnerState.DRAINING
         if busy:
             self._links.unsubscribe(self.partition)  # read no more; released after the batch
         else:
-            self._close(f"handed off ({reason})", level)
+            self.release(f"handed off ({reason})", level)
 
     def release(self, reason: str, level: int = logging.WARNING) -> None:
-        """Give the partition up now: stop reading it and close the lease connection."""
+        """Give the partition up now: stop reading it and close the lease connection.
+
+        Called by the owner itself (or by ``hand_off`` when no batch is in flight), never
+        while a batch runs on the connection from another thread.
+        """
         with self._lock:
             if self._state is OwnerState.RELEASED:
                 return
             self._state = OwnerState.RELEASED
-        self._close(reason, level)
-
-    def _close(self, reason: str, level: int) -> None:
         self._links.unsubscribe(self.partition)
         self.conn.close()
         self._links.released(self)
         log.log(level, "partition %d: released (%s)", self.partition, reason)
+
+    def abandon(self) -> None:
+        """Let go at shutdown, even of a batch still in flight on a worker: the database is
+        asked to cancel its statement (thread-safe), then the connection closes and the
+        transaction rolls back. The next owner reads the batch again from the checkpoint."""
+        with self._lock:
+            if self._state is OwnerState.RELEASED:
+                return
+            self._state = OwnerState.RELEASED
+            busy = self._applying
+        if busy:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.cancel_safe(timeout=tuning.CANCEL_TIMEOUT_S)
+        self.conn.close()
 
     def _stop(self, error: LogTruncated) -> None:
         with self._lock:

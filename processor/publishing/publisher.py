@@ -3,7 +3,7 @@
 Throughput comes from many messages in flight on pika's asyncio connection: each publish
 registers a future by delivery tag, and the broker's (possibly ``multiple``) acks resolve them.
 A message the exchange could not route comes back as ``basic.return`` before its ack and fails
-its future, so an unroutable event is an error, not a silent confirm (CONTRACT.md §5).
+its future, so an unroutable event is an error, not a silent confirm (docs/contract.md §5).
 
 Publishing is at-least-once: a caller that retries after a ``PublishError`` may append an event
 twice, which the processor applies once (same ``event_id``).

@@ -1,4 +1,4 @@
-"""Idempotent declaration of the exchange and partition streams (CONTRACT.md §5).
+"""Idempotent declaration of the exchange and partition streams (docs/contract.md §5).
 
 The ``events`` exchange is ``x-consistent-hash``; partition ``i`` is the stream ``events.p{i:03d}``
 bound with weight ``"1"`` in partition order, so the hash ring is the same after a broker restart.

@@ -161,37 +161,43 @@ def chunk_entries(frame: bytes | memoryview) -> tuple[int, int, list[ChunkEntry]
     for _ in range(entries):
         if pos >= data_length:
             break
-        kind = data[pos]
-        if kind & 0x80 == 0:
+        if data[pos] & 0x80 == 0:  # a simple entry: size, then one message
             (size,) = _UINT32.unpack_from(data, pos)
             out.append(data[pos + 4 : pos + 4 + size])
             covered += 1
             pos += 4 + size
             continue
-        header_end = pos + 1 + _SUBENTRY.size
-        count, _, size = (
-            _SUBENTRY.unpack_from(data, pos + 1)
-            if header_end <= data_length
-            else (
-                0,
-                0,
-                0,
-            )
-        )
-        if header_end > data_length or header_end + size > data_length or count == 0:
-            # The header cannot be trusted: the rest of the chunk is one unreadable entry.
-            rest = max(records - covered, 1)
-            reason = f"a sub-entry batch header at byte {pos} of the chunk is malformed"
-            out.append(UnreadableEntry(bytes(data[pos:]), rest, reason))
-            covered += rest
-            break
-        batch = data[header_end : header_end + size]
-        try:
-            out.extend(_unpack_subentry(kind, batch, count))
-        except ValueError as exc:
-            out.append(UnreadableEntry(bytes(data[pos : header_end + size]), count, str(exc)))
+        count, pos = _read_subentry(data, pos, max(records - covered, 1), out)
         covered += count
-        pos = header_end + size
     if covered != records:
         raise StreamProtocolError(f"chunk at offset {first_offset}: {covered} of {records} records")
     return subscription_id, first_offset, out
+
+
+def _read_subentry(data: memoryview, pos: int, rest: int, out: list[ChunkEntry]) -> tuple[int, int]:
+    """Append the records of the sub-entry batch at ``pos`` to ``out``.
+
+    Args:
+        data: the chunk's data.
+        pos: where the batch starts (its first byte has the top bit set).
+        rest: offsets the chunk still owes: what a batch with an untrustworthy header covers.
+        out: the chunk's entries so far.
+
+    Returns:
+        ``(offsets covered, position after the batch)``; after an untrustworthy header the
+        rest of the chunk is one ``UnreadableEntry`` and the position is the chunk's end.
+    """
+    header_end = pos + 1 + _SUBENTRY.size
+    if header_end <= len(data):
+        count, _, size = _SUBENTRY.unpack_from(data, pos + 1)
+    else:
+        count = size = 0
+    if header_end > len(data) or header_end + size > len(data) or count == 0:
+        reason = f"a sub-entry batch header at byte {pos} of the chunk is malformed"
+        out.append(UnreadableEntry(bytes(data[pos:]), rest, reason))
+        return rest, len(data)
+    try:
+        out.extend(_unpack_subentry(data[pos], data[header_end : header_end + size], count))
+    except ValueError as exc:
+        out.append(UnreadableEntry(bytes(data[pos : header_end + size]), count, str(exc)))
+    return count, header_end + size

@@ -152,16 +152,6 @@ class PartitionFeed:
             self._loop.call_soon_threadsafe(self._space.set)
         return batch
 
-    def ready(self) -> bool:
-        """True when a batch should be applied now (full, waited long enough, or failed)."""
-        with self._lock:
-            if self.error is not None:
-                return True
-            if not self._records:
-                return False
-            waited = time.monotonic() - self._oldest_at
-            return len(self._records) >= self._batch_size or waited >= self._batch_wait_s
-
     def has_records(self) -> bool:
         """True when records are waiting."""
         with self._lock:

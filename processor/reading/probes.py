@@ -17,9 +17,6 @@ from processor.reading.chunks import ChunkEntry, chunk_span
 from processor.reading.client import MAX_SUBSCRIPTIONS, OffsetSpec, stream_connection
 from processor.settings import Settings, stream_name
 
-#: Chunks the broker may send a probe (the least the protocol client asks for).
-_PROBE_CREDIT = 2
-
 
 async def _probe(
     settings: Settings, partitions: list[int], start: OffsetSpec, wait_s: float
@@ -42,7 +39,7 @@ async def _probe(
                         arrived.set()
 
                 await connection.subscribe(
-                    index, stream_name(partition), 0, _PROBE_CREDIT, on_chunk, start=start
+                    index, stream_name(partition), 0, tuning.PROBE_CREDIT, on_chunk, start=start
                 )
             # Every stream that is not empty answers at once; an empty one sends nothing.
             with contextlib.suppress(TimeoutError):

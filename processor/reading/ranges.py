@@ -20,7 +20,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from processor import tuning
 from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
@@ -30,10 +29,6 @@ from processor.reading.log_record import LogRecord
 from processor.reading.log_start import FirstOffsetProbe, check_log_start
 from processor.reading.probes import read_first_offset
 from processor.settings import Settings, stream_name
-
-#: Seconds between checks of the outcome, the connections, ``check`` and stalls.
-_POLL_S: Final = 0.05
-
 
 #: Takes one batch of a partition (called on the event loop); may return an awaitable that
 #: reading waits for before it goes on (back-pressure).
@@ -232,7 +227,7 @@ async def _read(
                 await connection.subscribe(index, stream, log_range.first, credit, sink.on_chunk)
         while not state.finished.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.finished.wait(), _POLL_S)
+                await asyncio.wait_for(state.finished.wait(), tuning.RANGE_READ_POLL_S)
             for connection in connections:
                 if connection.failed is not None and connection.failed.done():
                     connection.failed.result()
@@ -320,7 +315,7 @@ def read_log_ranges_into_memory(
     def keep(partition: int, batch: list[LogRecord]) -> None:
         records[partition].extend(batch)
 
-    read_log_ranges(settings, ranges, keep, batch_size=10_000, credit=credit)
+    read_log_ranges(settings, ranges, keep, batch_size=tuning.REPLAY_BATCH_SIZE, credit=credit)
     return records
 
 
@@ -330,4 +325,6 @@ def measure_raw_read(settings: Settings, ranges: Sequence[LogRange], *, credit: 
     def drop(_partition: int, _batch: list[LogRecord]) -> None:
         return None
 
-    return read_log_ranges(settings, ranges, drop, batch_size=10_000, credit=credit)
+    return read_log_ranges(
+        settings, ranges, drop, batch_size=tuning.REPLAY_BATCH_SIZE, credit=credit
+    )

@@ -87,12 +87,17 @@ class ShadowApplier:
         self._pending_batches = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.error: BaseException | None = None
-        stores = [
-            PostgresStore(
-                connect_shadow(database_url, shadow, application_name=f"friendship-stream {owner}")
-            )
-            for _ in range(threads)
-        ]
+        stores: list[PostgresStore] = []
+        try:
+            for _ in range(threads):
+                name = f"friendship-stream {owner}"
+                stores.append(
+                    PostgresStore(connect_shadow(database_url, shadow, application_name=name))
+                )
+        except BaseException:
+            for store in stores:
+                store.conn.close()
+            raise
         self._pool: WorkerPool[PostgresStore] = WorkerPool(
             threads,
             name="replay",

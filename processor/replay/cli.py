@@ -14,9 +14,10 @@ from rich.console import Console
 
 from processor import tuning
 from processor.replay.history import read_user_history, user_partitions
+from processor.replay.options import ReplayOptions
 from processor.replay.progress import ReplayProgress
 from processor.replay.report import print_history, print_no_history, print_report
-from processor.replay.run import ReplayOptions, swap, verify
+from processor.replay.run import swap, verify
 from processor.settings import Settings
 from projections.database import connect
 from projections.fold import Friendship

@@ -187,7 +187,8 @@ def read_user_history(
     ensure_log_complete(settings, {}, tails)
     builder = HistoryBuilder(user_id)
     ranges = [LogRange(p, 0, tail) for p, tail in sorted(tails.items()) if tail >= 0]
-    read_log_ranges(settings, ranges, builder.take, batch_size=5_000, credit=credit)
+    size = tuning.HISTORY_BATCH_SIZE
+    read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
     builder.history.lines.sort(key=lambda line: (line.partition, line.offset))
     builder.history.partitions_scanned = tuple(chosen)
     return builder.history

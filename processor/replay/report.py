@@ -14,8 +14,8 @@ from rich.table import Table
 
 from processor.replay.compare import Comparison, RowDiff
 from processor.replay.history import History
+from processor.replay.options import ReplayReport
 from processor.replay.progress import rate
-from processor.replay.run import ReplayReport
 from projections.fold import Friendship, level_of
 
 #: Differing users printed by default; the count of all differing rows is printed too.

@@ -31,7 +31,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 
 import psycopg
@@ -52,7 +51,8 @@ from processor.reading.ranges import (
 from processor.replay.applier import ShadowApplier
 from processor.replay.compare import Comparison, compare_projections
 from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift, SwapRefused
-from processor.replay.progress import Phase, ReplayProgress
+from processor.replay.options import ReplayOptions, ReplayReport
+from processor.replay.progress import ReplayProgress
 from processor.replay.shadow import (
     REPLACED_SUFFIX,
     analyze,
@@ -73,65 +73,6 @@ from projections import advisory_locks
 from projections.database import connect
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """How a replay runs.
-
-    Attributes:
-        batch_size: records per shadow transaction.
-        threads: worker threads applying batches (partitions in parallel).
-        credit: chunks in flight per stream subscription.
-        measure_read: also read the log without the database, to report the raw read rate.
-        drop_replaced: after a swap, drop the replaced tables instead of keeping them.
-        catch_up_rounds: most catch-up rounds before the final step.
-        final_gap: offsets the final step may still have to apply (under the snapshot or, for
-            a swap, while live writes wait); more than this triggers another catch-up round.
-        lock_timeout_s: longest wait, in seconds, for the swap's table locks (readers).
-        checkpoint_lock_timeout_s: longest wait for the live checkpoint rows (batches in flight).
-        swap_attempts: tries of the final swap step when its locks time out.
-    """
-
-    batch_size: int = tuning.REPLAY_BATCH_SIZE
-    threads: int = tuning.REPLAY_THREADS
-    credit: int = tuning.REPLAY_CREDIT
-    measure_read: bool = True
-    drop_replaced: bool = False
-    catch_up_rounds: int = 10
-    final_gap: int = 20_000
-    lock_timeout_s: float = tuning.SWAP_TABLE_LOCK_TIMEOUT_S
-    checkpoint_lock_timeout_s: float = tuning.SWAP_CHECKPOINT_LOCK_TIMEOUT_S
-    swap_attempts: int = 3
-
-
-@dataclass
-class ReplayReport:
-    """What a run did: its schemas, where it ended, each phase's counters, and the outcome."""
-
-    run_id: str
-    mode: str
-    live_schema: str
-    checkpoints: dict[int, int] = field(default_factory=dict)
-    raw_read: Phase | None = None
-    phases: list[Phase] = field(default_factory=list)
-    comparison: Comparison | None = None
-    replaced_schema: str | None = None
-    seconds: float = 0.0
-    #: Seconds the swap held the live checkpoint rows (live writes paused), None without a swap.
-    paused_s: float | None = None
-
-    @property
-    def replayed(self) -> Phase:
-        """All replay phases added up (records, applied, duplicates, dead letters, seconds)."""
-        total = Phase("replay")
-        for phase in self.phases:
-            total.records += phase.records
-            total.applied += phase.applied
-            total.duplicates += phase.duplicates
-            total.dead_lettered += phase.dead_lettered
-            total.seconds += phase.seconds
-        return total
 
 
 class _Run:
@@ -276,7 +217,10 @@ class _Run:
             size = self.options.batch_size
             store = PostgresStore(conn)
             for partition, partition_records in sorted(records.items()):
-                applier = PartitionApplier(partition, self.checkpoints[partition], self.owner)
+                # One attempt: this runs inside the final transaction (a snapshot, or live writes
+                # paused behind the checkpoint locks), where waiting and retrying cannot help.
+                checkpoint = self.checkpoints[partition]
+                applier = PartitionApplier(partition, checkpoint, self.owner, attempts=1)
                 for start in range(0, len(partition_records), size):
                     batch = partition_records[start : start + size]
                     result = applier.apply(store, batch)
@@ -353,7 +297,7 @@ class _Run:
                     log.warning(
                         "swap attempt %d could not take its locks (%s); retrying", attempt, exc
                     )
-                    time.sleep(0.5 * attempt)
+                    time.sleep(tuning.SWAP_RETRY_WAIT_S * attempt)
         finally:
             conn.close()
 

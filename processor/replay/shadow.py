@@ -62,13 +62,10 @@ def live_schema(conn: psycopg.Connection) -> str:
     Raises:
         SchemaDrift: there is no ``checkpoints`` table (the database was never migrated).
     """
-    row = conn.execute(
-        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = to_regclass('checkpoints')"
-    ).fetchone()
-    if row is None:
+    schema = checkpoint.checkpoints_schema(conn)
+    if schema is None:
         raise SchemaDrift("no checkpoints table: run `just migrate` (or the processor) first")
-    return str(row[0])
+    return schema
 
 
 def ensure_migrated(conn: psycopg.Connection) -> None:

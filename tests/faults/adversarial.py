@@ -1,4 +1,5 @@
-"""Adversarial event bodies, each labelled valid or invalid *by construction* (CONTRACT.md §1, §4).
+"""Adversarial event bodies, each labelled valid or invalid *by construction* (docs/contract.md §1,
+§4).
 
 Every sample starts from a valid event (``tests.strategies``) and either breaks exactly one rule
 (invalid: the label says which rule, ``category``) or stretches the rules without breaking one

@@ -1,4 +1,4 @@
-"""The HTTP API against the real broker and database (CONTRACT.md §5, §6).
+"""The HTTP API against the real broker and database (docs/contract.md §5, §6).
 
 Each test gets its own vhost (topology declared) and migrated database from the ``settings``
 fixture. Projections are written with ``processor.applying.batch.apply_batch`` directly, so the read

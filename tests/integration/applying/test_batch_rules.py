@@ -34,6 +34,11 @@ class PostgresBackend(Backend):
                 "applied_count = 0, dead_lettered_count = 0"
             )
 
+    def rewind(self, partition: int) -> None:
+        self.conn.execute(
+            "UPDATE checkpoints SET committed_offset = -1 WHERE partition = %s", (partition,)
+        )
+
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
         return begin_lease_epoch(self.conn, partition, owner)
 

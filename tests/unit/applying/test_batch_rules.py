@@ -22,6 +22,9 @@ class MemoryBackend(Backend):
     def reset(self) -> None:
         self.store = InMemoryStore(PARTITIONS)
 
+    def rewind(self, partition: int) -> None:
+        self.store.state.checkpoints[partition].committed_offset = -1
+
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
         return self.store.begin_lease_epoch(partition, owner)
 
@@ -61,7 +64,6 @@ class MemoryBackend(Backend):
         return [
             (a.partition, a.first_offset, a.last_offset, a.owner, a.lease_epoch)
             for a in self.store.state.commit_log
-            if a.lease_epoch is not None
         ]
 
     def applied_event(self, event_id: str) -> tuple[str, int, int] | None:

@@ -64,3 +64,10 @@ def test_members_taking_in_turn_end_up_owning_every_partition_without_overlap(
     all_owned = [p for m in ids for p in owned[m]]
     assert sorted(all_owned) == list(range(partitions))  # each exactly once
     assert max(len(o) for o in owned.values()) <= fair_share(partitions, members)
+
+
+def test_a_stopped_partition_is_never_handed_off_and_counts_towards_the_share() -> None:
+    owned = set(range(16))
+    plan = plan_balance(16, ["a", "b"], "a", owned=owned, held_by_others=set(), keep={15, 14})
+    assert len(plan.hand_off) == 8
+    assert not {14, 15} & set(plan.hand_off)

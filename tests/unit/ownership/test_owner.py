@@ -20,9 +20,13 @@ from processor.reading.log_record import LogRecord
 class FakeConnection:
     def __init__(self) -> None:
         self.closed = False
+        self.cancelled = False
 
     def close(self) -> None:
         self.closed = True
+
+    def cancel_safe(self, timeout: float) -> None:
+        self.cancelled = True
 
 
 class FakeFeed:
@@ -62,6 +66,7 @@ class FakeApplier:
 class Links:
     def __init__(self) -> None:
         self.woken = 0
+        self.subscribed: list[int] = []
         self.unsubscribed: list[int] = []
         self.released: list[PartitionOwner] = []
         self.stopped: list[Exception] = []
@@ -70,6 +75,7 @@ class Links:
     def as_links(self) -> OwnerLinks:
         return OwnerLinks(
             wake=lambda _owner: self._wake(),
+            subscribe=lambda partition, _feed: self.subscribed.append(partition),
             unsubscribe=self.unsubscribed.append,
             released=self.released.append,
             stopped=lambda _owner, error: self.stopped.append(error),
@@ -95,6 +101,8 @@ def make_owner(records: int = 0, batch_size: int = 2) -> tuple[PartitionOwner, A
 
 def test_an_active_owner_applies_a_batch_per_step_and_asks_again_while_records_wait() -> None:
     owner, _, applier, links = make_owner(records=5)
+    owner.start()
+    assert links.subscribed == [5]
     assert owner.step() is True
     assert owner.step() is True
     assert owner.step() is False
@@ -167,7 +175,7 @@ def test_a_truncated_log_stops_the_partition_and_keeps_the_lease() -> None:
     assert owner.state is OwnerState.STOPPED
     assert links.stopped == [feed.error] and links.released == []
     assert not owner.conn.closed and links.unsubscribed == [5]
-    owner.hand_off("lease lost")  # a stopped owner still lets go when asked
+    owner.hand_off("its lease was lost")  # a stopped owner lets go when asked
     assert owner.state is OwnerState.RELEASED and owner.conn.closed
 
 
@@ -176,3 +184,48 @@ def test_an_unexpected_failure_is_logged_and_releases(caplog: pytest.LogCaptureF
     owner.fail(KeyError("bug"))
     assert owner.state is OwnerState.RELEASED and links.released == [owner]
     assert "unexpected failure" in caplog.text
+
+
+def test_an_unexpected_failure_of_a_batch_handed_off_mid_way_still_lets_go() -> None:
+    # Regression: the failure skipped the close, and ``fail`` found the owner RELEASED already,
+    # so the lease connection stayed open and the coordinator was never told.
+    owner, _, applier, links = make_owner(records=2)
+    applier.gate.clear()
+    applier.error = KeyError("a bug")
+    failures: list[Exception] = []
+
+    def run() -> None:
+        try:
+            owner.step()
+        except KeyError as exc:  # what the pool does with it
+            failures.append(exc)
+            owner.fail(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert applier.inside.wait(5)
+    owner.hand_off("rebalance")
+    applier.gate.set()
+    worker.join(5)
+    assert len(failures) == 1
+    assert owner.state is OwnerState.RELEASED and owner.conn.closed
+    assert links.released == [owner]
+
+
+def test_abandon_cancels_a_batch_in_flight_then_closes() -> None:
+    owner, _, applier, _ = make_owner(records=2)
+    applier.gate.clear()
+    worker = threading.Thread(target=owner.step)
+    worker.start()
+    assert applier.inside.wait(5)
+    owner.abandon()
+    assert owner.conn.cancelled and owner.conn.closed
+    assert owner.state is OwnerState.RELEASED
+    applier.gate.set()
+    worker.join(5)
+
+
+def test_abandon_of_an_idle_owner_only_closes() -> None:
+    owner, _, _, _ = make_owner()
+    owner.abandon()
+    assert owner.conn.closed and not owner.conn.cancelled

@@ -1,4 +1,5 @@
-"""The pure fold on the contract's examples (CONTRACT.md section 2); properties are elsewhere."""
+"""The pure fold on the contract's examples (docs/contract.md section 2); properties are
+elsewhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The envelope rules (CONTRACT.md sections 1 and 4): what ``decode_event`` accepts and rejects.
+"""The envelope rules (docs/contract.md sections 1 and 4): what ``decode_event`` accepts and
+rejects.
 
 The per-type ``data`` rules and ``decode_event_batch`` are in ``test_schemas_data.py``.
 """

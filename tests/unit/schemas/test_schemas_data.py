@@ -1,4 +1,4 @@
-"""The per-type ``data`` rules (CONTRACT.md section 2) and ``decode_event_batch``."""
+"""The per-type ``data`` rules (docs/contract.md section 2) and ``decode_event_batch``."""
 
 from __future__ import annotations
 
