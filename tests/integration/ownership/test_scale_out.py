@@ -96,8 +96,14 @@ def test_three_processes_one_killed_and_a_fourth_joining_end_with_exactly_the_fo
         )
         stack.enter_context(processor_process(small, tmp_path / "p3.log"))
         drain(settings, timeout_s=240)
+        # The newcomer's share is handed over within a lease interval or two; the drain may end
+        # while four partitions are between their old owner and the newcomer.
+        wait_until(
+            lambda: len(owners(settings)) == 16 and len(set(owners(settings).values())) == 3,
+            "every partition ends with an owner, the newcomer with its share",
+        )
         final_owners = owners(settings)
-        assert sorted(final_owners) == list(range(16)), "every partition ends with an owner"
+        assert sorted(final_owners) == list(range(16))
         assert member_of(victim) not in final_owners.values()
     assert_projections_equal(stored_projections(settings), reference_fold(bodies))
     assert count(settings, "SELECT sum(events_applied) FROM friendships") == 60_000
