@@ -73,7 +73,7 @@ down:
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 6 min here): short fault suite, integration, unit; real broker and database
+# every test (about 10 min here): short fault suite, integration, unit; real broker and database
 [group('quality')]
 test *ARGS: services
     {{python}} -m pytest "$@"
