@@ -14,10 +14,11 @@ default:
 
 # --- services ---------------------------------------------------------------------------------
 
-# start/prepare local RabbitMQ (plugins, ports) and PostgreSQL; safe to run twice
+# start/prepare local RabbitMQ (plugins, ports) and PostgreSQL, and the keys; safe to run twice
 [group('services')]
 services:
     bash infra/services.sh
+    {{python}} -m processor keys init
 
 # create the database if missing and apply the migrations
 [group('services')]
@@ -70,6 +71,16 @@ demo: services
 [group('run')]
 down:
     {{python}} -m processor down
+
+# erase a child: rows, dead letters and data key; its events are never applied again
+[group('run')]
+erase USER_ID: migrate
+    {{python}} -m processor erase "$@"
+
+# API tokens: `token create --scope read --name robot-app` (prints it), `token list`, `token revoke NAME`
+[group('run')]
+token *ARGS: migrate
+    {{python}} -m processor token "$@"
 
 # --- quality ----------------------------------------------------------------------------------
 

@@ -67,15 +67,20 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
         describe_invalid,
         publish_events_of,
         read_events,
+        seal_file_events,
     )
     from processor.publishing.topology import declare_topology  # noqa: PLC0415
 
     path = Path(args.file)
     check_readable(path)
-    contents = read_events(path, allow_invalid=args.allow_invalid)
+    contents = seal_file_events(settings, path, read_events(path, allow_invalid=args.allow_invalid))
     declare_topology(settings)
     count = asyncio.run(publish_events_of(settings, contents))
-    log.info("published %d events from %s (all confirmed by the broker)", count, path)
+    log.info(
+        "published %d events from %s, their data encrypted (all confirmed by the broker)",
+        count,
+        path,
+    )
     if contents.invalid:
         log.warning(
             "%d of them are invalid lines, published as they are: the processor dead-letters "
@@ -142,6 +147,24 @@ def _api(settings: Settings, _args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.privacy.cli import run_keys  # noqa: PLC0415
+
+    return run_keys(settings, args)
+
+
+def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.privacy.cli import run_erase  # noqa: PLC0415
+
+    return run_erase(settings, args)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.access.cli import run_token  # noqa: PLC0415
+
+    return run_token(settings, args)
+
+
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from processor.replay.cli import run_replay  # noqa: PLC0415
 
@@ -188,7 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
         "api", help="serve the HTTP ingest and read API on API_HOST:API_PORT"
     ).set_defaults(handler=_api)
     _add_replay(commands)
+    _add_privacy(commands)
     return parser
+
+
+def _add_privacy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from processor.access.cli import add_parser as add_token  # noqa: PLC0415 - argparse only
+
+    keys = commands.add_parser("keys", help="create the missing key files in SECRETS_DIR")
+    keys.add_argument("action", choices=("init",))
+    keys.set_defaults(handler=_keys)
+    erase = commands.add_parser(
+        "erase", help="erase a child: rows, dead letters, data key; never applied again"
+    )
+    erase.add_argument("user_id")
+    erase.set_defaults(handler=_erase)
+    add_token(commands)
+    commands.choices["token"].set_defaults(handler=_token)
 
 
 def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

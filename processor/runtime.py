@@ -29,6 +29,7 @@ from processor.applying.engine import WorkerPool
 from processor.ownership.coordinator import Coordinator
 from processor.ownership.membership import member_id
 from processor.ownership.owner import ApplyCounters, OwnerLinks, PartitionOwner
+from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.reading.feed import PartitionFeed
 from processor.reading.reader import StreamReader
@@ -44,11 +45,15 @@ class Processor:
     Args:
         settings: configuration (partitions, threads, batch size and wait, URLs, intervals).
         member: this process's member id (default ``host:pid``).
+
+    Raises:
+        KeyMissing: the hash key or the key-encryption key is not configured.
     """
 
     def __init__(self, settings: Settings, member: str | None = None) -> None:
         self.settings = settings
         self.member = member or member_id()
+        self.keys = load_keys(settings)
         self.counters = ApplyCounters()
         self._stop = threading.Event()
         self._reader = StreamReader(settings, name=f"friendship-stream {self.member}")
@@ -142,7 +147,7 @@ class Processor:
             on_ready=wake,
             first_offset_probe=self._reader.first_offset,
         )
-        applier = PartitionApplier(partition, checkpoint, self.member, lease_epoch=epoch)
+        applier = PartitionApplier(partition, checkpoint, self.member, self.keys, lease_epoch=epoch)
         owner = PartitionOwner(
             conn, applier, feed, batch_size=settings.batch_size, links=self._links
         )

@@ -30,6 +30,10 @@ ENV_STREAM_SEGMENT_BYTES: Final = "STREAM_MAX_SEGMENT_SIZE_BYTES"
 ENV_LEASE_INTERVAL_S: Final = "LEASE_INTERVAL_S"
 ENV_MEMBER_TIMEOUT_S: Final = "MEMBER_TIMEOUT_S"
 ENV_LOG_LEVEL: Final = "LOG_LEVEL"
+ENV_SECRETS_DIR: Final = "SECRETS_DIR"
+ENV_HASH_KEY: Final = "HASH_KEY"
+ENV_KEY_ENCRYPTION_KEY: Final = "KEY_ENCRYPTION_KEY"
+ENV_METRICS_PUBLIC: Final = "METRICS_PUBLIC"
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -100,6 +104,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a yes/no value (1, true, yes, on, 0, false, ...)")
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -136,6 +151,14 @@ class Settings:
             linger (paused, cut off) is fenced and its partitions taken over. It must exceed the
             longest pause of a healthy member's heartbeat loop; a crashed member's partitions
             are taken over within ``lease_interval_s`` without waiting for it.
+        log_level: the root log level (``INFO``: no child's id or payload is ever logged).
+        secrets_dir: where the key files live when the keys are not given inline
+            (``hash.key``, ``kek.key``; made by ``just services``, see ``processor.privacy``).
+        hash_key: base64 of the key of the keyed hash (HMAC-SHA-256) that stores API tokens and
+            names children in logs and erasure records; empty: ``secrets_dir/hash.key``.
+        key_encryption_key: base64 of the 32-byte key that wraps each child's data key;
+            empty: ``secrets_dir/kek.key``.
+        metrics_public: serve the API's ``/metrics`` without a token.
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -153,6 +176,10 @@ class Settings:
     lease_interval_s: float = 1.0
     member_timeout_s: float = 10.0
     log_level: str = "INFO"
+    secrets_dir: str = ".secrets"
+    hash_key: str = field(default="", repr=False)
+    key_encryption_key: str = field(default="", repr=False)
+    metrics_public: bool = False
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +217,10 @@ class Settings:
             lease_interval_s=_float(source, ENV_LEASE_INTERVAL_S, defaults.lease_interval_s, 0.05),
             member_timeout_s=_float(source, ENV_MEMBER_TIMEOUT_S, defaults.member_timeout_s, 0.5),
             log_level=source.get(ENV_LOG_LEVEL) or defaults.log_level,
+            secrets_dir=source.get(ENV_SECRETS_DIR) or defaults.secrets_dir,
+            hash_key=source.get(ENV_HASH_KEY, ""),
+            key_encryption_key=source.get(ENV_KEY_ENCRYPTION_KEY, ""),
+            metrics_public=_bool(source, ENV_METRICS_PUBLIC, defaults.metrics_public),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -90,6 +90,7 @@ class DeadLetteredEvent(msgspec.Struct, frozen=True, tag_field="status", tag="de
     """An invalid record found by its ``event_id``.
 
     ``raw`` is the body as text when it is UTF-8, else base64; ``raw_encoding`` says which.
+    Both are null unless the reader may see a dead letter's bytes (an ``admin`` token).
     """
 
     event_id: str
@@ -98,8 +99,8 @@ class DeadLetteredEvent(msgspec.Struct, frozen=True, tag_field="status", tag="de
     field: str
     reason: str
     dead_lettered_at: datetime
-    raw: str
-    raw_encoding: RawEncoding
+    raw: str | None
+    raw_encoding: RawEncoding | None
 
 
 #: What ``GET /v1/events/{event_id}`` answers; ``status`` tells the two apart.
@@ -243,12 +244,13 @@ def _as_uuid(event_id: str) -> uuid.UUID | None:
     return uuid.UUID(event_id)
 
 
-def event_status(conn: Connection, event_id: str) -> EventStatus | None:
+def event_status(conn: Connection, event_id: str, *, with_raw: bool = True) -> EventStatus | None:
     """Where an event went: applied, dead-lettered, or None when neither table knows it.
 
     ``event_id`` may be any string: one that is not a UUID can still name a dead letter (whose
     body had a malformed id). An applied event wins over a dead letter with the same id; of
-    several dead letters with one id, the newest is answered.
+    several dead letters with one id, the newest is answered. ``with_raw`` false leaves a dead
+    letter's bytes out (``raw`` and ``raw_encoding`` null: readable by admin only).
     """
     as_uuid = _as_uuid(event_id)
     if as_uuid is not None:
@@ -293,7 +295,7 @@ def event_status(conn: Connection, event_id: str) -> EventStatus | None:
     ).first()
     if dead is None:
         return None
-    raw, encoding = render_raw(bytes(dead.raw))
+    raw, encoding = render_raw(bytes(dead.raw)) if with_raw else (None, None)
     return DeadLetteredEvent(
         event_id=dead.event_id,
         partition=int(dead.partition),

@@ -11,6 +11,8 @@ from typing import Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Double,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
 )
 
@@ -119,6 +122,9 @@ applied_events: Final = Table(
     Column("user_id", Text, nullable=False),
     Column("type", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # Whether the event's data was encrypted in the log (an erasure reports the plain ones).
+    Column("encrypted", Boolean, nullable=False, server_default=false()),
+    Index("applied_events_user_id_idx", "user_id"),
 )
 
 dead_letters: Final = Table(
@@ -133,6 +139,53 @@ dead_letters: Final = Table(
     Column("reason", Text, nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The body's user_id when readable, so an erasure finds the child's dead letters.
+    Column("user_id", Text, nullable=True),
     UniqueConstraint("partition", "log_offset", name="dead_letters_partition_offset_key"),
     Index("dead_letters_event_id_idx", "event_id"),
+    Index("dead_letters_user_id_idx", "user_id"),
+)
+
+#: API bearer tokens: only a keyed hash of the secret part is kept (``processor.access``).
+api_tokens: Final = Table(
+    "api_tokens",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("token_id", Text, nullable=False, unique=True),
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("scope IN ('ingest', 'read', 'admin')", name="api_tokens_scope_check"),
+)
+
+#: Each child's data key, wrapped by the key-encryption key (``processor.privacy``).
+data_keys: Final = Table(
+    "data_keys",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("kek_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+#: One row per erased child, keyed by a keyed hash of its id: no personal data.
+erasures: Final = Table(
+    "erasures",
+    metadata,
+    Column("user_digest", LargeBinary, primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("friendships", Integer, nullable=False),
+    Column("topic_rows", Integer, nullable=False),
+    Column("applied_events", Integer, nullable=False),
+    Column("plain_events", Integer, nullable=False),
+    Column("dead_letters", Integer, nullable=False),
+    Column("data_key_destroyed", Boolean, nullable=False),
+)
+
+#: Tables of the deployment as a whole, not of one build of the projections: a replay's shadow
+#: schema does not copy them, and its connections find them in the live schema.
+GLOBAL_TABLES: Final = frozenset(
+    {"api_tokens", "data_keys", "erasures", "members", "member_backends", "checkpoint_log"}
 )

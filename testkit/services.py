@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from processor.settings import Settings
-from projections.database import drop_database, migrate
+from processor.access.tokens import create_token
+from processor.privacy.keys import load_keys, new_key
+from projections.database import connect, drop_database, migrate
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
         amqp_url=f"amqp://guest:guest@{services.amqp_host}:{services.amqp_port}/{vhost}",
         stream_port=services.stream_port,
         database_url=f"{services.postgres_url}/{name}",
+        hash_key=new_key(),
+        key_encryption_key=new_key(),
     ).with_overrides(**overrides)
     try:
         migrate(settings.database_url)
@@ -146,6 +150,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "STREAM_MAX_SEGMENT_SIZE_BYTES": str(settings.stream_max_segment_size_bytes),
             "API_HOST": settings.api_host,
             "API_PORT": str(settings.api_port),
+            "SECRETS_DIR": settings.secrets_dir,
+            "HASH_KEY": settings.hash_key,
+            "KEY_ENCRYPTION_KEY": settings.key_encryption_key,
+            "METRICS_PUBLIC": "1" if settings.metrics_public else "0",
         }
     )
     return env
+
+
+def make_token(settings: Settings, scope: str, name: str | None = None) -> str:
+    """An API token of ``scope`` for the deployment of ``settings`` (a fresh name by default)."""
+    with connect(settings.database_url) as conn:
+        return create_token(
+            conn, load_keys(settings), name or f"{scope}-{uuid.uuid4().hex[:8]}", scope
+        )

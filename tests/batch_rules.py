@@ -9,7 +9,9 @@ from the product's fold.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -24,6 +26,8 @@ from hypothesis import strategies as st
 from processor.applying.batch import BatchResult, apply_batch
 from processor.applying.errors import CheckpointConflict, OffsetsOutOfOrder
 from processor.applying.store import BatchStore, BatchTransaction
+from processor.privacy.crypto import encrypt_event
+from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
 from testkit.reference import reference_fold
 from tests.strategies import ADJUSTED, COMPLETED, TURN_RECORDED, make_event, valid_event_logs
@@ -35,10 +39,23 @@ class Backend(ABC):
     """One store under test, and how to read back what it keeps."""
 
     store: BatchStore
+    keys: Keys
 
     @abstractmethod
     def reset(self) -> None:
         """Forget everything: empty tables, checkpoints back at -1, epochs at 0."""
+
+    @abstractmethod
+    def add_data_key(self, user_id: str) -> bytes:
+        """Give ``user_id`` a data key (as ingest does) and return it."""
+
+    @abstractmethod
+    def erase(self, user_id: str) -> None:
+        """Erase the child as ``just erase`` does."""
+
+    @abstractmethod
+    def is_encrypted(self, event_id: str) -> bool:
+        """Whether the applied event's ``data`` was encrypted in the log."""
 
     @abstractmethod
     def rewind(self, partition: int) -> None:
@@ -88,6 +105,14 @@ def completed(user: str, rating: str = "excellent") -> bytes:
         "rating": rating,
     }
     return make_event(COMPLETED, user, "2024-03-02T09:30:00-05:00", data)
+
+
+def _flip_a_ciphertext_bit(body: bytes) -> bytes:
+    event = json.loads(body)
+    sealed = bytearray(base64.b64decode(event["data"]["ciphertext"]))
+    sealed[0] ^= 1
+    event["data"]["ciphertext"] = base64.b64encode(bytes(sealed)).decode()
+    return json.dumps(event).encode()
 
 
 def records(*bodies: bytes, start: int = 0) -> list[LogRecord]:
@@ -157,6 +182,7 @@ class BatchRules(ABC):
             batch,
             checkpoint,
             "owner-a",
+            keys=backend.keys,
             lease_epoch=epoch,
             poisoned=poisoned,
         )
@@ -308,7 +334,14 @@ class BatchRules(ABC):
         event_id = str(uuid.uuid4())
         batch = records(turn("alice", event_id=event_id), b"not json", start=1)
         with pytest.raises(Injected):
-            apply_batch(FaultyStore(backend.store, step), 0, batch, first.last_offset, "owner-a")
+            apply_batch(
+                FaultyStore(backend.store, step),
+                0,
+                batch,
+                first.last_offset,
+                "owner-a",
+                keys=backend.keys,
+            )
         assert (backend.projections(), backend.dead_letters(), backend.checkpoint(0)) == before
         assert backend.applied_event(event_id) is None
         again = self.apply(backend, 0, batch, first.last_offset)  # and it applies whole later
@@ -317,7 +350,7 @@ class BatchRules(ABC):
     def test_the_checkpoint_moves_only_by_compare_and_set(self, backend: Backend) -> None:
         faulty = FaultyStore(backend.store, "advance_checkpoint", shift=1)
         with pytest.raises(CheckpointConflict):
-            apply_batch(faulty, 0, records(turn("alice")), -1, "owner-a")
+            apply_batch(faulty, 0, records(turn("alice")), -1, "owner-a", keys=backend.keys)
         assert backend.checkpoint(0) == (-1, 0, 0)
         assert backend.projections() == {}
 
@@ -341,6 +374,48 @@ class BatchRules(ABC):
         backend.rewind(2)  # an operator set the checkpoint back; the offset is read again
         self.apply(backend, 2, records(b"second garbage"), -1)
         assert backend.dead_letters()[(2, 0)][3] == b"first garbage"
+
+    # -- children's data: encryption and erasure ----------------------------------------------
+
+    def test_encrypted_events_fold_as_their_plain_text(self, backend: Backend) -> None:
+        data_key = backend.add_data_key("alice")
+        plain = [turn("alice"), completed("alice"), adjusted("alice", -7)]
+        sealed = [encrypt_event(body, data_key) for body in plain]
+        result = self.apply(backend, 0, records(*sealed), -1)
+        assert (result.applied, result.dead_lettered) == (3, 0)
+        assert backend.projections() == reference_fold(plain)
+        assert backend.is_encrypted(json.loads(plain[0])["event_id"])
+
+    def test_an_encrypted_event_without_its_key_or_altered_is_dead_lettered(
+        self, backend: Backend
+    ) -> None:
+        other_key = backend.add_data_key("bob")
+        no_key = encrypt_event(turn("carol"), other_key)  # carol has no key here
+        altered = _flip_a_ciphertext_bit(encrypt_event(turn("bob"), other_key))
+        result = self.apply(backend, 0, records(no_key, altered), -1)
+        assert (result.applied, result.dead_lettered) == (0, 2)
+        dead = backend.dead_letters()
+        assert "no data key" in dead[(0, 0)][2] and dead[(0, 0)][3] == no_key
+        assert "does not open" in dead[(0, 1)][2] and dead[(0, 1)][3] == altered
+
+    def test_an_erased_childs_events_are_skipped_and_counted_never_applied(
+        self, backend: Backend
+    ) -> None:
+        data_key = backend.add_data_key("erased-kid")
+        self.apply(backend, 0, records(turn("erased-kid"), b'{"user_id": "erased-kid"}'), -1)
+        backend.erase("erased-kid")
+        assert backend.projections() == {} and backend.dead_letters() == {}
+        assert backend.checkpoint(0) == (1, 0, 0), "the counters lose what the erasure removed"
+        late = [
+            turn("erased-kid"),  # published in plain text after the erasure
+            encrypt_event(turn("erased-kid"), data_key),  # its key is gone now
+            b'{"user_id": "erased-kid", "type": "nonsense"}',  # invalid, but names the child
+            turn("other-kid"),
+        ]
+        result = self.apply(backend, 0, records(*late, start=2), 1)
+        assert (result.applied, result.dead_lettered, result.erased_skipped) == (1, 0, 3)
+        assert set(backend.projections()) == {"other-kid"}
+        assert backend.dead_letters() == {}
 
     # -- batching does not matter ----------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from processor import tuning
-from processor.api import ingest, probes, reads
+from processor.api import erasure, ingest, probes, reads
+from processor.api.auth import BearerTokenAuth
 from processor.api.context import ApiContext
 from processor.api.errors import exception_handlers
 from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
@@ -55,6 +57,11 @@ def create_app(settings: Settings) -> Litestar:
             await ctx.broker.close()
             ctx.engine.dispose()
 
+    open_paths = ["/metrics"] if settings.metrics_public else []
+    auth = BearerTokenAuth(
+        retrieve_user_handler=ctx.check_token,
+        exclude=["^/schema", *(f"^{path}$" for path in open_paths)],
+    )
     return Litestar(
         route_handlers=[
             ingest.post_events,
@@ -63,10 +70,13 @@ def create_app(settings: Settings) -> Litestar:
             reads.get_event,
             reads.get_stats,
             reads.get_dead_letters,
+            erasure.delete_user,
             probes.healthz,
             probes.readyz,
             probes.metrics,
         ],
+        on_app_init=[auth.on_app_init],
+        state=State({"open_paths": frozenset(open_paths)}),
         dependencies={"ctx": Provide(provide_context, sync_to_thread=False)},
         exception_handlers=exception_handlers(ctx.metrics.record_unmatched),
         middleware=[RequestMetricsMiddleware(ctx.metrics)],

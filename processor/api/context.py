@@ -17,9 +17,11 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from processor import tuning
+from processor.access.tokens import TokenInfo, verify_token
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.applying.checkpoint import read_totals
+from processor.privacy.keys import Keys, load_keys
 from processor.settings import Settings
 from processor.status import PartitionStatus, read_partition_status
 from projections.database import sqlalchemy_url
@@ -60,21 +62,44 @@ class ApiContext:
         engine: database pool (sync psycopg 3; use ``read`` from async code).
         broker: the shared publisher.
         metrics: the app's Prometheus registry and request metrics.
+        keys: the hash key (tokens, erasures) and the key-encryption key (children's data keys).
     """
 
     settings: Settings
     engine: Engine
     broker: BrokerLink
     metrics: ApiMetrics
+    keys: Keys
 
     @classmethod
     def create(cls, settings: Settings) -> ApiContext:
-        """Build the context; opens no connection."""
+        """Build the context; opens no connection.
+
+        Raises:
+            KeyMissing: the keys are not configured.
+        """
         return cls(
             settings=settings,
             engine=create_db_engine(settings.database_url),
             broker=BrokerLink(settings),
             metrics=ApiMetrics(),
+            keys=load_keys(settings),
+        )
+
+    def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``action`` on the psycopg connection under a pooled one (blocking)."""
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            if not isinstance(driver, psycopg.Connection):
+                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+            result = action(driver)
+            conn.commit()
+            return result
+
+    async def check_token(self, token: str, _connection: object = None) -> TokenInfo | None:
+        """``access.tokens.verify_token`` off the event loop (the auth middleware's check)."""
+        return await asyncio.to_thread(
+            self.with_driver, lambda conn: verify_token(conn, self.keys, token)
         )
 
     def run_query(
@@ -106,11 +131,9 @@ class ApiContext:
             sqlalchemy.exc.OperationalError, psycopg.OperationalError: the database failed.
             ReadError, OSError: the broker or a stream cannot be reached or refused.
         """
-        with self.engine.connect() as conn:
-            driver = conn.connection.driver_connection
-            if not isinstance(driver, psycopg.Connection):
-                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
-            return asyncio.run(read_partition_status(self.settings, driver))
+        return self.with_driver(
+            lambda conn: asyncio.run(read_partition_status(self.settings, conn))
+        )
 
     def check_database(self) -> str | None:
         """Readiness of the database: None when ``SELECT 1`` answers, else why not (blocking)."""

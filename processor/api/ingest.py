@@ -11,9 +11,10 @@ Limits: a body of at most ``MAX_BODY_BYTES`` (1 MiB: 1000 events of about 1 KiB;
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import msgspec
@@ -28,13 +29,17 @@ from litestar.openapi.spec import (
 )
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
+    HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from processor.api.auth import requires
 from processor.api.broker import BrokerUnavailable
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses
+from processor.privacy.data_keys import seal_events
+from processor.privacy.errors import UserErased
 from processor.publishing.errors import PublishError
 from processor.publishing.publisher import OutgoingEvent
 from schemas import decode_event_batch
@@ -180,6 +185,28 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     return [OutgoingEvent(event.event_id, event.user_id, raw) for event, raw in valid]
 
 
+async def _sealed(ctx: ApiContext, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
+    """``events`` with their ``data`` encrypted (``processor.privacy.data_keys.seal_events``).
+
+    Raises:
+        ApiError: 409 ``user_erased`` naming the refused events' indexes; nothing published.
+    """
+    bodies = [event.body for event in events]
+    try:
+        sealed = await asyncio.to_thread(
+            ctx.with_driver, lambda conn: seal_events(conn, bodies, ctx.keys)
+        )
+    except UserErased as exc:
+        raise ApiError(
+            HTTP_409_CONFLICT,
+            "user_erased",
+            f"{len(exc.indexes)} of the events are of erased children; nothing was published "
+            "(an erased child's events are never accepted again)",
+            [{"index": index, "reason": "this child was erased"} for index in exc.indexes],
+        ) from exc
+    return [replace(event, body=body) for event, body in zip(events, sealed, strict=True)]
+
+
 @post(
     "/v1/events",
     status_code=HTTP_202_ACCEPTED,
@@ -188,16 +215,20 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     summary="Publish events",
     description=__doc__,
     tags=["ingest"],
-    responses=error_responses(413, 422, 503),
+    guards=[requires("ingest")],
+    responses=error_responses(401, 403, 409, 413, 422, 503),
 )
 async def post_events(
     request: Request[Any, Any, Any], ctx: NamedDependency[ApiContext]
 ) -> Accepted:
     """Validate the body's events and publish them; answer once the broker confirmed all.
 
+    Each event's ``data`` is encrypted with its child's data key before it is published.
+
     Errors: 422 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
-    ``invalid_events``, 503 ``broker_unavailable`` (nothing published) / ``publish_failed``
-    (some may be published; retrying the same events is safe).
+    ``invalid_events``, 409 ``user_erased`` (an event of an erased child: nothing published),
+    503 ``broker_unavailable`` (nothing published) / ``publish_failed`` (some may be published;
+    retrying the same events is safe).
     """
     body = await request.body()
     try:
@@ -206,6 +237,7 @@ async def post_events(
         if error.code == "invalid_events" and error.details:
             ctx.metrics.events_rejected.inc(len(error.details))
         raise
+    events = await _sealed(ctx, events)
     try:
         accepted = await ctx.broker.publish(events)
     except BrokerUnavailable as exc:

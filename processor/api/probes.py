@@ -9,6 +9,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
+from processor.api.auth import requires
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses
 from processor.api.metrics import CONTENT_TYPE
@@ -27,13 +28,20 @@ class Readiness(msgspec.Struct, frozen=True):
     checks: dict[str, str]
 
 
-@get("/healthz", tags=["operations"], summary="Liveness")
+@get("/healthz", tags=["operations"], summary="Liveness", exclude_from_auth=True, security=[{}])
 async def healthz() -> Health:
     """200 ``{"status": "ok"}`` while the process serves requests; touches nothing else."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["operations"], summary="Readiness", responses=error_responses(503))
+@get(
+    "/readyz",
+    tags=["operations"],
+    summary="Readiness",
+    exclude_from_auth=True,
+    security=[{}],
+    responses=error_responses(503),
+)
 async def readyz(ctx: NamedDependency[ApiContext]) -> Readiness:
     """200 when the broker (the publisher's connection) and the database answer.
 
@@ -52,8 +60,18 @@ async def readyz(ctx: NamedDependency[ApiContext]) -> Readiness:
     return Readiness(status="ready", checks={"broker": "ok", "database": "ok"})
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type=CONTENT_TYPE)
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    media_type=CONTENT_TYPE,
+    guards=[requires("read")],
+    responses=error_responses(401, 403),
+)
 async def metrics(ctx: NamedDependency[ApiContext]) -> Response[bytes]:
-    """The Prometheus text format (0.0.4); reads the database and the broker at scrape time."""
+    """The Prometheus text format (0.0.4); reads the database and the broker at scrape time.
+
+    Needs a ``read`` (or ``admin``) token unless ``METRICS_PUBLIC`` is set.
+    """
     payload = await asyncio.to_thread(ctx.metrics.render)
     return Response(payload, media_type=CONTENT_TYPE)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import (
@@ -23,6 +23,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from processor.api.auth import requires, token_of
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses, quoted
 from processor.reading.errors import ReadError
@@ -86,7 +87,8 @@ def _user_not_found(user_id: str) -> ApiError:
     "/v1/users/{user_id:str}/friendship",
     tags=["read"],
     summary="Friendship of a user",
-    responses=error_responses(400, 404, 503),
+    guards=[requires("read")],
+    responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_friendship(
     user_id: FromPath[str], ctx: NamedDependency[ApiContext]
@@ -106,7 +108,8 @@ async def get_friendship(
     "/v1/users/{user_id:str}/topics",
     tags=["read"],
     summary="Topic metrics of a user",
-    responses=error_responses(400, 404, 503),
+    guards=[requires("read")],
+    responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_topics(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> UserTopics:
     """The user's topics sorted by topic, each with all 8 sentiment labels.
@@ -124,17 +127,23 @@ async def get_topics(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) -
     "/v1/events/{event_id:str}",
     tags=["read"],
     summary="Status of an event",
-    responses=error_responses(404, 503),
+    guards=[requires("read")],
+    responses=error_responses(401, 403, 404, 503),
 )
-async def get_event(event_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> EventStatus:
+async def get_event(
+    event_id: FromPath[str], request: Request[Any, Any, Any], ctx: NamedDependency[ApiContext]
+) -> EventStatus:
     """``status`` ``applied`` (partition, offset, user_id, type, occurred_at) or
-    ``dead_lettered`` (partition, offset, field, reason, dead_lettered_at, raw, raw_encoding).
+    ``dead_lettered`` (partition, offset, field, reason, dead_lettered_at; with an ``admin``
+    token also ``raw`` and ``raw_encoding``: a dead letter's bytes are readable by admin only).
 
     Any string is accepted: a malformed id can still name a dead letter.
 
     Errors: 404 ``event_not_found`` when neither applied nor dead-lettered.
     """
-    status = await ctx.read(queries.event_status, event_id)
+    token = token_of(request)
+    with_raw = token is not None and token.allows("admin")
+    status = await ctx.read(queries.event_status, event_id, with_raw=with_raw)
     if status is None:
         raise ApiError(
             HTTP_404_NOT_FOUND,
@@ -148,7 +157,8 @@ async def get_event(event_id: FromPath[str], ctx: NamedDependency[ApiContext]) -
     "/v1/stats",
     tags=["read"],
     summary="Totals and partition status",
-    responses=error_responses(503),
+    guards=[requires("read")],
+    responses=error_responses(401, 403, 503),
 )
 async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
     """Events applied, dead letters, and per partition its checkpoint, lag and owner.
@@ -178,9 +188,10 @@ async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
 
 @get(
     "/v1/dead-letters",
-    tags=["read"],
-    summary="Dead letters, newest first",
-    responses=error_responses(400, 503),
+    tags=["admin"],
+    summary="Dead letters, newest first (admin)",
+    guards=[requires("admin")],
+    responses=error_responses(400, 401, 403, 503),
 )
 async def get_dead_letters(
     ctx: NamedDependency[ApiContext],

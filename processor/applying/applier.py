@@ -24,6 +24,7 @@ from processor import tuning
 from processor.applying.batch import BatchResult, apply_batch
 from processor.applying.decode import rejected_reason
 from processor.applying.store import BatchStore
+from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class PartitionApplier:
         partition: the partition.
         checkpoint: the committed offset to go on from (-1 = nothing yet).
         owner: written on the checkpoint (``host:pid``, or ``replay <id>``).
+        keys: opens encrypted events and finds erased children (``apply_batch``).
         lease_epoch: the live owner's fencing token; None for a replay shadow.
         attempts: tries of one batch on transient errors (``tuning.BATCH_ATTEMPTS``).
 
@@ -104,6 +106,7 @@ class PartitionApplier:
         partition: int,
         checkpoint: int,
         owner: str,
+        keys: Keys,
         *,
         lease_epoch: int | None = None,
         attempts: int = tuning.BATCH_ATTEMPTS,
@@ -111,6 +114,7 @@ class PartitionApplier:
         self.partition = partition
         self.checkpoint = checkpoint
         self.owner = owner
+        self.keys = keys
         self.lease_epoch = lease_epoch
         self._attempts = attempts
 
@@ -173,6 +177,7 @@ class PartitionApplier:
                     records,
                     self.checkpoint,
                     self.owner,
+                    keys=self.keys,
                     lease_epoch=self.lease_epoch,
                     poisoned=poisoned,
                 )

@@ -2,10 +2,12 @@
 
 This is the single code path for live processing and replay (README "How it works"):
 
-1. decode and de-duplicate (pure): refuse offsets out of order; turn records into valid events
-   and dead letters (``processor.applying.decode``);
+1. open and decode (pure but for reading the data keys): refuse offsets out of order; decrypt
+   encrypted events with their children's data keys (``processor.privacy.opening``); turn
+   records into valid events and dead letters (``processor.applying.decode``);
 2. inside one transaction of the store (``processor.applying.store``):
-   a. lock the partition's checkpoint and fence a stale owner;
+   a. lock the partition's checkpoint and fence a stale owner; drop what belongs to erased
+      children (skipped and counted: an erasure locks every checkpoint, so it is seen here);
    b. record the batch's event ids: only ids new to the store are applied, so a redelivered,
       replayed or re-published event changes nothing the second time, and a reused id follows
       ``projections.event_ids`` (first occurrence in log order wins);
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 
 from processor.applying.decode import check_offsets, decode_records, reused_id_letters
 from processor.applying.store import BatchStore, BatchTransaction, CheckpointAdvance, TopicKey
+from processor.privacy.keys import Keys
+from processor.privacy.opening import batch_users, drop_erased, open_batch
 from processor.reading.log_record import LogRecord
 from projections.event_ids import first_occurrences, judge_event_ids
 from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
@@ -40,6 +44,8 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    #: Events and dead letters of erased children, skipped (docs/contract.md, "Erasure").
+    erased_skipped: int = 0
 
     def add(self, other: BatchResult) -> None:
         """Count ``other`` (a later batch of the same partition) into this result."""
@@ -47,6 +53,7 @@ class BatchResult:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.erased_skipped += other.erased_skipped
 
 
 def apply_batch(
@@ -56,6 +63,7 @@ def apply_batch(
     expected_checkpoint: int,
     owner: str,
     *,
+    keys: Keys,
     lease_epoch: int | None = None,
     poisoned: Mapping[int, str] | None = None,
 ) -> BatchResult:
@@ -68,6 +76,8 @@ def apply_batch(
             ``expected_checkpoint`` (holes allowed).
         expected_checkpoint: the committed offset this owner resumed from (-1 = nothing yet).
         owner: who commits (written on the checkpoint, e.g. ``"host:pid"``).
+        keys: the key-encryption key (opens encrypted events) and the hash key (finds erased
+            children).
         lease_epoch: the fencing token the owner got with its lease; the batch commits only
             while the checkpoint still carries it, and the commit is logged. None (replay into
             a shadow schema) checks no epoch and logs nothing.
@@ -87,21 +97,25 @@ def apply_batch(
     if not records:
         raise ValueError("apply_batch needs at least one record")
     check_offsets(partition, records, expected_checkpoint)
-    decoded = decode_records(partition, records, poisoned)
-    first_seen = first_occurrences(decoded.valid)
+    opened = open_batch(store, records, keys)
+    decoded = decode_records(
+        partition, records, {**opened.unopened, **(poisoned or {})}, opened.plaintexts
+    )
+    digests = {user: keys.user_digest(user) for user in batch_users(decoded)}
     result = BatchResult(partition, records[0].offset, records[-1].last_offset)
     with store.transaction() as tx:
         tx.lock_checkpoint(partition, expected_checkpoint, lease_epoch)
-        verdict = judge_event_ids(
-            partition, decoded.valid, tx.record_event_ids(partition, first_seen)
-        )
-        dead = decoded.dead + reused_id_letters(partition, verdict.reused, records)
+        kept = drop_erased(decoded, tx.erased(digests))
+        valid = kept.decoded.valid
+        first_ids = tx.record_event_ids(partition, first_occurrences(valid), opened.encrypted)
+        verdict = judge_event_ids(partition, valid, first_ids)
+        dead = kept.decoded.dead + reused_id_letters(partition, verdict.reused, records)
         if verdict.to_apply:
             write_projections(tx, [event for event, _ in verdict.to_apply])
         if dead:
             tx.write_dead_letters(dead)
         result.applied, result.duplicates = len(verdict.to_apply), verdict.duplicates
-        result.dead_lettered = len(dead)
+        result.dead_lettered, result.erased_skipped = len(dead), kept.skipped
         tx.advance_checkpoint(
             CheckpointAdvance(
                 partition=partition,

@@ -19,6 +19,7 @@ shadow schema).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import psycopg
@@ -218,6 +219,30 @@ def read_totals(conn: Connection) -> tuple[int, int]:
         )
     ).one()
     return int(row[0]), int(row[1])
+
+
+def lock_all(cur: psycopg.Cursor) -> None:
+    """Lock every live checkpoint row, in partition order, for the caller's transaction.
+
+    Each batch locks its partition's row first, so while these are held no batch commits, and
+    every batch after the caller commits sees what it wrote (an erasure uses this).
+    """
+    cur.execute("SELECT partition FROM checkpoints ORDER BY partition FOR UPDATE")
+
+
+def subtract_counts(
+    cur: psycopg.Cursor, counts: Mapping[int, tuple[int, int]], schema: str | None = None
+) -> None:
+    """Take ``{partition: (applied, dead-lettered)}`` off the per-partition counters (what an
+    erasure removed; a replay of the log skips the same records, so both stay equal)."""
+    for partition, (applied, dead) in sorted(counts.items()):
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET applied_count = applied_count - %s, "
+                "dead_lettered_count = dead_lettered_count - %s WHERE partition = %s"
+            ).format(_table(schema)),
+            (applied, dead, partition),
+        )
 
 
 def copy_checkpoints(cur: psycopg.Cursor, source: str, target: str) -> None:

@@ -31,7 +31,11 @@ _EVENT_ID_PROBE: Final = msgspec.json.Decoder(dict[str, object])
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An invalid record: where it is in the log, why it is invalid and its raw bytes."""
+    """An invalid record: where it is in the log, why it is invalid and its raw bytes.
+
+    ``user_id`` is the body's ``user_id`` when it is a readable string (an erasure finds the
+    child's dead letters by it, and a batch drops those of an erased child).
+    """
 
     partition: int
     offset: int
@@ -39,6 +43,7 @@ class DeadLetter:
     field: str
     reason: str
     raw: bytes
+    user_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -71,14 +76,17 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\\u0000")
 
 
-def readable_event_id(body: bytes) -> str | None:
-    """The ``event_id`` of an invalid body when it is a readable string, else None."""
+def readable_ids(body: bytes) -> tuple[str | None, str | None]:
+    """``(event_id, user_id)`` of an invalid body, each when it is a readable string."""
     try:
         decoded = _EVENT_ID_PROBE.decode(body)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
-        return None
-    value = decoded.get("event_id")
-    return storable(value[:KEPT_EVENT_ID_CHARS]) if isinstance(value, str) else None
+        return None, None
+    event_id, user_id = decoded.get("event_id"), decoded.get("user_id")
+    return (
+        storable(event_id[:KEPT_EVENT_ID_CHARS]) if isinstance(event_id, str) else None,
+        storable(user_id) if isinstance(user_id, str) else None,
+    )
 
 
 def misrouted_reason(routing_key: str, user_id: str) -> str:
@@ -93,14 +101,20 @@ def misrouted_reason(routing_key: str, user_id: str) -> str:
     )
 
 
-def _dead(partition: int, record: LogRecord, field_name: str, reason: str) -> DeadLetter:
+def dead_letter(
+    partition: int, record: LogRecord, field_name: str, reason: str, body: bytes | None = None
+) -> DeadLetter:
+    """The dead letter of ``record`` (raw bytes as in the log; ids read from ``body``, the
+    decrypted body when there is one)."""
+    event_id, user_id = readable_ids(record.body if body is None else body)
     return DeadLetter(
         partition=partition,
         offset=record.offset,
-        event_id=readable_event_id(record.body),
+        event_id=event_id,
         field=storable(field_name),
         reason=storable(reason),
         raw=record.body,
+        user_id=user_id,
     )
 
 
@@ -108,27 +122,36 @@ def decode_records(
     partition: int,
     records: Sequence[LogRecord],
     poisoned: Mapping[int, str] | None = None,
+    plaintexts: Mapping[int, bytes] | None = None,
 ) -> DecodedBatch:
     """Decode a batch into valid events and dead letters, in log order.
 
     Records with an ``error``, and those whose offset is in ``poisoned`` (offset -> reason, the
-    records the database rejected), are dead letters whatever their body holds; so is a valid
-    event whose routing key is not its ``user_id``.
+    records the database rejected, or encrypted ones that do not open), are dead letters
+    whatever their body holds; so is a valid event whose routing key is not its ``user_id``.
+
+    Args:
+        partition: the records' partition.
+        records: in log order.
+        poisoned: offsets to dead-letter, with the reason.
+        plaintexts: the decrypted body of each encrypted record, by offset (it is decoded in
+            place of the record's body; a dead letter keeps the bytes of the log).
     """
     decoded = DecodedBatch()
     for record in records:
         reason = record.error or (poisoned or {}).get(record.offset)
+        body = (plaintexts or {}).get(record.offset, record.body)
         if reason is not None:
-            decoded.dead.append(_dead(partition, record, "", reason))
+            decoded.dead.append(dead_letter(partition, record, "", reason, body))
             continue
         try:
-            event = decode_event(record.body)
+            event = decode_event(body)
         except EventValidationError as error:
-            decoded.dead.append(_dead(partition, record, error.field, error.reason))
+            decoded.dead.append(dead_letter(partition, record, error.field, error.reason, body))
             continue
         if record.routing_key is not None and record.routing_key != event.user_id:
             reason = misrouted_reason(record.routing_key, event.user_id)
-            decoded.dead.append(_dead(partition, record, "user_id", reason))
+            decoded.dead.append(dead_letter(partition, record, "user_id", reason, body))
             continue
         decoded.valid.append((event, record.offset))
     return decoded
@@ -147,6 +170,7 @@ def reused_id_letters(
             field="event_id",
             reason=storable(use.reason),
             raw=bodies[use.offset],
+            user_id=use.event.user_id,
         )
         for use in reused
     ]

@@ -10,13 +10,13 @@ tests run one suite against both stores, so the two cannot drift apart.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from processor.applying.decode import DeadLetter
 from processor.applying.errors import CheckpointConflict, CheckpointMissing
-from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey
+from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from projections.event_ids import FirstUse
 from projections.fold import Friendship, TopicMetrics
 from schemas.events import Event
@@ -41,6 +41,9 @@ class MemoryState:
         checkpoints: by partition.
         commit_log: each live commit (``CheckpointAdvance`` with a lease epoch), in order.
         applied_events: the first use of each event id, by lower-cased id.
+        encrypted_events: lower-cased ids of the applied events that were encrypted in the log.
+        data_keys: each child's wrapped data key.
+        erased: the ``Keys.user_digest`` of every erased child.
         friendships: by user id.
         topics: by ``(user_id, topic)``.
         dead_letters: by ``(partition, offset)``.
@@ -49,6 +52,9 @@ class MemoryState:
     checkpoints: dict[int, CheckpointRow] = field(default_factory=dict)
     commit_log: list[CheckpointAdvance] = field(default_factory=list)
     applied_events: dict[str, FirstUse] = field(default_factory=dict)
+    encrypted_events: set[str] = field(default_factory=set)
+    data_keys: dict[str, WrappedKey] = field(default_factory=dict)
+    erased: set[bytes] = field(default_factory=set)
     friendships: dict[str, Friendship] = field(default_factory=dict)
     topics: dict[TopicKey, TopicMetrics] = field(default_factory=dict)
     dead_letters: dict[tuple[int, int], DeadLetter] = field(default_factory=dict)
@@ -66,6 +72,11 @@ class InMemoryStore:
         self.state.checkpoints = {p: CheckpointRow() for p in range(partitions)}
         self._lock = threading.Lock()
 
+    def data_keys(self, users: Sequence[str]) -> dict[str, WrappedKey]:
+        """The wrapped data keys of ``users`` (``BatchStore.data_keys``)."""
+        with self._lock:
+            return {u: self.state.data_keys[u] for u in users if u in self.state.data_keys}
+
     @contextmanager
     def transaction(self) -> Iterator[BatchTransaction]:
         """One batch transaction: its writes are kept only if the block ends without raising."""
@@ -73,6 +84,26 @@ class InMemoryStore:
             tx = _MemoryTransaction(self.state)
             yield tx
             tx.commit()
+
+    def erase(self, user_id: str, digest: bytes) -> None:
+        """Forget ``user_id`` as ``privacy.erasure.erase_user`` does: rows, event ids, dead
+        letters and data key gone, counters taken down, the digest recorded."""
+        with self._lock:
+            state = self.state
+            state.erased.add(digest)
+            state.data_keys.pop(user_id, None)
+            state.friendships.pop(user_id, None)
+            for key in [k for k in state.topics if k[0] == user_id]:
+                del state.topics[key]
+            for event_id, first in list(state.applied_events.items()):
+                if first.user_id == user_id:
+                    del state.applied_events[event_id]
+                    state.encrypted_events.discard(event_id)
+                    state.checkpoints[first.partition].applied_count -= 1
+            for key, letter in list(state.dead_letters.items()):
+                if letter.user_id == user_id:
+                    del state.dead_letters[key]
+                    state.checkpoints[letter.partition].dead_lettered_count -= 1
 
     def begin_lease_epoch(self, partition: int, owner: str) -> tuple[int, int]:
         """A new lease epoch for ``partition`` (``checkpoint.begin_lease_epoch``).
@@ -99,6 +130,7 @@ class _MemoryTransaction:
     def __init__(self, state: MemoryState) -> None:
         self._state = state
         self._applied: dict[str, FirstUse] = {}
+        self._encrypted: set[str] = set()
         self._friendships: dict[str, Friendship] = {}
         self._topics: dict[TopicKey, TopicMetrics] = {}
         self._dead: dict[tuple[int, int], DeadLetter] = {}
@@ -117,14 +149,22 @@ class _MemoryTransaction:
                 f" (lease epoch {row.lease_epoch}, this owner holds {lease_epoch})",
             )
 
+    def erased(self, digests: Mapping[str, bytes]) -> set[str]:
+        return {user for user, digest in digests.items() if digest in self._state.erased}
+
     def record_event_ids(
-        self, partition: int, first_seen: Mapping[str, tuple[Event, int]]
+        self,
+        partition: int,
+        first_seen: Mapping[str, tuple[Event, int]],
+        encrypted: Set[int] = frozenset(),
     ) -> dict[str, FirstUse]:
         applied = self._state.applied_events
         earlier = {key: applied[key] for key in first_seen if key in applied}
         for key, (event, offset) in first_seen.items():
             if key not in applied:
                 self._applied[key] = FirstUse(event.user_id, partition, offset)
+                if offset in encrypted:
+                    self._encrypted.add(key)
         return earlier
 
     def lock_rows(
@@ -160,6 +200,7 @@ class _MemoryTransaction:
         """Apply the collected writes (the transaction ended without raising)."""
         state = self._state
         state.applied_events.update(self._applied)
+        state.encrypted_events.update(self._encrypted)
         state.friendships.update(self._friendships)
         state.topics.update(self._topics)
         state.dead_letters.update(self._dead)

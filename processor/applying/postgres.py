@@ -10,7 +10,7 @@ shadow schema and the same statements write there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
@@ -19,7 +19,7 @@ import psycopg
 
 from processor.applying import checkpoint
 from processor.applying.decode import DeadLetter
-from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey
+from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from projections.event_ids import FirstUse
 from projections.fold import Friendship, TopicMetrics
 from projections.tables import SENTIMENT_COLUMNS
@@ -30,12 +30,17 @@ SELECT event_id::text, user_id, partition, log_offset FROM applied_events
 WHERE event_id = ANY(%b::uuid[])
 """
 _RECORD_EVENT_IDS: Final = """
-INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at)
+INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
+                            encrypted)
 SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
-                     %b::timestamptz[])
+                     %b::timestamptz[], %b::bool[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
 """
+_ERASED: Final = "SELECT user_digest FROM erasures WHERE user_digest = ANY(%b::bytea[])"
+_DATA_KEYS: Final = (
+    "SELECT user_id, wrapped_key, kek_id FROM data_keys WHERE user_id = ANY(%b::text[])"
+)
 # Rows a batch will write are created first when missing, then locked: FOR UPDATE locks only
 # rows that exist, so two transactions touching a new user would both fold from the empty
 # state and the later upsert would overwrite the earlier (a lost update). An insert that meets
@@ -89,8 +94,9 @@ ON CONFLICT (user_id, topic) DO UPDATE SET
   last_discussed_at = excluded.last_discussed_at
 """
 _INSERT_DEAD_LETTERS: Final = """
-INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw)
-SELECT * FROM unnest(%b::int[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bytea[])
+INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw, user_id)
+SELECT * FROM unnest(%b::int[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bytea[],
+                     %b::text[])
 ON CONFLICT (partition, log_offset) DO NOTHING
 """
 
@@ -105,6 +111,13 @@ class PostgresStore:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+
+    def data_keys(self, users: Sequence[str]) -> dict[str, WrappedKey]:
+        """The wrapped data keys of ``users`` (``BatchStore.data_keys``)."""
+        if not users:
+            return {}
+        rows = self.conn.execute(_DATA_KEYS, (list(users),)).fetchall()
+        return {str(user): (bytes(wrapped), str(kek_id)) for user, wrapped, kek_id in rows}
 
     @contextmanager
     def transaction(self) -> Iterator[BatchTransaction]:
@@ -122,8 +135,17 @@ class _PostgresTransaction:
     def lock_checkpoint(self, partition: int, expected: int, lease_epoch: int | None) -> None:
         checkpoint.lock(self._cur, partition, expected, lease_epoch)
 
+    def erased(self, digests: Mapping[str, bytes]) -> set[str]:
+        if not digests:
+            return set()
+        found = {bytes(row[0]) for row in self._cur.execute(_ERASED, (list(digests.values()),))}
+        return {user for user, digest in digests.items() if digest in found}
+
     def record_event_ids(
-        self, partition: int, first_seen: Mapping[str, tuple[Event, int]]
+        self,
+        partition: int,
+        first_seen: Mapping[str, tuple[Event, int]],
+        encrypted: Set[int] = frozenset(),
     ) -> dict[str, FirstUse]:
         if not first_seen:
             return {}
@@ -137,6 +159,7 @@ class _PostgresTransaction:
                 [event.user_id for event, _ in candidates],
                 [type(event).__struct_config__.tag for event, _ in candidates],
                 [event.occurred_at for event, _ in candidates],
+                [offset in encrypted for _, offset in candidates],
             ),
         )
         new_ids = {row[0] for row in self._cur.fetchall()}
@@ -234,6 +257,7 @@ class _PostgresTransaction:
                 [d.field for d in dead],
                 [d.reason for d in dead],
                 [d.raw for d in dead],
+                [d.user_id for d in dead],
             ),
         )
 

@@ -10,7 +10,7 @@ shared persistence tests). A transaction that raises leaves the store as it was.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +22,8 @@ from schemas.events import Event
 
 #: A topic row's key: ``(user_id, topic)``.
 TopicKey = tuple[str, str]
+#: A child's data key as the store keeps it: ``(wrapped key, id of the KEK that wrapped it)``.
+WrappedKey = tuple[bytes, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +63,22 @@ class BatchTransaction(Protocol):
         """
         ...
 
+    def erased(self, digests: Mapping[str, bytes]) -> set[str]:
+        """The users among ``digests`` (user -> ``Keys.user_digest``) who were erased."""
+        ...
+
     def record_event_ids(
-        self, partition: int, first_seen: Mapping[str, tuple[Event, int]]
+        self,
+        partition: int,
+        first_seen: Mapping[str, tuple[Event, int]],
+        encrypted: Set[int] = frozenset(),
     ) -> dict[str, FirstUse]:
         """Record the batch's event ids that are new to the store.
 
         Args:
             partition: the batch's partition.
             first_seen: the first ``(event, offset)`` of each lower-cased id in the batch.
+            encrypted: offsets whose ``data`` was encrypted in the log.
 
         Returns:
             The recorded first use of every id that was not new (any partition), by
@@ -104,6 +114,11 @@ class BatchTransaction(Protocol):
 
 class BatchStore(Protocol):
     """Something a batch can be applied to."""
+
+    def data_keys(self, users: Sequence[str]) -> dict[str, WrappedKey]:
+        """The wrapped data key of each of ``users`` that has one (read outside a batch's
+        transaction: a key is written once, and an erasure is seen inside it)."""
+        ...
 
     def transaction(self) -> AbstractContextManager[BatchTransaction]:
         """One batch transaction: committed when the block ends, rolled back if it raises."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -16,9 +16,13 @@ from tenacity import (
 )
 
 from processor import tuning
+from processor.privacy.data_keys import seal_events
+from processor.privacy.errors import UserErased
+from processor.privacy.keys import load_keys
 from processor.publishing.errors import FileUnreadable, PublishError, PublishingError
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
+from projections.database import connect
 from schemas.validation import EventValidationError, decode_event
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,9 @@ class FileEvents:
 
     events: list[OutgoingEvent]
     invalid: list[InvalidLine]
+    #: The line number of each of ``events``, and whether it is a valid event.
+    lines: list[int] = field(default_factory=list)
+    valid: list[bool] = field(default_factory=list)
 
 
 def describe_invalid(path: Path, invalid: list[InvalidLine]) -> str:
@@ -58,6 +65,23 @@ def describe_invalid(path: Path, invalid: list[InvalidLine]) -> str:
     if len(invalid) > MAX_REPORTED_LINES:
         shown.append(f"  ... and {len(invalid) - MAX_REPORTED_LINES} more invalid lines")
     return "\n".join(shown)
+
+
+class ErasedInFile(PublishingError):
+    """Lines of the file are events of erased children; nothing of the file was published."""
+
+    def __init__(self, path: Path, numbers: list[int]) -> None:
+        shown = ", ".join(str(n) for n in numbers[:MAX_REPORTED_LINES])
+        more = (
+            f" and {len(numbers) - MAX_REPORTED_LINES} more"
+            if len(numbers) > MAX_REPORTED_LINES
+            else ""
+        )
+        super().__init__(
+            f"{path}: lines {shown}{more} are events of erased children; nothing published "
+            "(an erased child's events are never accepted again)"
+        )
+        self.numbers = numbers
 
 
 class InvalidFile(PublishingError):
@@ -107,27 +131,49 @@ def read_events(path: Path, *, allow_invalid: bool = False) -> FileEvents:
             up to ``MAX_REPORTED_LINES``, with its line number, field and reason).
         OSError: the file cannot be read.
     """
-    events: list[OutgoingEvent] = []
-    invalid: list[InvalidLine] = []
+    contents = FileEvents([], [])
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             body = line.strip()
             if not body:
                 continue
+            contents.lines.append(number)
             try:
                 event = decode_event(body)
             except EventValidationError as error:
-                reasons = "; ".join(
-                    f"{field or '<body>'}: {reason}" for field, reason in error.problems
-                )
-                invalid.append(InvalidLine(number, reasons))
+                reasons = "; ".join(f"{name or '<body>'}: {why}" for name, why in error.problems)
+                contents.invalid.append(InvalidLine(number, reasons))
                 routing = _routing_key_of_invalid(body, number)
-                events.append(OutgoingEvent(routing[0], routing[1], body))
+                contents.events.append(OutgoingEvent(routing[0], routing[1], body))
+                contents.valid.append(False)
                 continue
-            events.append(OutgoingEvent(event.event_id, event.user_id, body))
-    if invalid and not allow_invalid:
-        raise InvalidFile(path, invalid)
-    return FileEvents(events, invalid)
+            contents.events.append(OutgoingEvent(event.event_id, event.user_id, body))
+            contents.valid.append(True)
+    if contents.invalid and not allow_invalid:
+        raise InvalidFile(path, contents.invalid)
+    return contents
+
+
+def seal_file_events(settings: Settings, path: Path, contents: FileEvents) -> FileEvents:
+    """``contents`` with the ``data`` of every valid event encrypted with its child's data key
+    (``processor.privacy.data_keys``); invalid lines stay as they are.
+
+    Raises:
+        ErasedInFile: events of erased children are in the file; nothing is published.
+        KeyMissing: the keys are not configured.
+    """
+    keys = load_keys(settings)
+    chosen = [i for i, valid in enumerate(contents.valid) if valid]
+    with connect(settings.database_url) as conn:
+        try:
+            sealed = seal_events(conn, [contents.events[i].body for i in chosen], keys)
+        except UserErased as exc:
+            numbers = [contents.lines[chosen[i]] for i in exc.indexes]
+            raise ErasedInFile(path, numbers) from exc
+    events = list(contents.events)
+    for i, body in zip(chosen, sealed, strict=True):
+        events[i] = replace(events[i], body=body)
+    return replace(contents, events=events)
 
 
 def _routing_key_of_invalid(body: bytes, number: int) -> tuple[str, str]:

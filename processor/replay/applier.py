@@ -26,6 +26,7 @@ from processor.applying.applier import PartitionApplier
 from processor.applying.batch import BatchResult
 from processor.applying.engine import WorkerPool
 from processor.applying.postgres import PostgresStore
+from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
 from processor.replay.errors import ReplayError
 from processor.replay.shadow import connect_shadow
@@ -56,6 +57,8 @@ class ShadowApplier:
     Args:
         database_url: the deployment's database.
         shadow: the shadow schema's name.
+        live: the live schema's name (the deployment's erasures and data keys are there).
+        keys: opens encrypted events and finds erased children.
         checkpoints: the shadow's committed offset per partition (-1 = none); updated in place
             as batches commit.
         threads: worker threads (each with its own connection).
@@ -69,7 +72,9 @@ class ShadowApplier:
         self,
         database_url: str,
         shadow: str,
+        live: str,
         checkpoints: dict[int, int],
+        keys: Keys,
         *,
         threads: int,
         owner: str,
@@ -77,6 +82,7 @@ class ShadowApplier:
         max_pending_records: int,
     ) -> None:
         self.checkpoints = checkpoints
+        self._keys = keys
         self._owner = owner
         self._on_applied = on_applied
         self._max_pending = max_pending_records
@@ -92,7 +98,7 @@ class ShadowApplier:
             for _ in range(threads):
                 name = f"friendship-stream {owner}"
                 stores.append(
-                    PostgresStore(connect_shadow(database_url, shadow, application_name=name))
+                    PostgresStore(connect_shadow(database_url, shadow, live, application_name=name))
                 )
         except BaseException:
             for store in stores:
@@ -127,7 +133,9 @@ class ShadowApplier:
             lane = self._lanes.get(partition)
             if lane is None:
                 checkpoint = self.checkpoints.get(partition, -1)
-                lane = _ShadowLane(self, PartitionApplier(partition, checkpoint, self._owner))
+                lane = _ShadowLane(
+                    self, PartitionApplier(partition, checkpoint, self._owner, self._keys)
+                )
                 self._lanes[partition] = lane
             lane.batches.append(records)
             self._pending_records += len(records)

@@ -13,6 +13,8 @@ from typing import Final
 from rich.console import Console
 
 from processor import tuning
+from processor.privacy.data_keys import erased_users
+from processor.privacy.keys import load_keys
 from processor.replay.history import read_user_history, user_partitions
 from processor.replay.options import ReplayOptions
 from processor.replay.progress import ReplayProgress
@@ -51,6 +53,29 @@ def _live_friendship(settings: Settings, user_id: str) -> tuple[Friendship | Non
     return live, partitions
 
 
+def _user_history(settings: Settings, user_id: str, options: ReplayOptions, out: Console) -> int:
+    keys = load_keys(settings)
+    with connect(settings.database_url) as conn:
+        erased = erased_users(conn, [user_id], keys)
+    if erased:
+        out.print(
+            f"user ref {keys.user_ref(user_id)}: this child was erased; nothing of theirs is "
+            "read or shown again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return DIFFERENT
+    live, partitions = _live_friendship(settings, user_id)
+    history = read_user_history(
+        settings, user_id, partitions or range(settings.partitions), keys, credit=options.credit
+    )
+    if not history.lines:
+        print_no_history(out, history)
+        return DIFFERENT
+    print_history(out, history, live, keys.user_ref(user_id))
+    return OK
+
+
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``replay --verify``, ``--swap`` or ``--user ID``; returns the exit code."""
     out = Console()
@@ -58,18 +83,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         out = Console(width=max(out.width, PIPE_WIDTH))
     options = options_from(args)
     if args.user is not None:
-        live, partitions = _live_friendship(settings, args.user)
-        history = read_user_history(
-            settings,
-            args.user,
-            partitions or range(settings.partitions),
-            credit=options.credit,
-        )
-        if not history.lines:
-            print_no_history(out, history)
-            return DIFFERENT
-        print_history(out, history, live)
-        return OK
+        return _user_history(settings, args.user, options, out)
     with ReplayProgress(Console(stderr=True)) as progress:
         report = (
             verify(settings, options, progress)

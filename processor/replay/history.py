@@ -12,7 +12,7 @@ here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -22,11 +22,15 @@ import psycopg
 
 from processor import tuning
 from processor.applying.decode import decode_records
+from processor.applying.postgres import PostgresStore
+from processor.privacy.keys import Keys
+from processor.privacy.opening import OpenedBatch, open_batch
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import ensure_log_complete
 from processor.reading.probes import read_tail_offsets
 from processor.reading.ranges import LogRange, read_log_ranges
 from processor.settings import Settings
+from projections.database import connect
 from projections.event_ids import FirstUse, first_occurrences, judge_event_ids
 from projections.fold import (
     Friendship,
@@ -95,8 +99,11 @@ def _names_user(body: bytes, user_id: str) -> bool:
 class HistoryBuilder:
     """Folds one user's records out of whole partitions (feed each partition in log order)."""
 
-    def __init__(self, user_id: str) -> None:
+    def __init__(
+        self, user_id: str, opener: Callable[[Sequence[LogRecord]], OpenedBatch] | None = None
+    ) -> None:
         self.history = History(user_id)
+        self._opener = opener
         self._seen: dict[int, dict[str, FirstUse]] = {}
 
     def take(self, partition: int, records: Sequence[LogRecord]) -> None:
@@ -108,7 +115,8 @@ class HistoryBuilder:
         history = self.history
         history.records_scanned += len(records)
         seen = self._seen.setdefault(partition, {})
-        decoded = decode_records(partition, records)
+        opened = self._opener(records) if self._opener is not None else OpenedBatch()
+        decoded = decode_records(partition, records, opened.unopened, opened.plaintexts)
         candidates = first_occurrences(decoded.valid)
         verdict = judge_event_ids(
             partition, decoded.valid, {key: seen[key] for key in candidates if key in seen}
@@ -174,10 +182,13 @@ def read_user_history(
     settings: Settings,
     user_id: str,
     partitions: Iterable[int],
+    keys: Keys,
     *,
     credit: int = tuning.REPLAY_CREDIT,
 ) -> History:
     """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records.
+
+    Encrypted events are opened with their children's data keys, as a batch opens them.
 
     Raises:
         LogTruncated: a partition's log is truncated (the history would be partial).
@@ -185,10 +196,12 @@ def read_user_history(
     chosen = sorted(set(partitions))
     tails: Mapping[int, int] = asyncio.run(read_tail_offsets(settings, chosen))
     ensure_log_complete(settings, {}, tails)
-    builder = HistoryBuilder(user_id)
     ranges = [LogRange(p, 0, tail) for p, tail in sorted(tails.items()) if tail >= 0]
     size = tuning.HISTORY_BATCH_SIZE
-    read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
+    with connect(settings.database_url) as conn:
+        store = PostgresStore(conn)
+        builder = HistoryBuilder(user_id, lambda records: open_batch(store, records, keys))
+        read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
     builder.history.lines.sort(key=lambda line: (line.partition, line.offset))
     builder.history.partitions_scanned = tuple(chosen)
     return builder.history

@@ -176,12 +176,18 @@ def print_no_history(console: Console, history: History) -> None:
     )
 
 
-def print_history(console: Console, history: History, live: Friendship | None) -> None:
-    """The user's records as a table, then the folded score next to live's."""
+def print_history(
+    console: Console, history: History, live: Friendship | None, user_ref: str
+) -> None:
+    """The user's records as a table, then the folded score next to live's.
+
+    ``user_ref`` is the keyed hash the logs name the child by (``Keys.user_ref``), printed so
+    an operator can match log lines to this child.
+    """
     several = len({line.partition for line in history.lines}) > 1
     table = Table(
-        title=f"history of {history.user_id} (partitions {list(history.partitions_scanned)}, "
-        f"{history.records_scanned:,} records read)"
+        title=f"history of {history.user_id} (user ref {user_ref}; partitions "
+        f"{list(history.partitions_scanned)}, {history.records_scanned:,} records read)"
     )
     if several:
         table.add_column("partition", justify="right")

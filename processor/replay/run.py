@@ -39,6 +39,8 @@ from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.checkpoint import read_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.privacy.erasure import purge_erased
+from processor.privacy.keys import load_keys
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import ensure_log_complete
 from processor.reading.probes import read_tail_offsets
@@ -82,6 +84,7 @@ class _Run:
         self.settings = settings
         self.options = options
         self.progress = progress
+        self.keys = load_keys(settings)
         self.run_id = new_run_id()
         self.shadow = shadow_schema(self.run_id)
         self.owner = f"replay {self.run_id}"
@@ -171,7 +174,9 @@ class _Run:
         with ShadowApplier(
             self.settings.database_url,
             self.shadow,
+            self.live,
             self.checkpoints,
+            self.keys,
             threads=options.threads,
             owner=self.owner,
             on_applied=lambda r, n: bar.advance(n, r.applied, r.duplicates, r.dead_lettered),
@@ -220,7 +225,7 @@ class _Run:
                 # One attempt: this runs inside the final transaction (a snapshot, or live writes
                 # paused behind the checkpoint locks), where waiting and retrying cannot help.
                 checkpoint = self.checkpoints[partition]
-                applier = PartitionApplier(partition, checkpoint, self.owner, attempts=1)
+                applier = PartitionApplier(partition, checkpoint, self.owner, self.keys, attempts=1)
                 for start in range(0, len(partition_records), size):
                     batch = partition_records[start : start + size]
                     result = applier.apply(store, batch)
@@ -247,15 +252,24 @@ class _Run:
                 f"(partition: (live, replay)): {behind}; was a checkpoint reset?"
             )
 
+    def _purge_erased(self, conn: psycopg.Connection) -> None:
+        """Inside the final transaction: forget in the shadow the children erased while it was
+        built (``privacy.erasure.purge_erased``)."""
+        with conn.cursor() as cur:
+            purged = purge_erased(cur, self.shadow, self.keys)
+        if purged:
+            log.info("replay %s: %d erased children removed from the rebuild", self.run_id, purged)
+
     def compare_at_live(self) -> Comparison:
         """The final verify step: one repeatable-read snapshot of live, the shadow brought to
         the same checkpoints inside it, and the comparison."""
-        conn = connect_shadow(self.settings.database_url, self.shadow)
+        conn = connect_shadow(self.settings.database_url, self.shadow, self.live)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         try:
             with conn.transaction():
                 live = read_checkpoints(conn, self.live)  # the snapshot starts here
                 self.final_apply(conn, live)
+                self._purge_erased(conn)
                 self.report.checkpoints = live
                 return compare_projections(conn, self.live, self.shadow, live)
         finally:
@@ -264,7 +278,7 @@ class _Run:
     def swap_in(self) -> None:
         """The final swap step, retried when a reader holds a table too long."""
         analyze(self.settings.database_url, self.shadow)
-        conn = connect_shadow(self.settings.database_url, self.shadow)
+        conn = connect_shadow(self.settings.database_url, self.shadow, self.live)
         conn.execute("SET synchronous_commit TO on")
         replaced = replaced_schema(self.run_id)
         try:
@@ -277,6 +291,7 @@ class _Run:
                         conn.execute(f"SET LOCAL lock_timeout = '{timeout_ms}ms'")
                         live = read_checkpoints(conn, self.live, lock_mode="FOR UPDATE")
                         self.final_apply(conn, live)
+                        self._purge_erased(conn)
                         drift = schema_differences(conn, self.live, self.shadow)
                         if drift:
                             raise SchemaDrift("; ".join(drift[:10]))

@@ -30,7 +30,7 @@ from processor.applying import checkpoint
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.replay.errors import SchemaDrift
 from projections.database import alembic_config, connect, sqlalchemy_url
-from projections.tables import metadata
+from projections.tables import GLOBAL_TABLES, metadata
 
 #: The projection tables a swap replaces (the checkpoints stay: their values are equal). A new
 #: projection table joins this list and ``processor.replay.compare.TABLES``.
@@ -87,7 +87,8 @@ def ensure_migrated(conn: psycopg.Connection) -> None:
 
 
 def create_shadow(database_url: str, schema: str, partitions: int) -> None:
-    """Create ``schema`` with every table of ``projections.tables`` and checkpoint rows at -1.
+    """Create ``schema`` with the tables of one build of the projections (every table of
+    ``projections.tables`` but the deployment's ``GLOBAL_TABLES``) and checkpoint rows at -1.
 
     Raises:
         psycopg.errors.DuplicateSchema: the schema exists already.
@@ -98,7 +99,8 @@ def create_shadow(database_url: str, schema: str, partitions: int) -> None:
     try:
         with engine.begin() as sa_conn:
             translated = sa_conn.execution_options(schema_translate_map={None: schema})
-            metadata.create_all(translated)
+            built = [t for t in metadata.sorted_tables if t.name not in GLOBAL_TABLES]
+            metadata.create_all(translated, tables=built)
     finally:
         engine.dispose()
     with connect(database_url) as conn:
@@ -124,15 +126,21 @@ def replay_schemas(conn: psycopg.Connection) -> list[str]:
 
 
 def connect_shadow(
-    database_url: str, schema: str, *, application_name: str = "friendship-stream replay"
+    database_url: str,
+    schema: str,
+    live: str,
+    *,
+    application_name: str = "friendship-stream replay",
 ) -> psycopg.Connection:
-    """An autocommit connection whose unqualified table names resolve in ``schema``.
+    """An autocommit connection whose unqualified table names resolve in ``schema``, then in
+    ``live`` (the deployment's ``GLOBAL_TABLES``: erasures and data keys are live's).
 
     ``synchronous_commit`` is off: the shadow is disposable until the swap, and the swap's own
     commit is synchronous, which makes everything written before it durable too (WAL order).
     """
     conn = connect(database_url, application_name=application_name)
-    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    path = sql.SQL(", ").join([sql.Identifier(schema), sql.Identifier(live)])
+    conn.execute(sql.SQL("SET search_path TO {}").format(path))
     conn.execute("SET synchronous_commit TO off")
     return conn
 

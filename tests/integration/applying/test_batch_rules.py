@@ -10,6 +10,9 @@ import pytest
 
 from processor.applying.checkpoint import begin_lease_epoch, ensure_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.privacy.data_keys import ensure_data_keys
+from processor.privacy.erasure import erase_user
+from processor.privacy.keys import load_keys
 from processor.settings import Settings
 from projections.database import connect
 from testkit.processes import stored_projections
@@ -23,16 +26,30 @@ class PostgresBackend(Backend):
         self.settings = settings
         self.conn = conn
         self.store = PostgresStore(conn)
+        self.keys = load_keys(settings)
 
     def reset(self) -> None:
         with self.conn.transaction():
             self.conn.execute(
-                "TRUNCATE friendships, topic_metrics, applied_events, dead_letters, checkpoint_log"
+                "TRUNCATE friendships, topic_metrics, applied_events, dead_letters, "
+                "checkpoint_log, data_keys, erasures"
             )
             self.conn.execute(
                 "UPDATE checkpoints SET committed_offset = -1, lease_epoch = 0, owner = NULL, "
                 "applied_count = 0, dead_lettered_count = 0"
             )
+
+    def add_data_key(self, user_id: str) -> bytes:
+        return ensure_data_keys(self.conn, [user_id], self.keys)[user_id]
+
+    def erase(self, user_id: str) -> None:
+        erase_user(self.conn, user_id, self.keys)
+
+    def is_encrypted(self, event_id: str) -> bool:
+        row = self.conn.execute(
+            "SELECT encrypted FROM applied_events WHERE event_id = %s", (event_id,)
+        ).fetchone()
+        return bool(row and row[0])
 
     def rewind(self, partition: int) -> None:
         self.conn.execute(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from processor.applying.memory import InMemoryStore
+from processor.privacy.crypto import new_data_key, wrap_data_key
+from processor.privacy.keys import Keys
 from projections.fold import level_of
 from schemas.events import SENTIMENTS
 from tests.batch_rules import PARTITIONS, Backend, BatchRules
@@ -18,9 +21,22 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self.store: InMemoryStore = InMemoryStore(PARTITIONS)
+        self.keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
 
     def reset(self) -> None:
         self.store = InMemoryStore(PARTITIONS)
+
+    def add_data_key(self, user_id: str) -> bytes:
+        data_key = new_data_key()
+        wrapped = wrap_data_key(self.keys.kek, data_key, user_id)
+        self.store.state.data_keys[user_id] = (wrapped, self.keys.kek_id)
+        return data_key
+
+    def erase(self, user_id: str) -> None:
+        self.store.erase(user_id, self.keys.user_digest(user_id))
+
+    def is_encrypted(self, event_id: str) -> bool:
+        return event_id.lower() in self.store.state.encrypted_events
 
     def rewind(self, partition: int) -> None:
         self.store.state.checkpoints[partition].committed_offset = -1

@@ -1,0 +1,135 @@
+"""API bearer tokens: random, shown once, stored only as a keyed hash, revocable, expiring.
+
+A token reads ``fst_`` + a 16-hex-digit id + a 43-character random secret (256 bits). The
+``api_tokens`` table keeps the id, the scope and HMAC-SHA-256 of the secret under the hash key
+(``processor.privacy.keys``): a database leak gives no usable token, and a check costs one
+keyed hash. Lookup goes by the id; the secret's hash is compared in constant time
+(``hmac.compare_digest``). Every check reads the table, so a revocation takes effect on the
+token's next use, without a restart.
+
+Scopes (docs/contract.md, "Access"): ``ingest`` may publish, ``read`` may read, ``admin`` may do
+everything (erasure and dead letters included).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+import psycopg
+
+from processor.access.errors import BadScope, TokenExists, UnknownToken
+from processor.privacy.keys import Keys
+
+SCOPES: Final = ("ingest", "read", "admin")
+PREFIX: Final = "fst_"
+_ID_HEX: Final = 16
+_SECRET_BYTES: Final = 32
+_PURPOSE: Final = "api-token"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as listed: never its secret.
+
+    Attributes:
+        name: unique, chosen at creation (``robot-app``).
+        scope: ``ingest``, ``read`` or ``admin``.
+        created_at, expires_at, revoked_at: database times (None: never expires / not revoked).
+    """
+
+    name: str
+    scope: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        """True when this token may act in ``scope`` (``admin`` may act in every scope)."""
+        return self.scope in (scope, "admin")
+
+
+def _parse(token: str) -> tuple[str, str] | None:
+    if not token.startswith(PREFIX) or len(token) <= len(PREFIX) + _ID_HEX:
+        return None
+    body = token[len(PREFIX) :]
+    return body[:_ID_HEX], body[_ID_HEX:]
+
+
+def create_token(
+    conn: psycopg.Connection,
+    keys: Keys,
+    name: str,
+    scope: str,
+    expires_in: timedelta | None = None,
+) -> str:
+    """Make a token and store its keyed hash; the token itself is returned once, never stored.
+
+    Raises:
+        BadScope: ``scope`` is not one of ``SCOPES``.
+        TokenExists: a token named ``name`` exists (revoked ones too: names are not reused).
+    """
+    if scope not in SCOPES:
+        raise BadScope(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+    token_id = secrets.token_hex(_ID_HEX // 2)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    try:
+        conn.execute(
+            "INSERT INTO api_tokens (name, token_id, secret_hash, scope, expires_at) "
+            "VALUES (%s, %s, %s, %s, now() + %s)",
+            (name, token_id, keys.keyed_hash(_PURPOSE, secret), scope, expires_in),
+        )
+    except psycopg.errors.UniqueViolation as exc:
+        raise TokenExists(f"a token named {name!r} exists already") from exc
+    return f"{PREFIX}{token_id}{secret}"
+
+
+def list_tokens(conn: psycopg.Connection) -> list[TokenInfo]:
+    """Every token, oldest first (revoked and expired ones included)."""
+    rows = conn.execute(
+        "SELECT name, scope, created_at, expires_at, revoked_at FROM api_tokens "
+        "ORDER BY created_at, name"
+    ).fetchall()
+    return [TokenInfo(*row) for row in rows]
+
+
+def revoke_token(conn: psycopg.Connection, name: str) -> None:
+    """Revoke a token: refused from its next use on.
+
+    Raises:
+        UnknownToken: no token has that name.
+    """
+    cur = conn.execute(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE name = %s", (name,)
+    )
+    if cur.rowcount == 0:
+        raise UnknownToken(f"no token named {name!r}")
+
+
+def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo | None:
+    """The token's info when it is valid now: known, not revoked, not expired, secret right.
+
+    Returns:
+        None for any token that must be refused (the caller answers 401 without saying why).
+    """
+    parsed = _parse(token)
+    if parsed is None:
+        return None
+    token_id, secret = parsed
+    row = conn.execute(
+        "SELECT name, scope, created_at, expires_at, revoked_at, secret_hash, "
+        "(expires_at IS NOT NULL AND expires_at <= now()) AS expired "
+        "FROM api_tokens WHERE token_id = %s",
+        (token_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    name, scope, created_at, expires_at, revoked_at, stored, expired = row
+    if not hmac.compare_digest(bytes(stored), keys.keyed_hash(_PURPOSE, secret)):
+        return None
+    if revoked_at is not None or expired:
+        return None
+    return TokenInfo(name, scope, created_at, expires_at, revoked_at)

@@ -1,0 +1,151 @@
+"""Bearer-token authentication and scopes, on Litestar's security support.
+
+Every route but the health probes (and ``/metrics`` when ``METRICS_PUBLIC`` is set) needs
+``Authorization: Bearer TOKEN`` (RFC 6750). ``BearerTokenAuth`` is a Litestar security config:
+its middleware checks the token against ``api_tokens`` on every request
+(``processor.access.tokens.verify_token``: a revoked or expired token is refused on its next
+use) and puts the token's ``TokenInfo`` on the connection; each route's guard (``requires``)
+checks the scope. Without a valid token the answer is ``401`` (with ``WWW-Authenticate:
+Bearer``), without the scope ``403``, both in the API's error shape; the OpenAPI document
+declares the scheme (``BearerToken``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.authentication import (
+    AbstractAuthenticationMiddleware,
+    AuthenticationResult,
+)
+from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
+from litestar.security.base import AbstractSecurityConfig
+from litestar.types import ASGIApp, Guard
+
+from processor.access.tokens import TokenInfo
+
+#: The OpenAPI name of the scheme.
+SCHEME: Final = "BearerToken"
+#: What a 401 answer asks for (RFC 6750, section 3).
+CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="friendship-stream"'}
+
+#: Checks a token against ``api_tokens`` (``None``: refuse it); Litestar's
+#: ``retrieve_user_handler`` signature, ``(token, connection)``.
+TokenCheck = Callable[[str, ASGIConnection[Any, Any, Any, Any]], Awaitable[TokenInfo | None]]
+
+
+def _unauthorized(message: str) -> NotAuthorizedException:
+    return NotAuthorizedException(detail=message, headers=CHALLENGE)
+
+
+class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
+    """Reads ``Authorization: Bearer TOKEN`` and checks the token.
+
+    Args:
+        app: the next ASGI app.
+        check: the config's ``retrieve_user_handler``.
+        **options: ``AbstractAuthenticationMiddleware``'s (exclusions, scopes).
+    """
+
+    def __init__(self, app: ASGIApp, check: TokenCheck, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.check = check
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        """The token's ``TokenInfo`` as the user, the token as the auth value.
+
+        Raises:
+            NotAuthorizedException: no bearer token, or one that is unknown, revoked or expired.
+        """
+        kind, _, token = connection.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            raise _unauthorized("this call needs Authorization: Bearer TOKEN")
+        info = await self.check(token, connection)
+        if info is None:
+            raise _unauthorized("the token is unknown, revoked or expired")
+        return AuthenticationResult(user=info, auth=token)
+
+
+@dataclass
+class BearerTokenAuth(AbstractSecurityConfig[TokenInfo, str]):
+    """Litestar security config for the API's bearer tokens.
+
+    Attributes:
+        retrieve_user_handler: checks a token (``TokenCheck``).
+        exclude: path patterns that need no token (the health probes).
+    """
+
+    retrieve_user_handler: TokenCheck
+    exclude: str | list[str] | None = None
+    authentication_middleware_class: type[AbstractAuthenticationMiddleware] = field(
+        default=BearerTokenMiddleware
+    )
+
+    @property
+    def openapi_components(self) -> Components:
+        """The ``BearerToken`` scheme (HTTP bearer)."""
+        return Components(
+            security_schemes={
+                SCHEME: SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="An API token: `just token create --scope read --name NAME`",
+                )
+            }
+        )
+
+    @property
+    def security_requirement(self) -> SecurityRequirement:
+        """Every operation needs the scheme unless it says otherwise."""
+        return {SCHEME: []}
+
+    @property
+    def middleware(self) -> DefineMiddleware:
+        """The authentication middleware, with this config's check and exclusions."""
+        return DefineMiddleware(
+            BearerTokenMiddleware,
+            check=self.retrieve_user_handler,
+            exclude=self.exclude,
+            exclude_from_auth_key=self.exclude_opt_key,
+            exclude_http_methods=self.exclude_http_methods,
+            scopes=self.scopes,
+        )
+
+
+def requires(scope: str) -> Guard:
+    """A route guard: the request's token must allow ``scope`` (``admin`` allows all).
+
+    A route the app opened (its path in ``app.state.open_paths``: ``/metrics`` with
+    ``METRICS_PUBLIC``) passes without a token.
+
+    Raises (from the guard):
+        PermissionDeniedException: the token's scope does not allow it (403).
+    """
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        if connection.scope["path"] in connection.app.state.get("open_paths", ()):
+            return
+        info = connection.scope.get("user")
+        if not isinstance(info, TokenInfo) or not info.allows(scope):
+            granted = info.scope if isinstance(info, TokenInfo) else "none"
+            raise PermissionDeniedException(
+                detail=f"this call needs a token with scope {scope} (or admin); "
+                f"this one has {granted}"
+            )
+
+    return guard
+
+
+def token_of(connection: ASGIConnection[Any, Any, Any, Any]) -> TokenInfo | None:
+    """The token info the middleware found for this request, None on an open route."""
+    info = connection.scope.get("user")
+    return info if isinstance(info, TokenInfo) else None

@@ -1,0 +1,140 @@
+"""Authenticated encryption of an event's ``data`` with its child's data key. Pure: no I/O.
+
+Every child has a *data key* (AES-256), made once and stored in PostgreSQL wrapped by the
+key-encryption key (``wrap_data_key``). An event is encrypted at ingest by replacing its
+``data`` with ``{"encryption": "aes-256-gcm/1", "nonce": ..., "ciphertext": ...}`` (base64),
+where the ciphertext is AES-256-GCM of the exact bytes of the original ``data``, with the event's
+``event_id`` and ``user_id`` bound as associated data: a ciphertext moved to another event or
+child does not decrypt. The envelope (``event_id``, ``type``, ``user_id``, ``occurred_at``)
+stays readable: the broker routes on ``user_id``, a pseudonymous id (docs/contract.md).
+
+Erasure destroys the data key: the log keeps only ciphertext nobody can read.
+
+Source: NIST SP 800-38D (GCM; 96-bit random nonces, at most 2^32 per key), through the
+``cryptography`` package's ``AESGCM``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Final
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from processor.privacy.errors import DecryptionFailed
+
+#: The ``encryption`` value of an encrypted ``data`` object (algorithm / format version).
+SCHEME: Final = "aes-256-gcm/1"
+#: Bytes of a data key and of a GCM nonce.
+DATA_KEY_BYTES: Final = 32
+NONCE_BYTES: Final = 12
+#: Quick test before a body is parsed: every encrypted body holds this.
+_MARKER: Final = b'"encryption"'
+
+_ENVELOPE: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENCRYPTED_DATA: Final = msgspec.json.Decoder(dict[str, str])
+_STRING: Final = msgspec.json.Decoder(str)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def new_data_key() -> bytes:
+    """A fresh random data key."""
+    return secrets.token_bytes(DATA_KEY_BYTES)
+
+
+def _key_aad(user_id: str) -> bytes:
+    return b"data-key\n" + user_id.encode()
+
+
+def _event_aad(event_id: str, user_id: str) -> bytes:
+    return b"event\n" + event_id.encode() + b"\n" + user_id.encode()
+
+
+def wrap_data_key(kek: bytes, data_key: bytes, user_id: str) -> bytes:
+    """``data_key`` encrypted under the key-encryption key, bound to ``user_id`` (nonce first)."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(kek).encrypt(nonce, data_key, _key_aad(user_id))
+
+
+def unwrap_data_key(kek: bytes, wrapped: bytes, user_id: str) -> bytes:
+    """The data key of ``user_id`` from its wrapped form.
+
+    Raises:
+        DecryptionFailed: another key-encryption key wrapped it, or the bytes were altered.
+    """
+    try:
+        return AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(user_id))
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptionFailed("the data key does not open with this key-encryption key") from exc
+
+
+def is_encrypted(body: bytes) -> bool:
+    """True when ``body`` may be an encrypted event (a cheap byte search; ``envelope_of`` tells)."""
+    return _MARKER in body
+
+
+def envelope_of(body: bytes) -> tuple[str, str] | None:
+    """``(event_id, user_id)`` of an encrypted event, None when ``body`` is not one."""
+    try:
+        fields = _ENVELOPE.decode(body)
+        data = _ENCRYPTED_DATA.decode(fields["data"])
+        if data.get("encryption") != SCHEME:
+            return None
+        return _STRING.decode(fields["event_id"]), _STRING.decode(fields["user_id"])
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, RecursionError):
+        return None
+
+
+def encrypt_event(body: bytes, data_key: bytes) -> bytes:
+    """The event ``body`` with its ``data`` encrypted (the rest of the envelope as it was).
+
+    Args:
+        body: a valid event (JSON object with ``event_id``, ``user_id`` and ``data``).
+        data_key: the data key of the event's ``user_id``.
+
+    Raises:
+        ValueError: ``body`` is not an event object with those fields.
+    """
+    try:
+        fields = _ENVELOPE.decode(body)
+        event_id = _STRING.decode(fields["event_id"])
+        user_id = _STRING.decode(fields["user_id"])
+        plaintext = bytes(fields["data"])
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+        raise ValueError(f"not an event to encrypt: {exc}") from exc
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _event_aad(event_id, user_id))
+    sealed = {
+        "encryption": SCHEME,
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+    }
+    fields["data"] = msgspec.Raw(_ENCODER.encode(sealed))
+    return _ENCODER.encode(fields)
+
+
+def decrypt_event(body: bytes, data_key: bytes) -> bytes:
+    """The event ``body`` with its ``data`` decrypted: the bytes the producer sent as ``data``.
+
+    Raises:
+        DecryptionFailed: not an encrypted event of this form, another key, or altered bytes.
+    """
+    try:
+        fields = _ENVELOPE.decode(body)
+        event_id = _STRING.decode(fields["event_id"])
+        user_id = _STRING.decode(fields["user_id"])
+        sealed = _ENCRYPTED_DATA.decode(fields["data"])
+        nonce = base64.b64decode(sealed["nonce"], validate=True)
+        ciphertext = base64.b64decode(sealed["ciphertext"], validate=True)
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, binascii.Error) as exc:
+        raise DecryptionFailed(f"not an encrypted event of scheme {SCHEME}") from exc
+    try:
+        plaintext = AESGCM(data_key).decrypt(nonce, ciphertext, _event_aad(event_id, user_id))
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptionFailed("the event's data does not open with its child's data key") from exc
+    fields["data"] = msgspec.Raw(plaintext)
+    return _ENCODER.encode(fields)

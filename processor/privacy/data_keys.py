@@ -1,0 +1,103 @@
+"""Children's data keys in PostgreSQL (``data_keys``, wrapped by the key-encryption key), and
+sealing events with them before they are published.
+
+A child's key is made once: concurrent first events of the same child race on
+``INSERT ... ON CONFLICT DO NOTHING`` and all read the one row that won. An erased child gets no
+key again: ``seal_events`` refuses its events (``UserErased``) before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import msgspec
+import psycopg
+
+from processor.privacy.crypto import encrypt_event, new_data_key, unwrap_data_key, wrap_data_key
+from processor.privacy.errors import UserErased
+from processor.privacy.keys import Keys
+
+_SELECT: Final = "SELECT user_id, wrapped_key FROM data_keys WHERE user_id = ANY(%s::text[])"
+_INSERT: Final = (
+    "INSERT INTO data_keys (user_id, wrapped_key, kek_id) "
+    "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::text[]) ON CONFLICT (user_id) DO NOTHING"
+)
+_ERASED: Final = "SELECT user_digest FROM erasures WHERE user_digest = ANY(%s::bytea[])"
+_USER: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_STRING: Final = msgspec.json.Decoder(str)
+
+
+def erased_users(conn: psycopg.Connection, users: Iterable[str], keys: Keys) -> set[str]:
+    """The users among ``users`` who were erased."""
+    digests = {user: keys.user_digest(user) for user in set(users)}
+    if not digests:
+        return set()
+    found = {bytes(r[0]) for r in conn.execute(_ERASED, (list(digests.values()),))}
+    return {user for user, digest in digests.items() if digest in found}
+
+
+def ensure_data_keys(
+    conn: psycopg.Connection, users: Iterable[str], keys: Keys
+) -> dict[str, bytes]:
+    """The data key of each of ``users``, made (and stored wrapped) for those that have none.
+
+    Raises:
+        DecryptionFailed: a stored key was wrapped by another key-encryption key.
+    """
+    wanted = sorted(set(users))
+    if not wanted:
+        return {}
+    stored = _read(conn, wanted)
+    missing = [user for user in wanted if user not in stored]
+    if missing:
+        wrapped = [wrap_data_key(keys.kek, new_data_key(), user) for user in missing]
+        conn.execute(_INSERT, (missing, wrapped, [keys.kek_id] * len(missing)))
+        stored.update(_read(conn, missing))  # the winners of any race, ours or not
+    return {user: unwrap_data_key(keys.kek, stored[user], user) for user in wanted}
+
+
+def _read(conn: psycopg.Connection, users: list[str]) -> dict[str, bytes]:
+    return {str(u): bytes(w) for u, w in conn.execute(_SELECT, (users,)).fetchall()}
+
+
+def destroy_data_key(cur: psycopg.Cursor, user_id: str) -> bool:
+    """Delete the child's data key (crypto-shredding); True when there was one."""
+    cur.execute("DELETE FROM data_keys WHERE user_id = %s", (user_id,))
+    return cur.rowcount > 0
+
+
+def user_of(body: bytes) -> str:
+    """The ``user_id`` of a valid event body (the caller validated it).
+
+    Raises:
+        ValueError: the body has no string ``user_id``.
+    """
+    try:
+        return _STRING.decode(_USER.decode(body)["user_id"])
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+        raise ValueError("an event without a user_id") from exc
+
+
+def seal_events(conn: psycopg.Connection, bodies: Sequence[bytes], keys: Keys) -> list[bytes]:
+    """Encrypt the ``data`` of valid event bodies with their children's data keys.
+
+    Args:
+        conn: an autocommit connection to the deployment's database.
+        bodies: valid events (validated by the caller).
+        keys: the hash key (finds erased children) and the key-encryption key.
+
+    Returns:
+        The sealed bodies, in order.
+
+    Raises:
+        UserErased: some events are of erased children; nothing was sealed (its ``indexes``
+            attribute names them).
+    """
+    users = [user_of(body) for body in bodies]
+    erased = erased_users(conn, users, keys)
+    if erased:
+        indexes = tuple(i for i, user in enumerate(users) if user in erased)
+        raise UserErased(f"{len(indexes)} events are of erased children", indexes)
+    data_keys = ensure_data_keys(conn, users, keys)
+    return [encrypt_event(body, data_keys[user]) for body, user in zip(bodies, users, strict=True)]

@@ -1,0 +1,102 @@
+"""Encrypting an event's ``data``: what round-trips, and what must not open."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import stat
+from pathlib import Path
+
+import pytest
+
+from processor.privacy.crypto import (
+    SCHEME,
+    decrypt_event,
+    encrypt_event,
+    envelope_of,
+    new_data_key,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from processor.privacy.errors import DecryptionFailed, KeyMissing
+from processor.privacy.keys import Keys, init_keys, load_keys
+from processor.settings import Settings
+from tests.strategies import TURN_RECORDED, make_event
+
+
+def event(user: str = "kid-1", event_id: str | None = None) -> bytes:
+    data = {"conversation_id": "c", "topic": "space", "speaker": "child", "sentiment": "sad"}
+    return make_event(TURN_RECORDED, user, "2024-03-01T10:00:00.1234567+02:00", data, event_id)
+
+
+def test_data_is_encrypted_and_the_envelope_stays_readable() -> None:
+    body = event()
+    sealed = encrypt_event(body, new_data_key())
+    original, envelope = json.loads(body), json.loads(sealed)
+    assert envelope["data"]["encryption"] == SCHEME
+    assert b"space" not in sealed and b"sad" not in sealed
+    for name in ("event_id", "type", "user_id", "occurred_at"):
+        assert envelope[name] == original[name]
+    assert envelope_of(sealed) == (original["event_id"], "kid-1")
+    assert envelope_of(body) is None
+
+
+def test_decrypting_gives_back_the_exact_bytes_of_data() -> None:
+    key = new_data_key()
+    body = (
+        b'{"event_id":"e","type":"t","user_id":"u","occurred_at":"x",'
+        b'"data":{"b": 1.50 ,"a":"\\u00e9"}}'
+    )
+    opened = decrypt_event(encrypt_event(body, key), key)
+    assert json.loads(opened) == json.loads(body)
+    assert b'{"b": 1.50 ,"a":"\\u00e9"}' in opened
+
+
+@pytest.mark.parametrize("field", ["event_id", "user_id"])
+def test_a_ciphertext_moved_to_another_event_or_child_does_not_open(field: str) -> None:
+    key = new_data_key()
+    sealed = json.loads(encrypt_event(event(), key))
+    sealed[field] = "someone-else"
+    with pytest.raises(DecryptionFailed):
+        decrypt_event(json.dumps(sealed).encode(), key)
+
+
+def test_another_key_does_not_open() -> None:
+    with pytest.raises(DecryptionFailed):
+        decrypt_event(encrypt_event(event(), new_data_key()), new_data_key())
+
+
+def test_a_wrapped_data_key_is_bound_to_its_child_and_its_kek() -> None:
+    kek, other_kek, key = secrets.token_bytes(32), secrets.token_bytes(32), new_data_key()
+    wrapped = wrap_data_key(kek, key, "kid-1")
+    assert unwrap_data_key(kek, wrapped, "kid-1") == key
+    with pytest.raises(DecryptionFailed):
+        unwrap_data_key(kek, wrapped, "kid-2")
+    with pytest.raises(DecryptionFailed):
+        unwrap_data_key(other_kek, wrapped, "kid-1")
+
+
+def test_init_keys_creates_private_files_once_and_load_keys_reads_them(tmp_path: Path) -> None:
+    settings = Settings(secrets_dir=str(tmp_path / "secrets"))
+    created = init_keys(settings)
+    assert sorted(p.name for p in created) == ["hash.key", "kek.key"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in created)
+    first = load_keys(settings)
+    assert init_keys(settings) == []
+    again = load_keys(settings)
+    assert (again.hash_key, again.kek) == (first.hash_key, first.kek)
+    assert repr(first.hash_key) not in repr(first) and repr(first.kek) not in repr(first)
+
+
+def test_missing_keys_say_how_to_make_them(tmp_path: Path) -> None:
+    with pytest.raises(KeyMissing, match="just services"):
+        load_keys(Settings(secrets_dir=str(tmp_path)))
+
+
+def test_user_refs_are_stable_short_and_keyed() -> None:
+    keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    other = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    assert keys.user_ref("kid-1") == keys.user_ref("kid-1")
+    assert len(keys.user_ref("kid-1")) == 16
+    assert keys.user_ref("kid-1") != other.user_ref("kid-1")
+    assert "kid-1" not in keys.user_ref("kid-1")
