@@ -93,16 +93,16 @@ class InMemoryStore:
             state.erased.add(digest)
             state.data_keys.pop(user_id, None)
             state.friendships.pop(user_id, None)
-            for key in [k for k in state.topics if k[0] == user_id]:
-                del state.topics[key]
+            for topic_key in [k for k in state.topics if k[0] == user_id]:
+                del state.topics[topic_key]
             for event_id, first in list(state.applied_events.items()):
                 if first.user_id == user_id:
                     del state.applied_events[event_id]
                     state.encrypted_events.discard(event_id)
                     state.checkpoints[first.partition].applied_count -= 1
-            for key, letter in list(state.dead_letters.items()):
+            for position, letter in list(state.dead_letters.items()):
                 if letter.user_id == user_id:
-                    del state.dead_letters[key]
+                    del state.dead_letters[position]
                     state.checkpoints[letter.partition].dead_lettered_count -= 1
 
     def begin_lease_epoch(self, partition: int, owner: str) -> tuple[int, int]:
