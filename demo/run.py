@@ -16,7 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -28,7 +29,10 @@ from demo import background
 from demo.data import DEFAULT_DATA_DIR, iter_demo_events
 from demo.errors import DemoError
 from processor import tuning
+from processor.access.tokens import create_token
 from processor.applying.checkpoint import consumed_records
+from processor.privacy.data_keys import seal_events
+from processor.privacy.keys import load_keys
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
@@ -145,6 +149,13 @@ async def _publish(settings: Settings, events: list[OutgoingEvent], console: Con
     return time.perf_counter() - started
 
 
+def _sealed(settings: Settings, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
+    """The events with their ``data`` encrypted, as ``just publish`` and the HTTP ingest do."""
+    with connect(settings.database_url) as conn:
+        bodies = seal_events(conn, [event.body for event in events], load_keys(settings))
+    return [replace(event, body=body) for event, body in zip(events, bodies, strict=True)]
+
+
 def _read_progress(settings: Settings) -> Counters:
     with connect(settings.database_url) as conn:
         consumed = consumed_records(conn)
@@ -242,15 +253,12 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
         ).fetchone() or (0, 0)
         dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         levels: Counter[str] = Counter()
-        for score, users in conn.execute("SELECT score, count(*) FROM friendships GROUP BY 1"):
-            levels[level_of(int(score))] += int(users)
+        for score, children in conn.execute("SELECT score, count(*) FROM friendships GROUP BY 1"):
+            levels[level_of(int(score))] += int(children)
         topics = conn.execute(
             """SELECT topic, sum(conversations), sum(turns), count(*) FROM topic_metrics
                GROUP BY topic ORDER BY sum(conversations) DESC, topic LIMIT 8"""
         ).fetchall()
-        best = conn.execute(
-            "SELECT user_id, score FROM friendships ORDER BY score DESC, user_id LIMIT 1"
-        ).fetchone()
     overview = Table(title="Demo summary", show_header=False)
     overview.add_row("users (children)", str(users))
     overview.add_row("events applied", str(applied))
@@ -268,17 +276,35 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
     for topic, conversations, turns, children in topics:
         topic_table.add_row(topic, str(conversations), str(turns), str(children))
     console.print(topic_table)
-    user = best[0] if best else "child-000"
-    console.print("Query the read API (it keeps running; `just down` stops it):")
+    token = _read_token(settings)
+    console.print(
+        "Query the read API (it keeps running; `just down` stops it). Every call needs a token; "
+        "this one may read, for 7 days (`just token create --scope read --name NAME` makes "
+        "more, `--scope admin` one that may also erase and list dead letters):",
+        highlight=False,
+    )
+    console.print(f"  TOKEN={token}", highlight=False, soft_wrap=True)
+    auth = '-H "Authorization: Bearer $TOKEN"'
     for path in (
-        f"/v1/users/{user}/friendship",
-        f"/v1/users/{user}/topics",
+        "/v1/users/USER_ID/friendship",
+        "/v1/users/USER_ID/topics",
         "/v1/stats",
-        "/v1/dead-letters",
         "/metrics",
-        "/schema/openapi.json",
     ):
-        console.print(f"  curl {base_url}{path}")
+        console.print(f"  curl {auth} {base_url}{path}", highlight=False, soft_wrap=True)
+    console.print(
+        f"  curl {base_url}/schema/openapi.json   (open: the API's description)\n"
+        "USER_ID: the demo's children are child-NNN, NNN from 000 to 199.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _read_token(settings: Settings) -> str:
+    """A fresh ``read`` token for the demo's user, valid for 7 days (shown once)."""
+    name = f"demo-read-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
+    with connect(settings.database_url) as conn:
+        return create_token(conn, load_keys(settings), name, "read", timedelta(days=7))
 
 
 def run_demo(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> DrainMeasurement:
@@ -295,8 +321,12 @@ def run_demo(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> DrainMeas
     declare_topology(settings)
     console.rule("Topical-Chat -> events")
     console.print(MAPPING_SUMMARY, highlight=False)
-    events = [OutgoingEvent(e.event_id, e.user_id, e.body) for e in iter_demo_events(data_dir)]
-    console.print(f"{len(events)} events from {data_dir}")
+    events = _sealed(
+        settings, [OutgoingEvent(e.event_id, e.user_id, e.body) for e in iter_demo_events(data_dir)]
+    )
+    console.print(
+        f"{len(events)} events from {data_dir}, each one's data encrypted with its child's key"
+    )
     before = _read_progress(settings)
     publish_started = time.perf_counter()
     publish_s = asyncio.run(_publish(settings, events, console))

@@ -12,11 +12,13 @@ declares the scheme (``BearerToken``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.enums import HttpMethod
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
@@ -26,7 +28,14 @@ from litestar.middleware.authentication import (
 )
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 from litestar.security.base import AbstractSecurityConfig
-from litestar.types import ASGIApp, Guard
+from litestar.types import (
+    ASGIApp,
+    ControllerRouterHandler,
+    Guard,
+    Method,
+    Scopes,
+    TypeEncodersMap,
+)
 
 from processor.access.tokens import TokenInfo
 
@@ -89,6 +98,16 @@ class BearerTokenAuth(AbstractSecurityConfig[TokenInfo, str]):
     authentication_middleware_class: type[AbstractAuthenticationMiddleware] = field(
         default=BearerTokenMiddleware
     )
+    # The base class declares these without being a dataclass: a dataclass config names them.
+    exclude_opt_key: str = "exclude_from_auth"
+    exclude_http_methods: Sequence[Method] | None = field(
+        default_factory=lambda: [HttpMethod.OPTIONS]
+    )
+    scopes: Scopes | None = None
+    guards: Iterable[Guard] | None = None
+    route_handlers: Iterable[ControllerRouterHandler] | None = None
+    dependencies: dict[str, Provide] | None = None
+    type_encoders: TypeEncodersMap | None = None
 
     @property
     def openapi_components(self) -> Components:
@@ -137,9 +156,9 @@ def requires(scope: str) -> Guard:
         info = connection.scope.get("user")
         if not isinstance(info, TokenInfo) or not info.allows(scope):
             granted = info.scope if isinstance(info, TokenInfo) else "none"
+            needed = "an admin token" if scope == "admin" else f"a {scope} (or admin) token"
             raise PermissionDeniedException(
-                detail=f"this call needs a token with scope {scope} (or admin); "
-                f"this one has {granted}"
+                detail=f"this call needs {needed}; this token's scope is {granted}"
             )
 
     return guard
