@@ -87,13 +87,22 @@ class ApiContext:
         )
 
     def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``action`` on the psycopg connection under a pooled one (blocking)."""
+        """Run ``action`` on the psycopg connection under a pooled one (blocking); what it
+        wrote is committed when it returns and rolled back when it raises.
+
+        SQLAlchemy does not see statements sent to the driver directly, so the commit is the
+        driver's own: the pool would otherwise roll them back when the connection returns.
+        """
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
             if not isinstance(driver, psycopg.Connection):
                 raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
-            result = action(driver)
-            conn.commit()
+            try:
+                result = action(driver)
+            except BaseException:
+                driver.rollback()
+                raise
+            driver.commit()
             return result
 
     async def check_token(self, token: str, _connection: object = None) -> TokenInfo | None:

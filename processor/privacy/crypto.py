@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from typing import Final
 
@@ -39,6 +40,34 @@ _ENVELOPE: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ENCRYPTED_DATA: Final = msgspec.json.Decoder(dict[str, str])
 _STRING: Final = msgspec.json.Decoder(str)
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+_DATA_KEY_AT: Final = re.compile(rb'"data"\s*:\s*')
+
+
+def _with_data(body: bytes, fields: dict[str, msgspec.Raw], data: bytes) -> bytes:
+    """``body`` with the value of its ``data`` field replaced by ``data``, every other byte
+    kept (spacing, field order, unknown fields), so that decrypting an encrypted event gives
+    back the exact bytes the producer sent. Re-encodes the object only when the splice cannot
+    be proven right (a ``"data":`` inside another field's value that looks the same)."""
+    old = bytes(fields["data"])
+    for match in _DATA_KEY_AT.finditer(body):
+        start = match.end()
+        if not body.startswith(old, start):
+            continue
+        candidate = body[:start] + data + body[start + len(old) :]
+        try:
+            spliced = _ENVELOPE.decode(candidate)
+        except msgspec.DecodeError:
+            continue
+        same = spliced.keys() == fields.keys() and all(
+            bytes(spliced[name]) == bytes(value) for name, value in fields.items() if name != "data"
+        )
+        if same and bytes(spliced["data"]) == data:
+            return candidate
+    rebuilt = dict(fields)
+    rebuilt["data"] = msgspec.Raw(data)
+    return _ENCODER.encode(rebuilt)
 
 
 def new_data_key() -> bytes:
@@ -113,8 +142,7 @@ def encrypt_event(body: bytes, data_key: bytes) -> bytes:
         "nonce": base64.b64encode(nonce).decode(),
         "ciphertext": base64.b64encode(ciphertext).decode(),
     }
-    fields["data"] = msgspec.Raw(_ENCODER.encode(sealed))
-    return _ENCODER.encode(fields)
+    return _with_data(body, fields, _ENCODER.encode(sealed))
 
 
 def decrypt_event(body: bytes, data_key: bytes) -> bytes:
@@ -136,5 +164,4 @@ def decrypt_event(body: bytes, data_key: bytes) -> bytes:
         plaintext = AESGCM(data_key).decrypt(nonce, ciphertext, _event_aad(event_id, user_id))
     except (InvalidTag, ValueError) as exc:
         raise DecryptionFailed("the event's data does not open with its child's data key") from exc
-    fields["data"] = msgspec.Raw(plaintext)
-    return _ENCODER.encode(fields)
+    return _with_data(body, fields, plaintext)

@@ -32,10 +32,12 @@ from processor.api.ingest import MAX_BODY_BYTES
 from processor.applying.batch import apply_batch
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.privacy.keys import load_keys
 from processor.reading.log_record import LogRecord
 from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
 from projections.database import connect
+from testkit.services import make_token
 from tests.faults.adversarial import draw_corpus, samples, with_fresh_event_id
 from tests.faults.scale import size
 from tests.faults.support import FaultReport, Row, verify
@@ -54,6 +56,7 @@ def assert_error_shape(status: int, body: Any, what: str) -> None:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient[Any]]:
     with TestClient(app=create_app(settings)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {make_token(settings, 'admin')}"
         yield test_client
 
 
@@ -202,7 +205,9 @@ def test_a_dead_letter_whose_event_id_holds_nul_can_be_looked_up(
     body = json.dumps({"event_id": "bad\x00id", "type": "friendship.adjusted"}).encode()
     with connect(settings.database_url) as conn:
         ensure_checkpoints(conn, settings.partitions)
-        apply_batch(PostgresStore(conn), 3, [LogRecord(0, body)], -1, "test")
+        apply_batch(
+            PostgresStore(conn), 3, [LogRecord(0, body)], -1, "test", keys=load_keys(settings)
+        )
     response = client.get("/v1/events/bad%00id")
     assert response.status_code == 200, response.text[:300]
     assert response.json()["status"] == "dead_lettered"

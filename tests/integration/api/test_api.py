@@ -27,11 +27,15 @@ from processor.applying.checkpoint import ensure_checkpoints
 from processor.applying.postgres import PostgresStore
 from processor.ownership.leases import try_acquire_lease
 from processor.ownership.membership import register_backend
+from processor.privacy.crypto import decrypt_event
+from processor.privacy.data_keys import ensure_data_keys
+from processor.privacy.keys import load_keys
 from processor.reading.log_record import LogRecord
 from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
 from projections import queries
 from projections.database import connect, database_name
+from testkit.services import make_token
 from tests.integration.support import read_bodies
 
 pytestmark = pytest.mark.integration
@@ -110,10 +114,19 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient[Any]]:
     with TestClient(app=create_app(settings)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {make_token(settings, 'admin')}"
         yield test_client
 
 
 # -- ingest ------------------------------------------------------------------------------------
+
+
+def opened(settings: Settings, bodies: list[bytes]) -> list[bytes]:
+    """The published bodies with their data decrypted by each child's data key."""
+    keys = load_keys(settings)
+    with connect(settings.database_url) as conn:
+        data_keys = ensure_data_keys(conn, {json.loads(b)["user_id"] for b in bodies}, keys)
+    return [decrypt_event(b, data_keys[json.loads(b)["user_id"]]) for b in bodies]
 
 
 def test_post_one_event_is_published_and_confirmed(
@@ -129,7 +142,9 @@ def test_post_one_event_is_published_and_confirmed(
     filled = {p: t for p, t in tails(settings).items() if t >= 0}
     assert list(filled.values()) == [0]
     (partition,) = filled
-    assert asyncio.run(read_bodies(settings, partition, count=1, timeout_s=10)) == [body]
+    published = asyncio.run(read_bodies(settings, partition, count=1, timeout_s=10))
+    assert b"dinosaurs" not in published[0], "data is encrypted in the log"
+    assert opened(settings, published) == [body]
 
 
 def test_post_array_is_published_with_the_exact_item_bytes(
@@ -138,7 +153,8 @@ def test_post_array_is_published_with_the_exact_item_bytes(
     events = [
         turn("kid-2", "space", "robot", "neutral", f"2024-01-01T00:00:0{i}Z") for i in range(3)
     ]
-    # Unknown fields are kept: the published body is the item's bytes as received.
+    # Unknown fields are kept: the published body, once its data is decrypted, is the item's
+    # bytes as received.
     events[0]["future_field"] = {"x": 1}
     body = b"[ " + b" ,\n".join(encode(e) for e in events) + b" ]"
 
@@ -149,9 +165,8 @@ def test_post_array_is_published_with_the_exact_item_bytes(
     filled = {p: t for p, t in tails(settings).items() if t >= 0}
     assert list(filled.values()) == [2]  # one user, one partition, three events in order
     (partition,) = filled
-    assert asyncio.run(read_bodies(settings, partition, count=3, timeout_s=10)) == [
-        encode(e) for e in events
-    ]
+    published = asyncio.run(read_bodies(settings, partition, count=3, timeout_s=10))
+    assert opened(settings, published) == [encode(e) for e in events]
 
 
 def test_one_invalid_item_refuses_the_whole_batch(
@@ -294,11 +309,13 @@ def seeded(settings: Settings) -> Seeded:
         )
         ensure_checkpoints(conn, settings.partitions)
         records = [LogRecord(offset, encode(e)) for offset, e in enumerate(events)]
-        apply_batch(PostgresStore(conn), 0, records, -1, "test")
+        apply_batch(PostgresStore(conn), 0, records, -1, "test", keys=load_keys(settings))
         checkpoint = -1
         for batch in dead_batches:
             records = [LogRecord(checkpoint + 1 + i, body) for i, body in enumerate(batch)]
-            apply_batch(PostgresStore(conn), 1, records, checkpoint, "test")
+            apply_batch(
+                PostgresStore(conn), 1, records, checkpoint, "test", keys=load_keys(settings)
+            )
             checkpoint += len(batch)
     return Seeded(
         first_turn=events[0]["event_id"],
@@ -362,6 +379,7 @@ def test_user_with_only_adjustments_has_no_topics(
             [LogRecord(0, encode(adjusted("kid-9", -5, "2024-01-01T00:00:00Z")))],
             -1,
             "t",
+            keys=load_keys(settings),
         )
     assert client.get("/v1/users/kid-9/topics").json() == {"user_id": "kid-9", "topics": []}
     assert client.get("/v1/users/kid-9/friendship").json()["level"] == "stranger"
@@ -552,10 +570,15 @@ def test_unreachable_broker_and_database(settings: Settings) -> None:
     with TestClient(app=create_app(broken)) as client:
         error = assert_error(client.get("/readyz"), 503, "not_ready")
         assert {d["check"] for d in error["details"]} == {"broker", "database"}
-        event = adjusted("kid-1", 1, "2024-01-01T00:00:00Z")
-        assert_error(client.post("/v1/events", content=encode(event)), 503, "broker_unavailable")
+        # Tokens are checked in the database: without it every authenticated call is a 503.
+        client.headers["Authorization"] = "Bearer fst_0000000000000000secret"
         assert_error(client.get("/v1/users/kid-1/friendship"), 503, "database_unavailable")
         assert client.get("/healthz").status_code == 200
+    broker_only = settings.with_overrides(amqp_url=broken.amqp_url)
+    with TestClient(app=create_app(broker_only)) as client:
+        client.headers["Authorization"] = f"Bearer {make_token(settings, 'ingest')}"
+        event = adjusted("kid-1", 1, "2024-01-01T00:00:00Z")
+        assert_error(client.post("/v1/events", content=encode(event)), 503, "broker_unavailable")
 
 
 def test_metrics(seeded: Seeded, client: TestClient[Any]) -> None:

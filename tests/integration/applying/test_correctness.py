@@ -24,6 +24,7 @@ from processor.applying.applier import PartitionApplier
 from processor.applying.batch import BatchResult, apply_batch
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.privacy.keys import load_keys
 from processor.publishing.publisher import OutgoingEvent
 from processor.reading.log_record import LogRecord
 from processor.settings import Settings, stream_name
@@ -83,6 +84,7 @@ def test_two_transactions_on_a_new_user_lose_no_update(settings: Settings) -> No
                     -1,
                     f"owner-{partition}",
                     lease_epoch=0,
+                    keys=load_keys(settings),
                 )
         except BaseException as exc:
             errors.append(exc)
@@ -162,7 +164,12 @@ def _apply_log(settings: Settings, bodies: Sequence[bytes], batch_size: int) -> 
         records = [LogRecord(offset, body) for offset, body in enumerate(bodies)]
         for start in range(0, len(records), batch_size):
             result = apply_batch(
-                PostgresStore(conn), 0, records[start : start + batch_size], checkpoint, "t"
+                PostgresStore(conn),
+                0,
+                records[start : start + batch_size],
+                checkpoint,
+                "t",
+                keys=load_keys(settings),
             )
             checkpoint = result.last_offset
 
@@ -314,7 +321,7 @@ def test_a_record_the_database_rejects_is_dead_lettered_alike_live_and_replay(
                 ensure_checkpoints(conn, target.partitions)
                 conn.execute(_REJECT_POISON_KID)
         with connect(replayed.database_url) as conn, conn.transaction():
-            replay_result = PartitionApplier(0, -1, "replay test").apply(
+            replay_result = PartitionApplier(0, -1, "replay test", load_keys(replayed)).apply(
                 PostgresStore(conn), records
             )
         replay_dead = count(replayed, "SELECT count(*) FROM dead_letters")

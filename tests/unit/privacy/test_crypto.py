@@ -100,3 +100,15 @@ def test_user_refs_are_stable_short_and_keyed() -> None:
     assert len(keys.user_ref("kid-1")) == 16
     assert keys.user_ref("kid-1") != other.user_ref("kid-1")
     assert "kid-1" not in keys.user_ref("kid-1")
+
+
+def test_encrypting_then_decrypting_gives_back_every_byte_of_the_event() -> None:
+    key = new_data_key()
+    body = (
+        b'{ "event_id" : "e-1",  "user_id":"u", "future": {"data": {"x": 1}},\n'
+        b'  "data" : {"topic": "space", "n": 1.50} , "type":"t", "occurred_at": "x" }'
+    )
+    sealed = encrypt_event(body, key)
+    assert sealed.startswith(b'{ "event_id" : "e-1",  "user_id":"u", "future": {"data": {"x": 1}}')
+    assert b"space" not in sealed
+    assert decrypt_event(sealed, key) == body

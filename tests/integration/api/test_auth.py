@@ -1,0 +1,222 @@
+"""Tokens and scopes on the HTTP API, against the real database (docs/contract.md, "Access")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from processor.access.tokens import create_token, list_tokens, revoke_token
+from processor.api import create_app
+from processor.privacy.keys import load_keys
+from processor.publishing.topology import declare_topology
+from processor.settings import Settings
+from projections.database import connect
+from testkit.services import Services, isolated_settings, make_token, settings_env
+from tests.strategies import ADJUSTED, make_event
+
+
+@pytest.fixture(scope="module")
+def deployment(services: Services) -> Iterator[Settings]:
+    """One vhost and database for the module: every test names its tokens apart."""
+    with isolated_settings(services) as isolated:
+        declare_topology(isolated)
+        yield isolated
+
+
+@pytest.fixture
+def settings(deployment: Settings) -> Settings:
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def client(deployment: Settings) -> Iterator[TestClient[Any]]:
+    with TestClient(app=create_app(deployment)) as test_client:
+        yield test_client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def error_of(response: Any, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    return str(body["error"]["message"])
+
+
+def adjusted(user: str) -> bytes:
+    data = {"delta": 3, "reason": "a test"}
+    return make_event(ADJUSTED, user, "2024-05-01T00:00:00Z", data)
+
+
+ROUTES = [
+    ("GET", "/v1/users/kid-1/friendship"),
+    ("GET", "/v1/users/kid-1/topics"),
+    ("GET", "/v1/events/3b0f4bde-1d0f-4c9f-9a55-4f2f8d2f1a11"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/dead-letters"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/events"),
+    ("DELETE", "/v1/users/kid-1"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Bearer nonsense", "Basic dXNlcjpwYXNz", "Bearer fst_" + "0" * 40]
+)
+def test_no_or_a_bad_token_is_401_in_the_error_shape(
+    client: TestClient[Any], method: str, path: str, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    response = client.request(method, path, headers=headers, content=adjusted("kid-1"))
+    error_of(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("scope", "method", "path", "allowed"),
+    [
+        ("read", "GET", "/v1/users/kid-1/friendship", True),
+        ("read", "GET", "/v1/stats", True),
+        ("read", "GET", "/metrics", True),
+        ("read", "POST", "/v1/events", False),
+        ("read", "GET", "/v1/dead-letters", False),
+        ("read", "DELETE", "/v1/users/kid-1", False),
+        ("ingest", "POST", "/v1/events", True),
+        ("ingest", "GET", "/v1/users/kid-1/friendship", False),
+        ("ingest", "GET", "/v1/stats", False),
+        ("ingest", "DELETE", "/v1/users/kid-1", False),
+        ("admin", "GET", "/v1/dead-letters", True),
+        ("admin", "GET", "/v1/users/kid-1/friendship", True),
+        ("admin", "POST", "/v1/events", True),
+        ("admin", "DELETE", "/v1/users/kid-1", True),
+    ],
+)
+def test_a_token_may_do_what_its_scope_allows_and_nothing_else(
+    settings: Settings,
+    client: TestClient[Any],
+    scope: str,
+    method: str,
+    path: str,
+    allowed: bool,
+) -> None:
+    headers = bearer(make_token(settings, scope))
+    response = client.request(method, path, headers=headers, content=adjusted("kid-1"))
+    if allowed:
+        assert response.status_code not in (401, 403), response.text
+    else:
+        message = error_of(response, 403, "forbidden")
+        assert f"scope is {scope}" in message
+
+
+def test_a_revoked_token_is_refused_on_its_next_use(
+    settings: Settings, client: TestClient[Any]
+) -> None:
+    token = make_token(settings, "read", "robot-app-revoked")
+    assert client.get("/v1/stats", headers=bearer(token)).status_code == 200
+    with connect(settings.database_url) as conn:
+        revoke_token(conn, "robot-app-revoked")
+    error_of(client.get("/v1/stats", headers=bearer(token)), 401, "unauthorized")
+
+
+def test_an_expired_token_is_refused(settings: Settings, client: TestClient[Any]) -> None:
+    with connect(settings.database_url) as conn:
+        token = create_token(conn, load_keys(settings), "brief", "read", timedelta(seconds=-1))
+    error_of(client.get("/v1/stats", headers=bearer(token)), 401, "unauthorized")
+
+
+def test_a_token_with_a_wrong_secret_is_refused(
+    settings: Settings, client: TestClient[Any]
+) -> None:
+    token = make_token(settings, "admin")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    error_of(client.get("/v1/stats", headers=bearer(forged)), 401, "unauthorized")
+
+
+def test_tokens_are_stored_as_a_keyed_hash_only(settings: Settings) -> None:
+    token = make_token(settings, "read", "hashed")
+    secret = token[len("fst_") + 16 :]
+    with connect(settings.database_url) as conn:
+        stored = conn.execute("SELECT * FROM api_tokens WHERE name = 'hashed'").fetchone()
+        assert stored is not None
+        assert all(secret.encode() not in bytes(str(v), "utf-8") for v in stored)
+        assert "hashed" in [t.name for t in list_tokens(conn)]
+
+
+def test_the_health_probes_and_the_api_description_stay_open(client: TestClient[Any]) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code in (200, 503)
+    document = client.get("/schema/openapi.json")
+    assert document.status_code == 200
+    spec = document.json()
+    assert spec["components"]["securitySchemes"]["BearerToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["BearerToken"]["description"],
+    }
+    assert spec["security"] == [{"BearerToken": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == [{}]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path not in ("/healthz", "/readyz"):
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+def test_metrics_can_be_opened_by_a_setting(settings: Settings) -> None:
+    with TestClient(app=create_app(settings.with_overrides(metrics_public=True))) as client:
+        assert client.get("/metrics").status_code == 200
+        error_of(client.get("/v1/stats"), 401, "unauthorized")
+
+
+def test_a_dead_letters_bytes_are_for_admin_only(
+    settings: Settings, client: TestClient[Any]
+) -> None:
+    from processor.applying.batch import apply_batch  # noqa: PLC0415
+    from processor.applying.checkpoint import ensure_checkpoints  # noqa: PLC0415
+    from processor.applying.postgres import PostgresStore  # noqa: PLC0415
+    from processor.reading.log_record import LogRecord  # noqa: PLC0415
+
+    body = json.dumps({"event_id": "d9e2c1f0-3f9e-4f0e-8d9a-2b9f1c3e4d5a", "type": "nope"})
+    with connect(settings.database_url) as conn:
+        ensure_checkpoints(conn, settings.partitions)
+        record = LogRecord(0, body.encode())
+        apply_batch(PostgresStore(conn), 0, [record], -1, "t", keys=load_keys(settings))
+    path = "/v1/events/d9e2c1f0-3f9e-4f0e-8d9a-2b9f1c3e4d5a"
+    as_reader = client.get(path, headers=bearer(make_token(settings, "read"))).json()
+    as_admin = client.get(path, headers=bearer(make_token(settings, "admin"))).json()
+    assert as_reader["status"] == as_admin["status"] == "dead_lettered"
+    assert as_reader["raw"] is None and as_reader["raw_encoding"] is None
+    assert as_admin["raw"] == body and as_admin["raw_encoding"] == "utf-8"
+
+
+def test_the_token_command_prints_the_token_as_its_last_line(settings: Settings) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "processor", "token", *args],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    created = run("create", "--scope", "read", "--name", "robot-app")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("fst_") and len(token) > 50
+    with TestClient(app=create_app(settings)) as client:
+        assert client.get("/v1/stats", headers=bearer(token)).status_code == 200
+        listed = run("list")
+        assert "robot-app" in listed.stdout and token not in listed.stdout
+        assert run("create", "--scope", "read", "--name", "robot-app").returncode == 1
+        assert run("revoke", "robot-app").returncode == 0
+        error_of(client.get("/v1/stats", headers=bearer(token)), 401, "unauthorized")
+        assert run("revoke", "no-such-token").returncode == 1
