@@ -1,0 +1,189 @@
+"""Erasure while the child's events keep arriving, with a live processor, the HTTP API and
+replay (docs/contract.md, "Erasure"): the child ends absent from every table and answer, its
+encrypted log entries unreadable, and no replay brings it back."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from processor.api import create_app
+from processor.privacy.crypto import envelope_of
+from processor.privacy.keys import load_keys
+from processor.settings import Settings
+from projections.database import connect
+from testkit.reference import reference_fold
+from testkit.services import make_token
+from tests.integration.support import (
+    assert_projections_equal,
+    count,
+    drain,
+    outgoing,
+    processor_process,
+    publish,
+    read_stream_bodies,
+    run_command,
+    settings_env,
+    stored_projections,
+)
+from tests.strategies import COMPLETED, TURN_RECORDED, make_event
+
+CHILD = "kid-to-forget"
+OTHERS = [f"kid-{i:02d}" for i in range(12)]
+SECRET_TOPIC = "dinosaurs"
+
+
+def turn(user: str, second: int) -> bytes:
+    data = {
+        "conversation_id": f"conv-{user}-{second // 10}",
+        "topic": SECRET_TOPIC if user == CHILD else "space",
+        "speaker": "child",
+        "sentiment": random.choice(["happy", "sad", "curious"]),
+    }
+    return make_event(
+        TURN_RECORDED, user, f"2024-06-01T10:{second // 60:02d}:{second % 60:02d}Z", data
+    )
+
+
+def completed(user: str, second: int) -> bytes:
+    data = {
+        "conversation_id": f"conv-{user}-{second // 10}",
+        "topic": "space",
+        "turns": 3,
+        "duration_s": 45.0,
+        "rating": "good",
+    }
+    at = f"2024-06-01T11:{second // 60:02d}:{second % 60:02d}Z"
+    return make_event(COMPLETED, user, at, data)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[TestClient[Any]]:
+    with TestClient(app=create_app(settings)) as client:
+        yield client
+
+
+def tables_naming(settings: Settings, user: str) -> dict[str, int]:
+    """Rows that name ``user`` in every table that holds user ids."""
+    with connect(settings.database_url) as conn:
+        return {
+            table: int(
+                conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE user_id = %s", (user,)
+                ).fetchone()[0]  # type: ignore[index]
+            )
+            for table in (
+                "friendships",
+                "topic_metrics",
+                "applied_events",
+                "dead_letters",
+                "data_keys",
+            )
+        }
+
+
+def test_an_erased_child_is_gone_everywhere_and_stays_gone(
+    settings: Settings, api: TestClient[Any], tmp_path: Path
+) -> None:
+    ingest = {"Authorization": f"Bearer {make_token(settings, 'ingest')}"}
+    admin = {"Authorization": f"Bearer {make_token(settings, 'admin')}"}
+    reader = {"Authorization": f"Bearer {make_token(settings, 'read')}"}
+    accepted_others: list[bytes] = []
+    refused = 0
+    erased = threading.Event()
+    lock = threading.Lock()
+
+    def post(bodies: list[bytes]) -> int:
+        response = api.post("/v1/events", content=b"[" + b",".join(bodies) + b"]", headers=ingest)
+        return response.status_code
+
+    with processor_process(settings, tmp_path / "processor.log"):
+        # Before the erasure: the child and the others, through the HTTP ingest (encrypted).
+        first = [turn(CHILD, s) for s in range(40)] + [turn(u, s) for u in OTHERS for s in range(5)]
+        assert post(first) == 202
+        accepted_others.extend(b for b in first if json.loads(b)["user_id"] != CHILD)
+        drain(settings)
+        assert api.get(f"/v1/users/{CHILD}/friendship", headers=reader).status_code == 200
+        child_event = json.loads(first[0])["event_id"]
+
+        def keep_posting() -> None:
+            nonlocal refused
+            for second in range(5, 60):
+                others = [completed(u, second) for u in OTHERS[: 1 + second % len(OTHERS)]]
+                status = post([turn(CHILD, 100 + second), *others])
+                with lock:
+                    if status == 202:
+                        accepted_others.extend(others)
+                    elif status == 409:
+                        refused += 1
+                        assert erased.is_set(), "refused before the erasure"
+                        assert post(others) == 202
+                        accepted_others.extend(others)
+                    else:
+                        raise AssertionError(f"unexpected answer {status}")
+                time.sleep(0.02)
+
+        poster = threading.Thread(target=keep_posting)
+        poster.start()
+        time.sleep(0.3)
+        erased.set()  # from here on a 409 is expected (the erasure may commit any moment)
+        erasure = api.delete(f"/v1/users/{CHILD}", headers=admin)
+        poster.join(60)
+        assert erasure.status_code == 200, erasure.text
+        report = erasure.json()
+        assert report["removed"]["applied_events"] >= 40 and report["data_key_destroyed"]
+        assert report["plain_events_in_log"] == 0 and CHILD not in erasure.text
+        # Another producer, straight to the exchange in plain text: skipped, not applied.
+        publish(settings, outgoing([turn(CHILD, 500), turn(CHILD, 501)]))
+        drain(settings)
+
+    assert refused > 0, "the ingest went on refusing the child after the erasure"
+    assert tables_naming(settings, CHILD) == dict.fromkeys(
+        ["friendships", "topic_metrics", "applied_events", "dead_letters", "data_keys"], 0
+    )
+    for path in (
+        f"/v1/users/{CHILD}/friendship",
+        f"/v1/users/{CHILD}/topics",
+        f"/v1/events/{child_event}",
+    ):
+        assert api.get(path, headers=reader).status_code == 404, path
+    assert count(settings, "SELECT count(*) FROM erasures") == 1
+    with connect(settings.database_url) as conn:
+        erasure_row = conn.execute("SELECT * FROM erasures").fetchone()
+    assert CHILD.encode() not in repr(erasure_row).encode()
+
+    # The log still holds the child's encrypted events, and nothing opens them any more.
+    keys = load_keys(settings)
+    child_entries = [
+        body
+        for partition in range(settings.partitions)
+        for body in read_stream_bodies(settings, partition)
+        if CHILD.encode() in body
+    ]
+    encrypted = [b for b in child_entries if envelope_of(b) is not None]
+    assert len(encrypted) >= 40
+    assert all(SECRET_TOPIC.encode() not in body for body in encrypted)
+    assert tables_naming(settings, CHILD)["data_keys"] == 0
+    assert keys.user_ref(CHILD) not in "".join(b.decode() for b in child_entries)
+
+    # Projections equal the fold of the others' accepted events; replay agrees, and swaps
+    # in a rebuild without the child.
+    assert_projections_equal(stored_projections(settings), reference_fold(accepted_others))
+    verify = run_command(["replay", "--verify"], settings_env(settings))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "identical" in verify.stdout
+    swapped = run_command(["replay", "--swap", "--drop-replaced"], settings_env(settings))
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    assert tables_naming(settings, CHILD)["friendships"] == 0
+    assert_projections_equal(stored_projections(settings), reference_fold(accepted_others))
+    history = run_command(["replay", "--user", CHILD], settings_env(settings))
+    assert history.returncode == 1 and "erased" in history.stdout
+    assert SECRET_TOPIC not in history.stdout
