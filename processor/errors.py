@@ -53,6 +53,26 @@ class LagNotZero(ProcessorError):
     """Some partition's checkpoint did not reach its log tail in time (``just wait-idle``)."""
 
 
+def loggable(error: BaseException) -> str:
+    """``error`` in words fit for a log line at INFO or above: no child's id, no payload.
+
+    A database error's message may quote values (``DETAIL: Key (user_id)=(...)``, a trigger's
+    text), so only its class and SQLSTATE are given, but for connection and operator errors
+    (SQLSTATE classes 08 and 57), whose text names no row. The product's own errors and
+    socket errors are written without personal data, so their text is kept; anything else is
+    named by its class only.
+    """
+    name = type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None)
+    if type(error).__module__.startswith("psycopg"):
+        if sqlstate is None or str(sqlstate)[:2] in ("08", "57"):
+            return f"{name}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return f"{name} (SQLSTATE {sqlstate})"
+    if isinstance(error, ProcessorError | OSError):
+        return f"{name}: {error}"
+    return name
+
+
 def unavailable(error: Exception) -> ServiceUnavailable:
     """The ``ServiceUnavailable`` that stands for a library's connection or server failure.
 
@@ -63,9 +83,9 @@ def unavailable(error: Exception) -> ServiceUnavailable:
     Returns:
         An error whose message names the service and keeps the library's own words.
     """
-    detail = str(error).strip() or "no answer"
     if type(error).__module__.startswith("psycopg"):
-        return ServiceUnavailable(f"database: {type(error).__name__}: {detail}")
+        return ServiceUnavailable(f"database: {loggable(error)}")
+    detail = str(error).strip() or "no answer"
     return ServiceUnavailable(f"{type(error).__name__}: {detail}")
 
 

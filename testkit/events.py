@@ -46,7 +46,7 @@ def synthetic_events(count: int, users: int, seed: int) -> list[bytes]:
             }
         else:
             event_type = "friendship.adjusted"
-            data = {"delta": rng.randint(-60, 60), "reason": "synthetic"}
+            data = {"delta": rng.randint(-60, 60), "reason": f"adjusted by test {index}"}
         offset_h = rng.choice((0, 2, -7))
         moment = EPOCH + timedelta(seconds=rng.randint(0, 86_400 * 30))
         occurred_at = moment.astimezone(timezone(timedelta(hours=offset_h))).isoformat()

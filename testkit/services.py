@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from processor.settings import Settings
 from processor.access.tokens import create_token
 from processor.privacy.keys import load_keys, new_key
+from processor.settings import Settings
 from projections.database import connect, drop_database, migrate
 
 

@@ -29,7 +29,7 @@ from litestar.status_codes import (
 )
 from litestar.types import ExceptionHandlersMap
 
-from processor.errors import ProcessorError
+from processor.errors import ProcessorError, loggable
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,7 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     # SQLAlchemy's message repeats the statement's parameters (user ids); the driver's does not.
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
     log.warning(
-        "database unavailable on %s %s: %s: %s",
-        request.method,
-        _route(request),
-        type(cause).__name__,
-        str(cause).strip(),
+        "database unavailable on %s %s: %s", request.method, _route(request), loggable(cause)
     )
     return error_response(
         HTTP_503_SERVICE_UNAVAILABLE, "database_unavailable", "the database is not reachable"
@@ -194,7 +190,9 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.error("unhandled error on %s %s", request.method, _route(request), exc_info=exc)
+    # The traceback goes to DEBUG: an exception's text may quote a request's values.
+    log.error("unhandled error on %s %s: %s", request.method, _route(request), loggable(exc))
+    log.debug("the traceback of that error", exc_info=exc)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
 
 

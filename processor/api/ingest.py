@@ -247,7 +247,7 @@ async def post_events(
             f"the broker is not reachable; nothing was published ({exc})",
         ) from exc
     except PublishError as exc:
-        log.warning("publishing %d events failed: %s", len(events), exc)
+        log.warning("publishing %d events failed: %d not confirmed", len(events), exc.failed)
         raise ApiError(
             HTTP_503_SERVICE_UNAVAILABLE,
             "publish_failed",

@@ -36,6 +36,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from processor.api.errors import DATABASE_ERRORS
+from processor.errors import loggable
 from processor.reading.errors import ReadError
 from processor.status import PartitionStatus
 from projections.queries import Totals
@@ -83,7 +84,7 @@ class ProjectionCollector(Collector):
         try:
             totals = self._read_totals()
         except Exception as exc:  # noqa: BLE001 - a failed source must not fail the scrape
-            log.warning("metrics: reading totals failed: %s: %s", type(exc).__name__, exc)
+            log.warning("metrics: reading totals failed: %s", loggable(exc))
             up.add_metric(["database"], 0)
         else:
             up.add_metric(["database"], 1)
@@ -100,7 +101,7 @@ class ProjectionCollector(Collector):
         try:
             statuses = self._read_partitions()
         except (ReadError, OSError, *DATABASE_ERRORS) as exc:
-            log.warning("metrics: reading partition status failed: %s: %s", type(exc).__name__, exc)
+            log.warning("metrics: reading partition status failed: %s", loggable(exc))
             up.add_metric(["broker"], 0)
         else:
             up.add_metric(["broker"], 1)

@@ -24,6 +24,7 @@ from processor import tuning
 from processor.applying.batch import BatchResult, apply_batch
 from processor.applying.decode import rejected_reason
 from processor.applying.store import BatchStore
+from processor.errors import loggable
 from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
 
@@ -142,10 +143,13 @@ class PartitionApplier:
                 self.partition,
                 first,
                 last,
-                exc,
+                loggable(exc),
             ),
-            on_rejected_record=lambda record, reason: log.error(
-                "partition %d: offset %d dead-lettered: %s", self.partition, record.offset, reason
+            on_rejected_record=lambda record, _reason: log.error(
+                "partition %d: offset %d dead-lettered: the database rejected it (the dead "
+                "letter's reason says why)",
+                self.partition,
+                record.offset,
             ),
         )
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
+from processor.errors import loggable
+
 log = logging.getLogger(__name__)
 
 ContextT = TypeVar("ContextT")
@@ -149,8 +151,8 @@ class WorkerPool(Generic[ContextT]):
             again = False
             try:
                 lane.fail(exc)
-            except Exception:  # the worker must live on for the other lanes
-                log.exception("lane %r could not handle its failure (%s)", lane, exc)
+            except Exception as failure:  # noqa: BLE001 - the worker lives on for the other lanes
+                log.error("lane %r could not handle its failure: %s", lane, loggable(failure))
         with self._lock:
             woken = self._runs.get(lane) is _Run.RUNNING_WOKEN
             if (again or woken) and not self._stopping:

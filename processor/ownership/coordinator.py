@@ -24,6 +24,7 @@ import psycopg
 
 from processor.applying.checkpoint import begin_lease_epoch
 from processor.applying.errors import ApplyError
+from processor.errors import loggable
 from processor.ownership.balance import plan_balance
 from processor.ownership.errors import OwnershipError
 from processor.ownership.leases import LeaseHolder, current_lease_holders, try_acquire_lease
@@ -115,7 +116,7 @@ class Coordinator:
         try:
             live, holders = self._check_members()
         except (psycopg.Error, OwnershipError) as exc:
-            log.warning("membership check failed (%s: %s); retrying", type(exc).__name__, exc)
+            log.warning("membership check failed (%s); retrying", loggable(exc))
             if self._control is not None:
                 self._control.close()
             self._control = None
@@ -160,7 +161,7 @@ class Coordinator:
         try:
             leave(control, self.member)
         except psycopg.Error as exc:
-            log.warning("could not deregister member %s: %s", self.member, exc)
+            log.warning("could not deregister member %s: %s", self.member, loggable(exc))
         control.close()
 
     # -- steps -----------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Coordinator:
                 application_name=f"{OWNER_APPLICATION_PREFIX}{self.member}",
             )
         except psycopg.OperationalError as exc:
-            log.warning("cannot connect to the database: %s", exc)
+            log.warning("cannot connect to the database: %s", loggable(exc))
             return
         try:
             register_backend(conn, self.member)
@@ -216,7 +217,7 @@ class Coordinator:
                 return
             checkpoint, epoch = begin_lease_epoch(conn, partition, self.member)
         except (psycopg.Error, ApplyError) as exc:
-            log.warning("partition %d: taking the lease failed: %s", partition, exc)
+            log.warning("partition %d: taking the lease failed: %s", partition, loggable(exc))
             conn.close()
             return
         owner = self._make_owner(partition, conn, checkpoint, epoch)

@@ -34,6 +34,7 @@ from processor.applying.applier import PartitionApplier
 from processor.applying.batch import BatchResult
 from processor.applying.errors import ApplyError, CheckpointConflict
 from processor.applying.postgres import PostgresStore
+from processor.errors import loggable
 from processor.reading.errors import LogTruncated, ReadError
 from processor.reading.feed import PartitionFeed
 
@@ -163,8 +164,9 @@ class PartitionOwner:
 
     def fail(self, error: Exception) -> None:
         """``step`` failed in a way nobody expected (``engine.Lane``): log it and let go."""
-        log.error("partition %d: unexpected failure", self.partition, exc_info=error)
-        self.release(f"{type(error).__name__}: {error}")
+        log.error("partition %d: unexpected failure (%s)", self.partition, loggable(error))
+        log.debug("partition %d: the failure's traceback", self.partition, exc_info=error)
+        self.release(loggable(error))
 
     def _apply_next(self) -> None:
         try:
@@ -181,7 +183,7 @@ class PartitionOwner:
             self._stop(exc)
             return
         except (psycopg.Error, ApplyError, ReadError) as exc:
-            self.release(f"{type(exc).__name__}: {exc}")
+            self.release(loggable(exc))
             return
         self._links.counters.add(result)
         log.debug(

@@ -15,6 +15,7 @@ import pytest
 
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
+from testkit.privacy import leaks, log_files
 from testkit.services import Services, isolated_settings
 from tests.faults.support import FaultReport, render_table
 
@@ -53,3 +54,11 @@ def pytest_terminal_summary(
     if target:
         Path(target).write_text(table + "\n")
         terminalreporter.write_line(f"(written to {target})")
+
+
+@pytest.fixture(autouse=True)
+def no_personal_data_in_logs(tmp_path: Path) -> Iterator[None]:
+    """After each scenario: the processes' logs (at INFO) name no child and carry no payload."""
+    yield
+    found = leaks(log_files(tmp_path))
+    assert not found, "personal data in the logs:\n" + "\n".join(found[:20])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
+from testkit.privacy import leaks, log_files
 from testkit.services import Services, isolated_settings
 
 
@@ -17,3 +19,12 @@ def settings(services: Services) -> Iterator[Settings]:
     with isolated_settings(services) as isolated:
         declare_topology(isolated)
         yield isolated
+
+
+@pytest.fixture(autouse=True)
+def no_personal_data_in_logs(tmp_path: Path) -> Iterator[None]:
+    """After each test: the logs its processes wrote (at INFO) name no child and carry no
+    payload (docs/contract.md, "Access")."""
+    yield
+    found = leaks(log_files(tmp_path))
+    assert not found, "personal data in the logs:\n" + "\n".join(found[:20])

@@ -21,6 +21,7 @@ import pytest
 from demo import background
 from demo.background import read_record
 from processor.settings import Settings
+from testkit.privacy import leaks
 from tests.integration.support import run_command, settings_env
 
 #: demo + down cycles per test run.
@@ -99,6 +100,9 @@ def test_demo_then_down_again_and_again_same_totals_nothing_left_running(
         assert "DemoError" not in demo.stderr
         totals.append(_totals(demo.stdout))
         assert totals[-1]["events applied"] == "36750", demo.stdout
+        assert totals[-1]["users (children)"] == "200", demo.stdout
+        found = leaks({"demo stdout": demo.stdout, "demo stderr": demo.stderr})
+        assert not found, "the demo printed personal data:\n" + "\n".join(found[:20])
         records = [read_record(name) for name in ("processor", "api")]
         pids = [record.pid for record in records if record is not None]
         assert len(pids) == 2, f"cycle {cycle}: the demo's pid records: {records}"

@@ -20,6 +20,7 @@ from processor.privacy.crypto import envelope_of
 from processor.privacy.keys import load_keys
 from processor.settings import Settings
 from projections.database import connect
+from testkit.privacy import leaks
 from testkit.reference import reference_fold
 from testkit.services import make_token
 from tests.integration.support import (
@@ -187,3 +188,10 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
     history = run_command(["replay", "--user", CHILD], settings_env(settings))
     assert history.returncode == 1 and "erased" in history.stdout
     assert SECRET_TOPIC not in history.stdout
+    outputs = {
+        f"{name} {stream}": getattr(result, stream)
+        for name, result in (("verify", verify), ("swap", swapped), ("history", history))
+        for stream in ("stdout", "stderr")
+    }
+    found = leaks(outputs)
+    assert not found, "replay wrote personal data:\n" + "\n".join(found[:20])
