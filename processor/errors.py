@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 
 class ExitCode(IntEnum):
@@ -53,20 +53,32 @@ class LagNotZero(ProcessorError):
     """Some partition's checkpoint did not reach its log tail in time (``just wait-idle``)."""
 
 
+#: SQLSTATE classes whose primary message names objects or states, never a row's values:
+#: connection (08), invalid transaction state (25), rollback (40: deadlock, serialization),
+#: syntax or access rule (42), resources (53), object state (55), operator (57), system (58).
+#: Data exceptions (22), integrity (23) and raised exceptions (P0) may quote values.
+_SAFE_SQLSTATE_CLASSES: Final = frozenset({"08", "25", "40", "42", "53", "55", "57", "58"})
+
+
 def loggable(error: BaseException) -> str:
     """``error`` in words fit for a log line at INFO or above: no child's id, no payload.
 
-    A database error's message may quote values (``DETAIL: Key (user_id)=(...)``, a trigger's
-    text), so only its class and SQLSTATE are given, but for connection and operator errors
-    (SQLSTATE classes 08 and 57), whose text names no row. The product's own errors and
-    socket errors are written without personal data, so their text is kept; anything else is
-    named by its class only.
+    A database error is given by class, SQLSTATE and, when its SQLSTATE class never quotes a
+    row's values (``_SAFE_SQLSTATE_CLASSES``), its primary message; its DETAIL and CONTEXT
+    lines (``Key (user_id)=(...)``) never. A SQLAlchemy error stands for its driver's. The
+    product's own errors and socket errors are written without personal data, so their text
+    is kept; anything else is named by its class only.
     """
+    cause = getattr(error, "orig", None)
+    if cause is not None and type(cause).__module__.startswith("psycopg"):
+        error = cause
     name = type(error).__name__
-    sqlstate = getattr(error, "sqlstate", None)
     if type(error).__module__.startswith("psycopg"):
-        if sqlstate is None or str(sqlstate)[:2] in ("08", "57"):
-            return f"{name}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        sqlstate = getattr(error, "sqlstate", None)
+        lines = str(error).strip().splitlines()
+        if sqlstate is None or str(sqlstate)[:2] in _SAFE_SQLSTATE_CLASSES:
+            state = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+            return f"{name}{state}: {lines[0] if lines else ''}"
         return f"{name} (SQLSTATE {sqlstate})"
     if isinstance(error, ProcessorError | OSError):
         return f"{name}: {error}"
