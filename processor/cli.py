@@ -218,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_privacy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from processor.access.cli import add_parser as add_token  # noqa: PLC0415 - argparse only
 
-    keys = commands.add_parser("keys", help="create the missing key files in SECRETS_DIR")
-    keys.add_argument("action", choices=("init",))
+    keys = commands.add_parser(
+        "keys", help="init: create the missing key files; rotate: replace the KEK"
+    )
+    keys.add_argument("action", choices=("init", "rotate"))
     keys.set_defaults(handler=_keys)
     erase = commands.add_parser(
         "erase", help="erase a child: rows, dead letters, data key; never applied again"

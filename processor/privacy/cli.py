@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
+from pathlib import Path
 
 from rich.console import Console
 
 from processor.errors import ExitCode
+from processor.privacy.data_keys import rewrap_data_keys
 from processor.privacy.erasure import erase_user
-from processor.privacy.keys import init_keys, load_keys
+from processor.privacy.errors import RotationRefused
+from processor.privacy.keys import KEK_FILE, init_keys, load_keys
+from processor.privacy.keys import new_key as new_key_text
 from processor.settings import Settings
 from projections.database import connect
 
 log = logging.getLogger(__name__)
 
 
-def run_keys(settings: Settings, _args: argparse.Namespace) -> int:
+def run_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """``keys init`` or ``keys rotate``; returns the exit code."""
+    if args.action == "rotate":
+        return _rotate(settings)
+    return _init(settings)
+
+
+def _init(settings: Settings) -> int:
     """Create the key files that are missing (``just services`` runs it); returns 0.
 
     Raises:
@@ -52,4 +64,45 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
         report.plain_events,
     )
     Console().print(f"erased: user ref {report.user_ref}", highlight=False)
+    return ExitCode.OK
+
+
+def _rotate(settings: Settings) -> int:
+    """Replace the key-encryption key: re-wrap every data key, then swap the key file.
+
+    The new key is written to ``kek.key.new`` first, the data keys are re-wrapped in one
+    transaction, and only then does ``kek.key`` become the new key (the old one stays as
+    ``kek.key.retired-<kek id>``). Processors and the API must be stopped: they keep the old
+    key in memory.
+
+    Raises:
+        RotationRefused: the KEK is given inline (``KEY_ENCRYPTION_KEY``), or a processor is
+            running.
+    """
+    if settings.key_encryption_key:
+        raise RotationRefused(
+            "KEY_ENCRYPTION_KEY is set: rotate from a key file in SECRETS_DIR, or re-wrap by "
+            "hand (see the README, Children's data)"
+        )
+    keys = load_keys(settings)
+    directory = Path(settings.secrets_dir)
+    current, staged = directory / KEK_FILE, directory / f"{KEK_FILE}.new"
+    with connect(settings.database_url) as conn:
+        live = conn.execute(
+            "SELECT count(*) FROM members WHERE heartbeat_at > now() - make_interval(secs => %s)",
+            (settings.member_timeout_s,),
+        ).fetchone()
+        if live and live[0]:
+            raise RotationRefused(f"{live[0]} processors are running: stop them and the API first")
+        new_key = new_key_text()
+        staged.write_text(new_key + "\n")
+        staged.chmod(0o600)
+        count = rewrap_data_keys(conn, keys, base64.b64decode(new_key))
+    current.rename(directory / f"{KEK_FILE}.retired-{keys.kek_id}")
+    staged.rename(current)
+    log.info(
+        "key-encryption key rotated: %d data keys re-wrapped; the old key is kept as %s",
+        count,
+        f"{KEK_FILE}.retired-{keys.kek_id}",
+    )
     return ExitCode.OK

@@ -101,3 +101,27 @@ def seal_events(conn: psycopg.Connection, bodies: Sequence[bytes], keys: Keys) -
         raise UserErased(f"{len(indexes)} events are of erased children", indexes)
     data_keys = ensure_data_keys(conn, users, keys)
     return [encrypt_event(body, data_keys[user]) for body, user in zip(bodies, users, strict=True)]
+
+
+def rewrap_data_keys(conn: psycopg.Connection, keys: Keys, new_kek: bytes) -> int:
+    """Wrap every data key with ``new_kek`` instead of ``keys.kek``, in one transaction.
+
+    Returns:
+        How many data keys were re-wrapped.
+
+    Raises:
+        DecryptionFailed: a data key does not open with the current key-encryption key
+            (nothing was changed).
+    """
+    rotated = Keys(hash_key=keys.hash_key, kek=new_kek)
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT user_id, wrapped_key FROM data_keys ORDER BY user_id FOR UPDATE"
+        ).fetchall()
+        for user_id, wrapped in rows:
+            data_key = unwrap_data_key(keys.kek, bytes(wrapped), user_id)
+            conn.execute(
+                "UPDATE data_keys SET wrapped_key = %s, kek_id = %s WHERE user_id = %s",
+                (wrap_data_key(new_kek, data_key, user_id), rotated.kek_id, user_id),
+            )
+    return len(rows)

@@ -28,3 +28,7 @@ class UserErased(PrivacyError):
     def __init__(self, message: str, indexes: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.indexes = indexes
+
+
+class RotationRefused(PrivacyError):
+    """The key-encryption key cannot be rotated now (the message says why and what to do)."""

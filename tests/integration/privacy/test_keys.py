@@ -1,0 +1,62 @@
+"""Rotating the key-encryption key: every data key re-wrapped, the events still open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from processor.privacy.crypto import decrypt_event
+from processor.privacy.data_keys import ensure_data_keys, seal_events
+from processor.privacy.keys import init_keys, load_keys
+from processor.settings import Settings
+from projections.database import connect
+from tests.integration.support import run_command, settings_env
+from tests.strategies import ADJUSTED, make_event
+
+
+def test_rotating_the_kek_rewraps_every_data_key_and_keeps_the_old_file(
+    settings: Settings, tmp_path: Path
+) -> None:
+    keyed = settings.with_overrides(
+        secrets_dir=str(tmp_path / "secrets"), hash_key="", key_encryption_key=""
+    )
+    init_keys(keyed)
+    before = load_keys(keyed)
+    bodies = [
+        make_event(ADJUSTED, f"kid-{n}", "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"})
+        for n in range(5)
+    ]
+    with connect(keyed.database_url) as conn:
+        sealed = seal_events(conn, bodies, before)
+
+    rotated = run_command(["keys", "rotate"], settings_env(keyed))
+    assert rotated.returncode == 0, rotated.stderr
+
+    after = load_keys(keyed)
+    assert after.kek != before.kek and after.hash_key == before.hash_key
+    assert (tmp_path / "secrets" / f"kek.key.retired-{before.kek_id}").exists()
+    with connect(keyed.database_url) as conn:
+        kek_ids = {r[0] for r in conn.execute("SELECT kek_id FROM data_keys")}
+        data_keys = ensure_data_keys(conn, [f"kid-{n}" for n in range(5)], after)
+    assert kek_ids == {after.kek_id}
+    for n, body in enumerate(sealed):
+        assert decrypt_event(body, data_keys[f"kid-{n}"]) == bodies[n]
+
+
+def test_rotation_is_refused_for_an_inline_key_and_while_a_processor_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    inline = run_command(["keys", "rotate"], settings_env(settings))
+    assert inline.returncode == 1 and "KEY_ENCRYPTION_KEY is set" in inline.stderr
+    keyed = settings.with_overrides(
+        secrets_dir=str(tmp_path / "secrets"), hash_key="", key_encryption_key=""
+    )
+    init_keys(keyed)
+    kek = (tmp_path / "secrets" / "kek.key").read_text()
+    with connect(keyed.database_url) as conn:
+        conn.execute(
+            "INSERT INTO members (member_id, started_at, heartbeat_at) "
+            "VALUES ('host:1', now(), now())"
+        )
+    running = run_command(["keys", "rotate"], settings_env(keyed))
+    assert running.returncode == 1 and "processors are running" in running.stderr
+    assert (tmp_path / "secrets" / "kek.key").read_text() == kek
