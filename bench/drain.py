@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from bench.harness import (
@@ -22,9 +23,22 @@ from bench.harness import (
 )
 from bench.results import DrainResult
 from bench.workload import Workload
+from processor.privacy.data_keys import seal_events
+from processor.privacy.keys import load_keys
+from processor.publishing.publisher import OutgoingEvent
+from processor.settings import Settings
+from projections.database import connect
 from testkit.processes import processor_process, stored_projections
 from testkit.reference import reference_fold
 from testkit.services import Services
+
+
+def sealed(settings: Settings, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
+    """``events`` with their data encrypted by each child's data key (made on the way)."""
+    with connect(settings.database_url) as conn:
+        bodies = seal_events(conn, [e.body for e in events], load_keys(settings))
+    return [replace(e, body=body) for e, body in zip(events, bodies, strict=True)]
+
 
 #: Something run around the drain with the processor's process (a profiler), or None.
 Observer = Callable[[subprocess.Popen[bytes]], AbstractContextManager[object]]
@@ -38,6 +52,7 @@ def measure_drain(
     timeout_s: float = 600.0,
     observer: Observer | None = None,
     verify: bool = True,
+    encrypted: bool = True,
 ) -> DrainResult:
     """Drain ``workload`` from the streams with one processor process (default settings).
 
@@ -48,9 +63,12 @@ def measure_drain(
         timeout_s: give up (``BenchError``) after this many seconds of draining.
         observer: entered with the processor's process once it started (e.g. py-spy).
         verify: compare every user with the sequential fold (else ``mismatched_users = -1``).
+        encrypted: publish every event with its data encrypted, as the HTTP ingest and
+            ``just publish`` do (the product's default); false publishes them in plain text.
     """
     with deployment(services) as settings:
-        publish_timed(settings, workload.events)
+        published = sealed(settings, workload.events) if encrypted else workload.events
+        publish_timed(settings, published)
         tails = read_tails(settings)
         started = time.monotonic()
         with (

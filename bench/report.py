@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bench.results import (
     BenchResults,
+    DrainResult,
     LatencyResult,
     PreviousDesignResult,
     ProfileResult,
@@ -103,26 +104,31 @@ def rows(results: BenchResults) -> list[Row]:
 
 
 def _ingest_rows(results: BenchResults) -> list[Row]:
-    ingest, drain = results.ingest, results.drain
+    ingest = results.ingest
     return [
         Row(
             "1. ingest ceiling (exchange, confirms)",
             _rate(ingest.events_per_s) if ingest else "not run",
             f"{ingest.events:,} events in {ingest.seconds:.2f} s" if ingest else "",
         ),
-        Row(
-            "2. processor: backlog drain",
-            _rate(drain.events_per_s) if drain else "not run",
-            (
-                f"{drain.events:,} events, {drain.users:,} users, {drain.seconds:.2f} s from "
-                f"process start ({_rate(drain.steady_events_per_s)} from the first commit); "
-                f"{drain.mismatched_users} users differ from the sequential fold; "
-                f"{_cpu(drain.processor_cpu_cores, drain.machine_cpu_busy)}"
-            )
-            if drain
-            else "",
-        ),
+        _drain_row("2. processor: backlog drain (data encrypted, the default)", results.drain),
+        _drain_row("2. processor: backlog drain, plain data (same run)", results.drain_plain),
     ]
+
+
+def _drain_row(title: str, drain: DrainResult | None) -> Row:
+    return Row(
+        title,
+        _rate(drain.events_per_s) if drain else "not run",
+        (
+            f"{drain.events:,} events, {drain.users:,} users, {drain.seconds:.2f} s from "
+            f"process start ({_rate(drain.steady_events_per_s)} from the first commit); "
+            f"{drain.mismatched_users} users differ from the sequential fold; "
+            f"{_cpu(drain.processor_cpu_cores, drain.machine_cpu_busy)}"
+        )
+        if drain
+        else "",
+    )
 
 
 def _latency_rows(results: BenchResults) -> list[Row]:

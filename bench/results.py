@@ -181,7 +181,10 @@ class BenchResults:
 
     meta: dict[str, object] = field(default_factory=dict)
     ingest: IngestResult | None = None
+    #: The backlog drain with the product's defaults: every event's data encrypted.
     drain: DrainResult | None = None
+    #: The same drain with plain events, in the same run: what encryption costs.
+    drain_plain: DrainResult | None = None
     latency: LatencyResult | None = None
     light_latency: LatencyResult | None = None
     previous: list[PreviousDesignResult] = field(default_factory=list)

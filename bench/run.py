@@ -167,6 +167,9 @@ class _Steps:
     def drain(self) -> None:
         load = self.workload.head(self.config.events)
         self.results.drain = measure_drain(self.services, load, self.logs / "drain.log")
+        self.results.drain_plain = measure_drain(
+            self.services, load, self.logs / "drain-plain.log", encrypted=False
+        )
 
     def latency(self) -> None:
         config, ceiling = self.config, self._ceiling()

@@ -38,6 +38,7 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert results.drain is not None
     assert results.drain.events == 300
     assert results.drain.mismatched_users == 0
+    assert results.drain_plain is not None and results.drain_plain.mismatched_users == 0
     assert results.latency is not None
     assert results.latency.committed == results.latency.events
     assert [p.threads for p in results.previous] == [1, 10]
@@ -54,7 +55,8 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     reported = rows(results)
     assert [row.step for row in reported] == [
         "1. ingest ceiling (exchange, confirms)",
-        "2. processor: backlog drain",
+        "2. processor: backlog drain (data encrypted, the default)",
+        "2. processor: backlog drain, plain data (same run)",
         "2. processor: publish-to-commit latency, half the ceiling",
         "3. previous design, 1 thread",
         "3. previous design, 10 threads",
@@ -65,6 +67,15 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert len(targets(results)) == 4
 
     document = json.loads((tmp_path / "bench.json").read_text())
-    assert {"meta", "ingest", "drain", "latency", "previous", "replay", "targets"} <= set(document)
+    assert {
+        "meta",
+        "ingest",
+        "drain",
+        "drain_plain",
+        "latency",
+        "previous",
+        "replay",
+        "targets",
+    } <= set(document)
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "| target |" in (tmp_path / "bench.md").read_text()
