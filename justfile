@@ -82,6 +82,11 @@ erase USER_ID: migrate
 token *ARGS: migrate
     {{python}} -m processor token "$@"
 
+# least-privilege broker users and database roles: `principals create`, `env processor|api|ingest`, `remove`
+[group('services')]
+principals *ARGS: migrate topology
+    {{python}} -m processor principals "$@"
+
 # --- quality ----------------------------------------------------------------------------------
 
 # every test (about 10 min here): short fault suite, integration, unit; real broker and database

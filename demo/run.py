@@ -11,6 +11,7 @@ ids, which the processor applies once: the summary does not change.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import urllib.error
@@ -29,6 +30,7 @@ from demo import background
 from demo.data import DEFAULT_DATA_DIR, iter_demo_events
 from demo.errors import DemoError
 from processor import tuning
+from processor.access.principals import provision, settings_as
 from processor.access.tokens import create_token
 from processor.applying.checkpoint import consumed_records
 from processor.privacy.data_keys import seal_events
@@ -178,7 +180,9 @@ def _drain(
     """
     existing = background.find("processor")
     started = publish_started if existing is not None else time.perf_counter()
-    processor = existing or background.start("processor", ["run"])
+    processor = existing or background.start(
+        "processor", ["run"], _environment_of(settings, "processor")
+    )
     with connect(settings.database_url) as conn, console.status("processing") as status:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
@@ -217,6 +221,19 @@ def _healthy(base: str) -> bool:
         return False
 
 
+def _environment_of(settings: Settings, process: str) -> dict[str, str]:
+    """This process's environment with the broker user and database role of ``process``
+    (least privilege, ``processor.access.principals``): the demo runs as the owner, the
+    processor and the API as themselves."""
+    scoped = settings_as(settings, provision(settings), process)
+    return os.environ | {
+        "AMQP_URL": scoped.amqp_url,
+        "DATABASE_URL": scoped.database_url,
+        "STREAM_USERNAME": scoped.stream_username,
+        "STREAM_PASSWORD": scoped.stream_password,
+    }
+
+
 def _start_api(settings: Settings) -> str:
     """Start the API unless the demo's API runs, and wait until it answers ``/healthz``.
 
@@ -232,7 +249,7 @@ def _start_api(settings: Settings) -> str:
             "did not start (`just down` stops only what the demo started); stop it, or set "
             "API_PORT to a free port"
         )
-    api = existing or background.start("api", ["api"])
+    api = existing or background.start("api", ["api"], _environment_of(settings, "api"))
     deadline = time.monotonic() + API_START_TIMEOUT_S
     while time.monotonic() < deadline:
         healthy = _healthy(base)

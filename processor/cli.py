@@ -165,6 +165,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return run_token(settings, args)
 
 
+def _principals(settings: Settings, args: argparse.Namespace) -> int:
+    from processor.access.cli import run_principals  # noqa: PLC0415
+
+    return run_principals(settings, args)
+
+
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from processor.replay.cli import run_replay  # noqa: PLC0415
 
@@ -217,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_privacy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from processor.access.cli import add_parser as add_token  # noqa: PLC0415 - argparse only
+    from processor.access.cli import add_principals_parser  # noqa: PLC0415
 
     keys = commands.add_parser(
         "keys", help="init: create the missing key files; rotate: replace the KEK"
@@ -230,6 +237,8 @@ def _add_privacy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     erase.set_defaults(handler=_erase)
     add_token(commands)
     commands.choices["token"].set_defaults(handler=_token)
+    add_principals_parser(commands)
+    commands.choices["principals"].set_defaults(handler=_principals)
 
 
 def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -30,6 +30,8 @@ ENV_STREAM_SEGMENT_BYTES: Final = "STREAM_MAX_SEGMENT_SIZE_BYTES"
 ENV_LEASE_INTERVAL_S: Final = "LEASE_INTERVAL_S"
 ENV_MEMBER_TIMEOUT_S: Final = "MEMBER_TIMEOUT_S"
 ENV_LOG_LEVEL: Final = "LOG_LEVEL"
+ENV_STREAM_USERNAME: Final = "STREAM_USERNAME"
+ENV_STREAM_PASSWORD: Final = "STREAM_PASSWORD"  # noqa: S105 - the variable's name
 ENV_SECRETS_DIR: Final = "SECRETS_DIR"
 ENV_HASH_KEY: Final = "HASH_KEY"
 ENV_KEY_ENCRYPTION_KEY: Final = "KEY_ENCRYPTION_KEY"
@@ -159,6 +161,9 @@ class Settings:
         key_encryption_key: base64 of the 32-byte key that wraps each child's data key;
             empty: ``secrets_dir/kek.key``.
         metrics_public: serve the API's ``/metrics`` without a token.
+        stream_username, stream_password: credentials for the stream protocol when they differ
+            from ``amqp_url``'s (the API publishes as one broker user and reads the log's tails
+            as another; empty: ``amqp_url``'s).
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -180,6 +185,8 @@ class Settings:
     hash_key: str = field(default="", repr=False)
     key_encryption_key: str = field(default="", repr=False)
     metrics_public: bool = False
+    stream_username: str = ""
+    stream_password: str = field(default="", repr=False)
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -221,6 +228,8 @@ class Settings:
             hash_key=source.get(ENV_HASH_KEY, ""),
             key_encryption_key=source.get(ENV_KEY_ENCRYPTION_KEY, ""),
             metrics_public=_bool(source, ENV_METRICS_PUBLIC, defaults.metrics_public),
+            stream_username=source.get(ENV_STREAM_USERNAME, ""),
+            stream_password=source.get(ENV_STREAM_PASSWORD, ""),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

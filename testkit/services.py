@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from processor.access.principals import remove as remove_principals
 from processor.access.tokens import create_token
 from processor.privacy.keys import load_keys, new_key
 from processor.settings import Settings
@@ -127,6 +128,7 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
         migrate(settings.database_url)
         yield settings
     finally:
+        remove_principals(settings)  # roles and broker users are server-wide: none may stay
         drop_database(settings.database_url)
         _management(services, "DELETE", f"vhosts/{vhost}")
 
@@ -154,6 +156,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "HASH_KEY": settings.hash_key,
             "KEY_ENCRYPTION_KEY": settings.key_encryption_key,
             "METRICS_PUBLIC": "1" if settings.metrics_public else "0",
+            "STREAM_USERNAME": settings.stream_username,
+            "STREAM_PASSWORD": settings.stream_password,
         }
     )
     return env

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from datetime import timedelta
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from processor.access.principals import PRINCIPALS_FILE, provision, remove, settings_as
 from processor.access.tokens import TokenInfo, create_token, list_tokens, revoke_token
 from processor.errors import ExitCode
 from processor.privacy.keys import load_keys
@@ -74,3 +77,42 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_parser("list", help="every token: name, scope, created, expires, revoked")
     revoke = actions.add_parser("revoke", help="refuse the token from its next use on")
     revoke.add_argument("name")
+
+
+def run_principals(settings: Settings, args: argparse.Namespace) -> int:
+    """``principals create|remove|env PROCESS``: the least-privilege users and roles."""
+    if args.action == "create":
+        principals = provision(settings, args.prefix)
+        log.info(
+            "broker users %s and %s, database roles %s ready (passwords in %s)",
+            principals.publisher,
+            principals.reader,
+            ", ".join(principals.role(p) for p in ("processor", "api", "ingest")),
+            Path(settings.secrets_dir) / PRINCIPALS_FILE,
+        )
+    elif args.action == "remove":
+        remove(settings, args.prefix)
+        log.info("the broker users and database roles are gone")
+    else:
+        principals = provision(settings, args.prefix)
+        scoped = settings_as(settings, principals, args.process)
+        for name, value in (
+            ("AMQP_URL", scoped.amqp_url),
+            ("DATABASE_URL", scoped.database_url),
+            ("STREAM_USERNAME", scoped.stream_username),
+            ("STREAM_PASSWORD", scoped.stream_password),
+        ):
+            print(f"export {name}={shlex.quote(value)}")  # noqa: T201 - the command's output
+    return ExitCode.OK
+
+
+def add_principals_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declare ``principals`` on the CLI's sub-commands."""
+    parser = commands.add_parser(
+        "principals", help="least-privilege broker users and database roles: create|remove|env"
+    )
+    parser.add_argument("action", choices=("create", "remove", "env"))
+    parser.add_argument(
+        "process", nargs="?", default="processor", choices=("processor", "api", "ingest")
+    )
+    parser.add_argument("--prefix", default=None, help="default: fs_ + the database name")

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 #: Binding weight of every partition (equal weights = equal share of the hash ring).
 BINDING_WEIGHT: Final = "1"
-#: AMQP reply code of a passive declare of a queue that does not exist.
+#: AMQP reply codes: a passive declare of something that does not exist; no permission.
 _NOT_FOUND: Final = 404
+_ACCESS_REFUSED: Final = 403
 
 
 def stream_arguments(settings: Settings) -> dict[str, object]:
@@ -68,6 +69,10 @@ def declare_topology(settings: Settings) -> list[str]:
         for stream in streams:
             channel.queue_bind(stream, EXCHANGE, routing_key=BINDING_WEIGHT)
     except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _ACCESS_REFUSED:
+            _check_declared(connection, streams)
+            log.info("topology in place (this broker user may not declare it, only use it)")
+            return streams
         raise TopologyError(
             f"the broker refused the topology ({exc.reply_code} {exc.reply_text}); "
             "is rabbitmq_consistent_hash_exchange enabled, and do existing streams have the "
@@ -78,6 +83,25 @@ def declare_topology(settings: Settings) -> list[str]:
             connection.close()
     log.info("topology ready: exchange %s, %d partition streams", EXCHANGE, len(streams))
     return streams
+
+
+def _check_declared(connection: pika.BlockingConnection, streams: list[str]) -> None:
+    """A user without ``configure`` permission (the least-privilege reader or publisher) checks
+    with passive declares, which need none, that the exchange and every stream exist.
+
+    Raises:
+        TopologyError: something is missing: an admin must declare it (``just topology``).
+    """
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(EXCHANGE, passive=True)
+        for stream in streams:
+            channel.queue_declare(stream, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyError(
+            f"the topology is incomplete ({exc.reply_code} {exc.reply_text}) and this broker "
+            "user may not declare it: run `just topology` with an administrator's AMQP_URL"
+        ) from exc
 
 
 def _connect(settings: Settings) -> pika.BlockingConnection:

@@ -379,8 +379,8 @@ def stream_connection(settings: Settings, name: str) -> StreamConnection:
     return StreamConnection(
         amqp.host,
         settings.stream_port,
-        username=amqp.username,
-        password=amqp.password,
+        username=settings.stream_username or amqp.username,
+        password=settings.stream_password if settings.stream_username else amqp.password,
         vhost=amqp.vhost,
         name=name,
     )

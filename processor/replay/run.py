@@ -127,7 +127,7 @@ class _Run:
         partitions = sorted(set(range(self.settings.partitions)) | set(live0))
         tails = asyncio.run(read_tail_offsets(self.settings, partitions))
         ensure_log_complete(self.settings, live0, tails)
-        create_shadow(self.settings.database_url, self.shadow, len(partitions))
+        create_shadow(self.settings.database_url, self.shadow, len(partitions), self.live)
         self._created = True
         self.checkpoints = dict.fromkeys(partitions, -1)
         log.info("replay %s: shadow schema %s, live schema %s", self.run_id, self.shadow, self.live)

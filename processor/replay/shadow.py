@@ -86,7 +86,7 @@ def ensure_migrated(conn: psycopg.Connection) -> None:
         )
 
 
-def create_shadow(database_url: str, schema: str, partitions: int) -> None:
+def create_shadow(database_url: str, schema: str, partitions: int, live: str) -> None:
     """Create ``schema`` with the tables of one build of the projections (every table of
     ``projections.tables`` but the deployment's ``GLOBAL_TABLES``) and checkpoint rows at -1.
 
@@ -105,6 +105,47 @@ def create_shadow(database_url: str, schema: str, partitions: int) -> None:
         engine.dispose()
     with connect(database_url) as conn:
         ensure_checkpoints(conn, partitions, schema)
+        with conn.transaction(), conn.cursor() as cur:
+            copy_grants(cur, live, schema)
+
+
+def copy_grants(cur: psycopg.Cursor, source: str, target: str) -> None:
+    """Give every role the privileges on ``target``'s tables it has on ``source``'s, and the
+    use of ``target``: the least-privilege roles (``processor.access.principals``) reach a
+    shadow or a swapped-in table as they reach live, and an erasure reaches replay schemas."""
+    rows = cur.execute(
+        """
+        SELECT c.relname, a.grantee::regrole::text, string_agg(a.privilege_type, ', ')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+             aclexplode(c.relacl) a
+        WHERE n.nspname = %s AND c.relkind = 'r' AND a.grantee <> c.relowner AND a.grantee <> 0
+        GROUP BY 1, 2
+        """,
+        (source,),
+    ).fetchall()
+    grantees = set()
+    for table, grantee, privileges in rows:
+        exists = cur.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s", (target, table)
+        ).fetchone()
+        if exists:
+            cur.execute(
+                sql.SQL("GRANT " + privileges + " ON {} TO {}").format(
+                    sql.Identifier(target, table), sql.Identifier(grantee)
+                )
+            )
+            grantees.add(grantee)
+    for grantee in sorted(grantees):
+        cur.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(target), sql.Identifier(grantee)
+            )
+        )
+        cur.execute(
+            sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                sql.Identifier(target), sql.Identifier(grantee)
+            )
+        )
 
 
 def drop_schema(database_url: str, schema: str) -> None:
