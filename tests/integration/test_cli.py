@@ -22,8 +22,19 @@ from pathlib import Path
 
 import pytest
 
+from processor.privacy.crypto import envelope_of
+from processor.privacy.erasure import erase_user
+from processor.privacy.keys import load_keys
 from processor.settings import Settings
-from tests.integration.support import count, run_command, settings_env
+from projections.database import connect
+from tests.integration.support import (
+    count,
+    drain,
+    processor_process,
+    read_stream_bodies,
+    run_command,
+    settings_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 JUST = shutil.which("just", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
@@ -130,6 +141,34 @@ def test_publish_allow_invalid_says_how_many_will_be_dead_lettered(
     assert "dead-letters them" in result.stderr
     assert f"{path}:2: " in result.stderr
     assert f"{path}:4: " in result.stderr
+
+
+def test_publish_encrypts_every_event_and_refuses_an_erased_childs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with connect(settings.database_url) as conn:
+        erase_user(conn, "cli-gone", load_keys(settings))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(_event("cli-kid")) + "\n" + json.dumps(_event("cli-gone")) + "\n")
+    refused = cli(settings, "publish", str(mixed))
+    assert refused.returncode == 1
+    assert "lines 2 are events of erased children; nothing published" in refused.stderr
+    assert published_bodies(settings) == []
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(_event("cli-kid", delta)) for delta in (5, 7)) + "\n")
+    result = cli(settings, "publish", str(path))
+    assert result.returncode == 0, result.stderr
+    bodies = published_bodies(settings)
+    assert len(bodies) == 2
+    assert all(envelope_of(body) is not None and b"cli test" not in body for body in bodies)
+    with processor_process(settings, tmp_path / "processor.log"):
+        drain(settings)
+    assert count(settings, "SELECT score FROM friendships WHERE user_id = 'cli-kid'") == 12
+
+
+def published_bodies(settings: Settings) -> list[bytes]:
+    return [b for p in range(settings.partitions) for b in read_stream_bodies(settings, p)]
 
 
 def _read_until(master: int, marker: bytes, timeout_s: float) -> bytes:
