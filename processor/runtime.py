@@ -29,6 +29,7 @@ from processor.applying.engine import WorkerPool
 from processor.ownership.coordinator import Coordinator
 from processor.ownership.membership import member_id
 from processor.ownership.owner import ApplyCounters, OwnerLinks, PartitionOwner
+from processor.privacy.data_keys import check_kek
 from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.reading.feed import PartitionFeed
@@ -71,11 +72,17 @@ class Processor:
         )
 
     def prepare(self) -> None:
-        """Migrate the database, declare the topology and create the checkpoint rows."""
+        """Migrate the database, declare the topology, create the checkpoint rows and check
+        that the key-encryption key is the one that wrapped the stored data keys.
+
+        Raises:
+            KeyMissing: the stored data keys were wrapped by another key-encryption key.
+        """
         migrate(self.settings.database_url)
         declare_topology(self.settings)
         with connect(self.settings.database_url) as conn:
             ensure_checkpoints(conn, self.settings.partitions)
+            check_kek(conn, self.keys)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         """Own partitions and apply their batches until ``stop()``; returns the exit code (0).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -77,6 +78,12 @@ def parse_amqp_url(url: str) -> AmqpEndpoint:
         password=unquote(parts.password or "guest"),
         vhost=vhost,
     )
+
+
+def default_secrets_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_CONFIG_HOME/friendship-stream``, else ``~/.config/friendship-stream``."""
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return str(Path(base) / "friendship-stream")
 
 
 def check_database_url(url: str) -> None:
@@ -156,6 +163,9 @@ class Settings:
         log_level: the root log level (``INFO``: no child's id or payload is ever logged).
         secrets_dir: where the key files live when the keys are not given inline
             (``hash.key``, ``kek.key``; made by ``just services``, see ``processor.privacy``).
+            Default: ``$XDG_CONFIG_HOME/friendship-stream`` (``~/.config/friendship-stream``),
+            one place per machine and user, like the default deployment every checkout
+            shares.
         hash_key: base64 of the key of the keyed hash (HMAC-SHA-256) that stores API tokens and
             names children in logs and erasure records; empty: ``secrets_dir/hash.key``.
         key_encryption_key: base64 of the 32-byte key that wraps each child's data key;
@@ -181,7 +191,7 @@ class Settings:
     lease_interval_s: float = 1.0
     member_timeout_s: float = 10.0
     log_level: str = "INFO"
-    secrets_dir: str = ".secrets"
+    secrets_dir: str = field(default_factory=lambda: default_secrets_dir(os.environ))
     hash_key: str = field(default="", repr=False)
     key_encryption_key: str = field(default="", repr=False)
     metrics_public: bool = False
@@ -224,7 +234,7 @@ class Settings:
             lease_interval_s=_float(source, ENV_LEASE_INTERVAL_S, defaults.lease_interval_s, 0.05),
             member_timeout_s=_float(source, ENV_MEMBER_TIMEOUT_S, defaults.member_timeout_s, 0.5),
             log_level=source.get(ENV_LOG_LEVEL) or defaults.log_level,
-            secrets_dir=source.get(ENV_SECRETS_DIR) or defaults.secrets_dir,
+            secrets_dir=source.get(ENV_SECRETS_DIR) or default_secrets_dir(source),
             hash_key=source.get(ENV_HASH_KEY, ""),
             key_encryption_key=source.get(ENV_KEY_ENCRYPTION_KEY, ""),
             metrics_public=_bool(source, ENV_METRICS_PUBLIC, defaults.metrics_public),

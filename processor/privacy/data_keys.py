@@ -15,7 +15,7 @@ import msgspec
 import psycopg
 
 from processor.privacy.crypto import encrypt_event, new_data_key, unwrap_data_key, wrap_data_key
-from processor.privacy.errors import UserErased
+from processor.privacy.errors import KeyMissing, UserErased
 from processor.privacy.keys import Keys
 
 _SELECT: Final = "SELECT user_id, wrapped_key FROM data_keys WHERE user_id = ANY(%s::text[])"
@@ -26,6 +26,27 @@ _INSERT: Final = (
 _ERASED: Final = "SELECT user_digest FROM erasures WHERE user_digest = ANY(%s::bytea[])"
 _USER: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _STRING: Final = msgspec.json.Decoder(str)
+
+
+def check_kek(conn: psycopg.Connection, keys: Keys) -> None:
+    """Refuse to work with a key-encryption key other than the one that wrapped the stored
+    data keys: every encrypted event would otherwise look unopenable and be dead-lettered.
+
+    Raises:
+        KeyMissing: data keys were wrapped by another KEK (names both ids; no key is shown).
+    """
+    found = sorted(
+        str(row[0])
+        for row in conn.execute(
+            "SELECT DISTINCT kek_id FROM data_keys WHERE kek_id <> %s", (keys.kek_id,)
+        )
+    )
+    if found:
+        raise KeyMissing(
+            f"the children's data keys in this database were wrapped by the key-encryption key "
+            f"{', '.join(found)}, and this process has {keys.kek_id}: point SECRETS_DIR (or "
+            "KEY_ENCRYPTION_KEY) at the key this deployment uses"
+        )
 
 
 def erased_users(conn: psycopg.Connection, users: Iterable[str], keys: Keys) -> set[str]:
@@ -48,6 +69,7 @@ def ensure_data_keys(
     wanted = sorted(set(users))
     if not wanted:
         return {}
+    check_kek(conn, keys)
     stored = _read(conn, wanted)
     missing = [user for user in wanted if user not in stored]
     if missing:

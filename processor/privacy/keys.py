@@ -8,7 +8,8 @@
   ``data`` in the log, cannot be read: back it up apart from the database.
 
 Each comes from its setting (base64, ``HASH_KEY`` and ``KEY_ENCRYPTION_KEY``) or from a file in
-``SECRETS_DIR`` (``hash.key``, ``kek.key``, base64 text). ``init_keys`` (run by ``just
+``SECRETS_DIR`` (``hash.key``, ``kek.key``, base64 text; ``~/.config/friendship-stream`` by
+default). ``init_keys`` (run by ``just
 services``) creates the missing files, readable by their owner only; nothing else creates a
 key, so a process started with the wrong ``SECRETS_DIR`` fails loudly instead of writing data
 under a key nobody has.

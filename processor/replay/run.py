@@ -39,6 +39,7 @@ from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.checkpoint import read_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.privacy.data_keys import check_kek
 from processor.privacy.erasure import purge_erased
 from processor.privacy.keys import load_keys
 from processor.reading.log_record import LogRecord
@@ -116,6 +117,7 @@ class _Run:
     def prepare(self) -> dict[int, int]:
         """Live checkpoints ``L0``, log completeness, the shadow schema; returns ``L0``."""
         ensure_migrated(self.conn)
+        check_kek(self.conn, self.keys)
         leftovers = [s for s in replay_schemas(self.conn) if not s.endswith(REPLACED_SUFFIX)]
         if leftovers:
             log.warning(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from processor.privacy.crypto import decrypt_event
 from processor.privacy.data_keys import ensure_data_keys, seal_events
-from processor.privacy.keys import init_keys, load_keys
+from processor.privacy.keys import init_keys, load_keys, new_key
 from processor.settings import Settings
 from projections.database import connect
 from tests.integration.support import run_command, settings_env
@@ -60,3 +60,16 @@ def test_rotation_is_refused_for_an_inline_key_and_while_a_processor_runs(
     running = run_command(["keys", "rotate"], settings_env(keyed))
     assert running.returncode == 1 and "processors are running" in running.stderr
     assert (tmp_path / "secrets" / "kek.key").read_text() == kek
+
+
+def test_a_process_with_another_kek_than_the_stored_keys_stops_with_a_clear_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with connect(settings.database_url) as conn:
+        ensure_data_keys(conn, ["kid-1"], load_keys(settings))
+    other = settings.with_overrides(key_encryption_key=new_key())
+    for command in (["run"], ["replay", "--verify"]):
+        result = run_command(command, settings_env(other), timeout_s=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "wrapped by the key-encryption key" in result.stderr
+        assert other.key_encryption_key not in result.stderr
