@@ -195,3 +195,24 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
     }
     found = leaks(outputs)
     assert not found, "replay wrote personal data:\n" + "\n".join(found[:20])
+
+
+def test_the_erasure_report_counts_the_childs_events_published_in_plain_text(
+    settings: Settings, api: TestClient[Any], tmp_path: Path
+) -> None:
+    ingest = {"Authorization": f"Bearer {make_token(settings, 'ingest')}"}
+    admin = {"Authorization": f"Bearer {make_token(settings, 'admin')}"}
+    sealed = [turn("kid-mixed", s) for s in range(3)]
+    plain = [turn("kid-mixed", s) for s in range(10, 14)]
+    assert (
+        api.post("/v1/events", content=b"[" + b",".join(sealed) + b"]", headers=ingest).status_code
+        == 202
+    )
+    publish(settings, outgoing(plain))  # another producer, straight to the exchange
+    with processor_process(settings, tmp_path / "processor.log"):
+        drain(settings)
+    report = api.delete("/v1/users/kid-mixed", headers=admin).json()
+    assert report["removed"]["applied_events"] == 7
+    assert report["plain_events_in_log"] == 4
+    again = api.delete("/v1/users/kid-mixed", headers=admin).json()
+    assert again["already_erased"] and again["removed"]["applied_events"] == 0

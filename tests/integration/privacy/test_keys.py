@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from processor.privacy.crypto import decrypt_event
@@ -73,3 +74,24 @@ def test_a_process_with_another_kek_than_the_stored_keys_stops_with_a_clear_erro
         assert result.returncode == 2, (command, result.stderr)
         assert "wrapped by the key-encryption key" in result.stderr
         assert other.key_encryption_key not in result.stderr
+
+
+def test_a_childs_data_key_is_made_once_when_first_events_race(settings: Settings) -> None:
+    keys = load_keys(settings)
+    barrier = threading.Barrier(6)
+    made: list[bytes] = []
+
+    def first_event() -> None:
+        with connect(settings.database_url) as conn:
+            barrier.wait(10)
+            made.append(ensure_data_keys(conn, ["racing-kid"], keys)["racing-kid"])
+
+    threads = [threading.Thread(target=first_event) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(made) == 6 and len(set(made)) == 1
+    with connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM data_keys WHERE user_id = 'racing-kid'")
+        assert rows.fetchone() == (1,)
