@@ -3,22 +3,31 @@
 Within a partition the first occurrence of an event id in log order wins (docs/contract.md section
 3,
 "Event ids"): it is applied. A later occurrence with the same ``user_id`` is a duplicate (no
-effect); one with another ``user_id`` is dead-lettered with a reason naming the first user. The
-answer depends only on log order, never on where batches begin and end, so live processing and
-replay (which batch differently) decide alike. Across partitions the first to commit wins.
+effect); one with another ``user_id`` is dead-lettered with a reason naming where the first use
+is (never whose it is: the reason must not carry another child's id). The answer depends only on
+log order, never on where batches begin and end, so live processing and replay (which batch
+differently) decide alike. Across partitions the first to commit wins.
+
+An id an erased child used stays used (``ERASED_USER``): the store gives its first use with that
+user, so every later occurrence is another user's and a dead letter, live and in a replay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from schemas.events import Event
+
+#: The ``FirstUse.user_id`` of an id an erased child used: no valid ``user_id`` is empty.
+ERASED_USER: Final = ""
 
 
 @dataclass(frozen=True, slots=True)
 class FirstUse:
-    """Where an event id was first seen: the user it belongs to and its log position."""
+    """Where an event id was first seen: the user it belongs to (``ERASED_USER`` when that
+    child was erased) and its log position."""
 
     user_id: str
     partition: int
@@ -35,10 +44,10 @@ class ReusedId:
 
     @property
     def reason(self) -> str:
-        """The dead letter's reason: names the first user and where that use is."""
+        """The dead letter's reason: where the first use is (not whose: see the module doc)."""
         return (
-            f"event_id already applied for another user ({self.first.user_id!r}, partition "
-            f"{self.first.partition}, offset {self.first.offset}); not applied"
+            f"event_id already applied for another user (partition {self.first.partition}, "
+            f"offset {self.first.offset}); not applied"
         )
 
 

@@ -184,8 +184,32 @@ erasures: Final = Table(
     Column("data_key_destroyed", Boolean, nullable=False),
 )
 
+#: The event ids an erased child had used (event ids are not personal data: docs/contract.md
+#: §5.3), with where that first use was. An id stays used after the erasure: a later event of
+#: another child with it stays a dead letter, in live processing and in a replay alike.
+erased_event_ids: Final = Table(
+    "erased_event_ids",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("partition", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+)
+
+#: Prefix of every schema a replay creates (``processor.replay.shadow``): shadows
+#: ``replay_<id>`` and the snapshots ``replay_<id>_replaced`` a swap keeps.
+REPLAY_SCHEMA_PREFIX: Final = "replay_"
+#: Suffix of the schema that keeps the tables a swap replaced.
+REPLACED_SUFFIX: Final = "_replaced"
 #: Tables of the deployment as a whole, not of one build of the projections: a replay's shadow
 #: schema does not copy them, and its connections find them in the live schema.
 GLOBAL_TABLES: Final = frozenset(
-    {"api_tokens", "data_keys", "erasures", "members", "member_backends", "checkpoint_log"}
+    {
+        "api_tokens",
+        "data_keys",
+        "erasures",
+        "erased_event_ids",
+        "members",
+        "member_backends",
+        "checkpoint_log",
+    }
 )

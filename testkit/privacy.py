@@ -3,8 +3,10 @@ name no child and carry no payload). Test support, shared by the integration and
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -34,3 +36,60 @@ def leaks(texts: Mapping[str, str], pattern: re.Pattern[str] = PERSONAL) -> list
 def log_files(folder: Path) -> dict[str, str]:
     """The ``*.log`` files under ``folder``, by path."""
     return {str(p): p.read_text(errors="replace") for p in sorted(folder.rglob("*.log"))}
+
+
+#: What commands the tests ran wrote to stderr (their logs), as ``(source, text)``; the guard
+#: checks and clears it after each test (``record_output``).
+_OUTPUTS: list[tuple[str, str]] = []
+
+
+def record_output(source: str, text: str) -> None:
+    """Keep a command's log output (stderr) for the running test's ``no_personal_data`` check."""
+    _OUTPUTS.append((source, text))
+
+
+#: The tests' own HTTP client logs every URL it requests (``/v1/users/kid-1/...``): that is the
+#: caller's log, not the product's.
+TEST_CLIENT_LOGGERS: Final = ("httpx", "httpcore")
+
+
+class _Records(logging.Handler):
+    """Every record at INFO and above that this process logged, formatted as a log file has it
+    (message and any traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(TEST_CLIENT_LOGGERS):
+            self.lines.append(self.format(record))
+
+
+@contextmanager
+def no_personal_data(tmp_path: Path) -> Iterator[None]:
+    """Around one test: afterwards, nothing logged at INFO or above (by this process, by the
+    processes that wrote ``*.log`` files under ``tmp_path``, by the commands that
+    ``record_output`` saw) names a child or carries a payload (docs/contract.md, "Access").
+
+    Raises:
+        AssertionError: the first 20 lines that do, with where they were.
+    """
+    root = logging.getLogger()
+    records, level = _Records(), root.level
+    root.addHandler(records)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    _OUTPUTS.clear()
+    try:
+        yield
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+    texts = log_files(tmp_path)
+    texts["this process's log records"] = "\n".join(records.lines)
+    for number, (source, text) in enumerate(_OUTPUTS):
+        texts[f"{source} #{number}"] = text
+    _OUTPUTS.clear()
+    found = leaks(texts)
+    assert not found, "personal data in the logs:\n" + "\n".join(found[:20])

@@ -221,7 +221,7 @@ class BatchRules(ABC):
         assert backend.projections() == reference_fold([first])
         assert backend.checkpoint(0) == (2, 1, 0)
 
-    def test_an_id_reused_for_another_user_is_dead_lettered_naming_the_first(
+    def test_an_id_reused_for_another_user_is_dead_lettered_naming_where_it_was_first_used(
         self, backend: Backend
     ) -> None:
         event_id = str(uuid.uuid4())
@@ -230,7 +230,8 @@ class BatchRules(ABC):
         assert (result.applied, result.dead_lettered) == (1, 1)
         letter_id, field, reason, raw = backend.dead_letters()[(0, 1)]
         assert (letter_id, field, raw) == (event_id, "event_id", bob)
-        assert "'alice'" in reason and "partition 0, offset 0" in reason
+        assert "partition 0, offset 0" in reason
+        assert "alice" not in reason, "a row of bob's must not carry another child's id"
         assert backend.applied_event(event_id) == ("alice", 0, 0)
 
     def test_event_ids_compare_as_uuids_whatever_their_case(self, backend: Backend) -> None:
@@ -265,14 +266,15 @@ class BatchRules(ABC):
         assert backend.dead_letters()[(1, 0)][2] == "unreadable stream entry: zstd"
         assert backend.checkpoint(1) == (3, 1, 1)
 
-    def test_an_event_routed_by_another_key_is_dead_lettered_naming_both(
+    def test_an_event_routed_by_another_key_is_dead_lettered_without_quoting_the_key(
         self, backend: Backend
     ) -> None:
         body = turn("alice")
         result = self.apply(backend, 0, [LogRecord(0, body, routing_key="mallory")], -1)
         assert (result.applied, result.dead_lettered) == (0, 1)
         _, field, reason, _ = backend.dead_letters()[(0, 0)]
-        assert field == "user_id" and "'mallory'" in reason and "'alice'" in reason
+        assert field == "user_id" and "'alice'" in reason and "(7 characters)" in reason
+        assert "mallory" not in reason, "the key may be another child's id"
         assert backend.projections() == {}
 
     def test_poisoned_offsets_are_dead_lettered_with_their_reason(self, backend: Backend) -> None:
@@ -416,6 +418,30 @@ class BatchRules(ABC):
         assert (result.applied, result.dead_lettered, result.erased_skipped) == (1, 0, 3)
         assert set(backend.projections()) == {"other-kid"}
         assert backend.dead_letters() == {}
+
+    def test_an_id_the_erased_child_used_stays_used_by_nobody_else(self, backend: Backend) -> None:
+        used = str(uuid.uuid4())
+        self.apply(backend, 0, records(adjusted("erased-kid", 5, event_id=used)), -1)
+        self.apply(backend, 0, records(adjusted("other-kid", 7, event_id=used), start=1), 0)
+        backend.erase("erased-kid")
+        later = records(adjusted("late-kid", 9, event_id=used.upper()), start=2)
+        result = self.apply(backend, 0, later, 1)
+        assert (result.applied, result.dead_lettered) == (0, 1)
+        assert backend.projections() == {}
+        reasons = {reason for _, _, reason, _ in backend.dead_letters().values()}
+        first_use = "event_id already applied for another user (partition 0, offset 0)"
+        assert reasons == {f"{first_use}; not applied"}, "both dead letters point at the first use"
+
+    def test_a_broken_body_that_names_the_erased_child_is_skipped_after_the_erasure(
+        self, backend: Backend
+    ) -> None:
+        cut_short = b'{"user_id": "erased-kid", "type": "turn_rec'
+        self.apply(backend, 0, records(cut_short), -1)
+        assert len(backend.dead_letters()) == 1
+        backend.erase("erased-kid")
+        assert backend.dead_letters() == {}, "the erasure finds a broken body by its user_id"
+        result = self.apply(backend, 0, records(cut_short, start=1), 0)
+        assert (result.dead_lettered, result.erased_skipped) == (0, 1)
 
     # -- batching does not matter ----------------------------------------------------------------
 

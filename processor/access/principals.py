@@ -8,11 +8,12 @@ deployments on one server never share a principal.
 - ``PREFIX-publisher`` (broker user): write to the ``events`` exchange; nothing else.
 - ``PREFIX-reader`` (broker user): read the partition streams ``events.pNNN``; nothing else.
 - ``PREFIX_processor`` (database role): apply batches (projections, event ids, dead letters,
-  checkpoints, membership); read data keys and erasures; fence stale members
+  checkpoints, membership); read data keys, erasures and erased event ids; fence stale members
   (``pg_signal_backend``).
 - ``PREFIX_api`` (database role): read the projections, checkpoints, leases and tokens; make
-  data keys (ingest); erase (delete a child's rows and key, record the erasure); see the
-  processors' sessions (``pg_read_all_stats``: who holds which lease).
+  data keys (ingest); erase (delete a child's rows and key, record the erasure and the event
+  ids the child used); see the processors' sessions (``pg_read_all_stats``: who holds which
+  lease).
 - ``PREFIX_ingest`` (database role): make and read data keys, read erasures (``just publish``).
 
 Neither database role may change the schema: migrations, topology and replay run as the
@@ -51,11 +52,12 @@ _PROCESSOR_GRANTS: Final = (
         "SELECT, INSERT, UPDATE, DELETE",
         ("checkpoints", "checkpoint_log", "members", "member_backends"),
     ),
-    ("SELECT", ("data_keys", "erasures", "alembic_version")),
+    ("SELECT", ("data_keys", "erasures", "erased_event_ids", "alembic_version")),
 )
 _API_GRANTS: Final = (
     ("SELECT, DELETE", (*_PROJECTIONS, "data_keys")),
     ("INSERT", ("data_keys", "erasures")),
+    ("SELECT, INSERT", ("erased_event_ids",)),  # ON CONFLICT (event_id) reads the index
     ("UPDATE", ("erasures",)),  # erasing an erased child again: ON CONFLICT DO UPDATE
     ("SELECT", ("erasures", "api_tokens", "members", "member_backends", "alembic_version")),
     ("SELECT, UPDATE", ("checkpoints",)),

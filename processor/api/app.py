@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -26,7 +27,11 @@ from processor.api.auth import BearerTokenAuth
 from processor.api.context import ApiContext
 from processor.api.errors import exception_handlers
 from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
+from processor.errors import loggable
+from processor.privacy.data_keys import check_kek
+from processor.privacy.keys import load_keys
 from processor.settings import Settings
+from projections.database import connect
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +100,16 @@ def serve(settings: Settings) -> None:
     """Serve the API with uvicorn on ``API_HOST:API_PORT`` until SIGINT or SIGTERM.
 
     Logging stays as ``processor.logs`` configured it; uvicorn's access log is off (the request
-    metrics count every request).
+    metrics count every request). Before serving, the key-encryption key is checked against
+    the stored data keys (when the database answers; it may come later).
+
+    Raises:
+        KeyMissing: the keys are not configured, or the stored data keys were wrapped by
+            another key-encryption key.
     """
     import uvicorn  # noqa: PLC0415 - only the serving process needs it
 
+    _check_keys(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
@@ -109,3 +120,14 @@ def serve(settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=tuning.API_SHUTDOWN_GRACE_S,
     )
+
+
+def _check_keys(settings: Settings) -> None:
+    """``privacy.data_keys.check_kek`` at start; a database that does not answer yet is logged
+    and left to the readiness probe."""
+    keys = load_keys(settings)
+    try:
+        with connect(settings.database_url) as conn:
+            check_kek(conn, keys)
+    except psycopg.OperationalError as exc:
+        log.warning("database not reachable at start (%s); keys not checked", loggable(exc))

@@ -9,6 +9,7 @@ the store recorded before (``projections.event_ids`` holds its rule, the store t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,12 +22,11 @@ from projections.event_ids import ReusedId
 from schemas.events import Event
 from schemas.validation import EventValidationError, decode_event
 
-#: Longest routing key quoted in a dead letter's reason (AMQP allows 255 bytes).
-QUOTED_KEY_CHARS: Final = 128
 #: Longest ``event_id`` kept from the body of an invalid record.
 KEPT_EVENT_ID_CHARS: Final = 64
 
 _EVENT_ID_PROBE: Final = msgspec.json.Decoder(dict[str, object])
+_STRING: Final = msgspec.json.Decoder(str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +77,19 @@ def storable(text: str) -> str:
 
 
 def readable_ids(body: bytes) -> tuple[str | None, str | None]:
-    """``(event_id, user_id)`` of an invalid body, each when it is a readable string."""
+    """``(event_id, user_id)`` of an invalid body, each when it is a readable string.
+
+    A body that is not a JSON object (cut short, say) is searched for the first
+    ``"event_id": "..."`` and ``"user_id": "..."``: a child's dead letter must be found by an
+    erasure even when its body is broken.
+    """
     try:
         decoded = _EVENT_ID_PROBE.decode(body)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply
-        return None, None
+        decoded = {
+            "event_id": _string_member(body, b"event_id"),
+            "user_id": _string_member(body, b"user_id"),
+        }
     event_id, user_id = decoded.get("event_id"), decoded.get("user_id")
     return (
         storable(event_id[:KEPT_EVENT_ID_CHARS]) if isinstance(event_id, str) else None,
@@ -89,15 +97,27 @@ def readable_ids(body: bytes) -> tuple[str | None, str | None]:
     )
 
 
+def _string_member(body: bytes, name: bytes) -> str | None:
+    """The first ``"name": "<JSON string>"`` in ``body``, decoded (None when there is none)."""
+    found = re.search(rb'"' + name + rb'"\s*:\s*("(?:[^"\\]|\\.)*")', body)
+    if found is None:
+        return None
+    try:
+        return _STRING.decode(found.group(1))
+    except msgspec.DecodeError:
+        return None
+
+
 def misrouted_reason(routing_key: str, user_id: str) -> str:
-    """Why an event published under another routing key than its ``user_id`` is dead."""
-    shown = routing_key[:QUOTED_KEY_CHARS]
-    if len(routing_key) > QUOTED_KEY_CHARS:
-        shown += "..."
+    """Why an event published under another routing key than its ``user_id`` is dead.
+
+    The key is described, not quoted: it may be another child's id, which this row (found and
+    erased by its own ``user_id``) must not carry.
+    """
     return (
-        f"routing key {shown!r} is not the user_id {user_id!r}: the key chose the partition, so "
-        "this user's events could sit in two partitions and lose their order; publish with "
-        "routing key = user_id"
+        f"the routing key ({len(routing_key)} characters) is not the user_id {user_id!r}: the "
+        "key chose the partition, so this user's events could sit in two partitions and lose "
+        "their order; publish with routing key = user_id"
     )
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from processor.applying.decode import DeadLetter
 from processor.applying.errors import CheckpointConflict, CheckpointMissing
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
-from projections.event_ids import FirstUse
+from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
 from schemas.events import Event
 
@@ -44,6 +44,8 @@ class MemoryState:
         encrypted_events: lower-cased ids of the applied events that were encrypted in the log.
         data_keys: each child's wrapped data key.
         erased: the ``Keys.user_digest`` of every erased child.
+        erased_event_ids: the first use of each id an erased child had used, by lower-cased
+            id, with ``ERASED_USER`` as its user.
         friendships: by user id.
         topics: by ``(user_id, topic)``.
         dead_letters: by ``(partition, offset)``.
@@ -55,6 +57,7 @@ class MemoryState:
     encrypted_events: set[str] = field(default_factory=set)
     data_keys: dict[str, WrappedKey] = field(default_factory=dict)
     erased: set[bytes] = field(default_factory=set)
+    erased_event_ids: dict[str, FirstUse] = field(default_factory=dict)
     friendships: dict[str, Friendship] = field(default_factory=dict)
     topics: dict[TopicKey, TopicMetrics] = field(default_factory=dict)
     dead_letters: dict[tuple[int, int], DeadLetter] = field(default_factory=dict)
@@ -87,7 +90,8 @@ class InMemoryStore:
 
     def erase(self, user_id: str, digest: bytes) -> None:
         """Forget ``user_id`` as ``privacy.erasure.erase_user`` does: rows, event ids, dead
-        letters and data key gone, counters taken down, the digest recorded."""
+        letters and data key gone, counters taken down, the digest and the child's event ids
+        recorded."""
         with self._lock:
             state = self.state
             state.erased.add(digest)
@@ -98,6 +102,7 @@ class InMemoryStore:
             for event_id, first in list(state.applied_events.items()):
                 if first.user_id == user_id:
                     del state.applied_events[event_id]
+                    state.erased_event_ids[event_id] = replace(first, user_id=ERASED_USER)
                     state.encrypted_events.discard(event_id)
                     state.checkpoints[first.partition].applied_count -= 1
             for position, letter in list(state.dead_letters.items()):
@@ -158,10 +163,11 @@ class _MemoryTransaction:
         first_seen: Mapping[str, tuple[Event, int]],
         encrypted: Set[int] = frozenset(),
     ) -> dict[str, FirstUse]:
-        applied = self._state.applied_events
+        applied, erased = self._state.applied_events, self._state.erased_event_ids
         earlier = {key: applied[key] for key in first_seen if key in applied}
+        earlier.update({key: erased[key] for key in first_seen if key in erased})
         for key, (event, offset) in first_seen.items():
-            if key not in applied:
+            if key not in earlier:
                 self._applied[key] = FirstUse(event.user_id, partition, offset)
                 if offset in encrypted:
                     self._encrypted.add(key)

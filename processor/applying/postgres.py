@@ -20,13 +20,17 @@ import psycopg
 from processor.applying import checkpoint
 from processor.applying.decode import DeadLetter
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
-from projections.event_ids import FirstUse
+from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
 from projections.tables import SENTIMENT_COLUMNS
 from schemas.events import Event
 
+# An id an erased child used (erased_event_ids, a global table) is first used by ERASED_USER.
 _EARLIER_USES: Final = """
 SELECT event_id::text, user_id, partition, log_offset FROM applied_events
+WHERE event_id = ANY(%b::uuid[])
+UNION ALL
+SELECT event_id::text, %b::text, partition, log_offset FROM erased_event_ids
 WHERE event_id = ANY(%b::uuid[])
 """
 _RECORD_EVENT_IDS: Final = """
@@ -34,6 +38,8 @@ INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occu
                             encrypted)
 SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
                      %b::timestamptz[], %b::bool[])
+     AS candidate (event_id, partition, log_offset, user_id, type, occurred_at, encrypted)
+WHERE NOT EXISTS (SELECT 1 FROM erased_event_ids e WHERE e.event_id = candidate.event_id)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
 """
@@ -179,7 +185,7 @@ class _PostgresTransaction:
         earlier = {
             event_id: FirstUse(user_id, int(earlier_partition), int(earlier_offset))
             for event_id, user_id, earlier_partition, earlier_offset in self._cur.execute(
-                _EARLIER_USES, (repeated,)
+                _EARLIER_USES, (repeated, ERASED_USER, repeated)
             )
         }
         for key in repeated:

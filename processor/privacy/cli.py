@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
+import os
 from pathlib import Path
 
 from rich.console import Console
 
 from processor.errors import ExitCode
-from processor.privacy.data_keys import rewrap_data_keys
+from processor.privacy.data_keys import check_kek, rewrap_data_keys
 from processor.privacy.erasure import erase_user
 from processor.privacy.errors import RotationRefused
-from processor.privacy.keys import KEK_FILE, init_keys, load_keys
-from processor.privacy.keys import new_key as new_key_text
+from processor.privacy.keys import (
+    KEK_FILE,
+    Keys,
+    init_keys,
+    load_keys,
+    read_key_file,
+    write_new_key,
+)
 from processor.settings import Settings
 from projections.database import connect
 
@@ -70,14 +76,17 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
 def _rotate(settings: Settings) -> int:
     """Replace the key-encryption key: re-wrap every data key, then swap the key file.
 
-    The new key is written to ``kek.key.new`` first, the data keys are re-wrapped in one
-    transaction, and only then does ``kek.key`` become the new key (the old one stays as
-    ``kek.key.retired-<kek id>``). Processors and the API must be stopped: they keep the old
-    key in memory.
+    The new key is written to ``kek.key.new`` first (mode 0600), the data keys are re-wrapped
+    in one transaction, and only then does ``kek.key`` become the new key (the old one stays as
+    ``kek.key.retired-<kek id>``). A ``kek.key.new`` left by a rotation that stopped part-way is
+    taken as the new key, never replaced: the run finishes that rotation. Processors and the
+    API must be stopped: they keep the old key in memory.
 
     Raises:
         RotationRefused: the KEK is given inline (``KEY_ENCRYPTION_KEY``), or a processor is
             running.
+        KeyMissing: the stored data keys were wrapped by a key that is neither ``kek.key`` nor
+            ``kek.key.new``.
     """
     if settings.key_encryption_key:
         raise RotationRefused(
@@ -87,6 +96,7 @@ def _rotate(settings: Settings) -> int:
     keys = load_keys(settings)
     directory = Path(settings.secrets_dir)
     current, staged = directory / KEK_FILE, directory / f"{KEK_FILE}.new"
+    retired = directory / f"{KEK_FILE}.retired-{keys.kek_id}"
     with connect(settings.database_url) as conn:
         live = conn.execute(
             "SELECT count(*) FROM members WHERE heartbeat_at > now() - make_interval(secs => %s)",
@@ -94,15 +104,17 @@ def _rotate(settings: Settings) -> int:
         ).fetchone()
         if live and live[0]:
             raise RotationRefused(f"{live[0]} processors are running: stop them and the API first")
-        new_key = new_key_text()
-        staged.write_text(new_key + "\n")
-        staged.chmod(0o600)
-        count = rewrap_data_keys(conn, keys, base64.b64decode(new_key))
-    current.rename(directory / f"{KEK_FILE}.retired-{keys.kek_id}")
-    staged.rename(current)
+        if not write_new_key(staged):
+            log.info("finishing the rotation an earlier run began (%s exists)", staged.name)
+        new_kek = read_key_file(staged)
+        check_kek(conn, keys, also=Keys(hash_key=keys.hash_key, kek=new_kek).kek_id)
+        count = rewrap_data_keys(conn, keys, new_kek)
+    if not retired.exists():  # an earlier run may have kept it already
+        os.link(current, retired)
+    staged.replace(current)  # atomic: kek.key always holds a key that opens the data keys
     log.info(
         "key-encryption key rotated: %d data keys re-wrapped; the old key is kept as %s",
         count,
-        f"{KEK_FILE}.retired-{keys.kek_id}",
+        retired.name,
     )
     return ExitCode.OK

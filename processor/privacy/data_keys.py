@@ -3,7 +3,9 @@ sealing events with them before they are published.
 
 A child's key is made once: concurrent first events of the same child race on
 ``INSERT ... ON CONFLICT DO NOTHING`` and all read the one row that won. An erased child gets no
-key again: ``seal_events`` refuses its events (``UserErased``) before anything is written.
+key again: a key is made under the child's advisory lock, which an erasure takes too, after a
+look at the erasures; ``seal_events`` refuses an erased child's events (``UserErased``) before
+anything is written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import psycopg
 from processor.privacy.crypto import encrypt_event, new_data_key, unwrap_data_key, wrap_data_key
 from processor.privacy.errors import KeyMissing, UserErased
 from processor.privacy.keys import Keys
+from projections.advisory_locks import CHILD_CLASS, child_lock_key
 
 _SELECT: Final = "SELECT user_id, wrapped_key FROM data_keys WHERE user_id = ANY(%s::text[])"
 _INSERT: Final = (
@@ -24,13 +27,24 @@ _INSERT: Final = (
     "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::text[]) ON CONFLICT (user_id) DO NOTHING"
 )
 _ERASED: Final = "SELECT user_digest FROM erasures WHERE user_digest = ANY(%s::bytea[])"
+#: One child lock after the other, in key order (callers pass sorted keys), so two
+#: transactions never wait for each other crosswise.
+_LOCK_CHILDREN: Final = (
+    "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int[]) WITH ORDINALITY AS u(k, n) "
+    "ORDER BY n"
+)
 _USER: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _STRING: Final = msgspec.json.Decoder(str)
 
 
-def check_kek(conn: psycopg.Connection, keys: Keys) -> None:
+def check_kek(conn: psycopg.Connection, keys: Keys, also: str = "") -> None:
     """Refuse to work with a key-encryption key other than the one that wrapped the stored
     data keys: every encrypted event would otherwise look unopenable and be dead-lettered.
+
+    Args:
+        conn: a connection to the deployment's database.
+        keys: the keys this process loaded.
+        also: the id of one more key that may have wrapped data keys (a rotation's new key).
 
     Raises:
         KeyMissing: data keys were wrapped by another KEK (names both ids; no key is shown).
@@ -38,7 +52,8 @@ def check_kek(conn: psycopg.Connection, keys: Keys) -> None:
     found = sorted(
         str(row[0])
         for row in conn.execute(
-            "SELECT DISTINCT kek_id FROM data_keys WHERE kek_id <> %s", (keys.kek_id,)
+            "SELECT DISTINCT kek_id FROM data_keys WHERE kek_id <> ALL(%s::text[])",
+            ([keys.kek_id, also or keys.kek_id],),
         )
     )
     if found:
@@ -63,20 +78,42 @@ def ensure_data_keys(
 ) -> dict[str, bytes]:
     """The data key of each of ``users``, made (and stored wrapped) for those that have none.
 
+    Keys are made in one transaction that holds each new child's advisory lock
+    (``projections.advisory_locks.CHILD_CLASS``, also taken by an erasure) and checks the
+    erasures under it: a key is never made for a child whose erasure committed. On a
+    connection in a transaction already, that transaction is a savepoint and the locks are held
+    until the caller commits.
+
     Raises:
-        DecryptionFailed: a stored key was wrapped by another key-encryption key.
+        UserErased: a child without a key was erased (no key was made for any of ``users``).
+        KeyMissing: keys are to be made, and the stored ones were wrapped by another
+            key-encryption key (``check_kek``; nothing was written).
+        DecryptionFailed: a stored key does not open with ``keys.kek``.
     """
     wanted = sorted(set(users))
     if not wanted:
         return {}
-    check_kek(conn, keys)
     stored = _read(conn, wanted)
     missing = [user for user in wanted if user not in stored]
     if missing:
-        wrapped = [wrap_data_key(keys.kek, new_data_key(), user) for user in missing]
-        conn.execute(_INSERT, (missing, wrapped, [keys.kek_id] * len(missing)))
-        stored.update(_read(conn, missing))  # the winners of any race, ours or not
+        stored.update(_make(conn, missing, keys))
     return {user: unwrap_data_key(keys.kek, stored[user], user) for user in wanted}
+
+
+def _make(conn: psycopg.Connection, users: list[str], keys: Keys) -> dict[str, bytes]:
+    """Store new wrapped keys for ``users`` (or read the winners of a race); see
+    ``ensure_data_keys``. Checking the KEK after the insert, in its transaction, closes the
+    race with a rotation: ``rewrap_data_keys`` locks the table, so either it re-wraps this
+    insert too or this check sees its new key id and rolls back."""
+    lock_keys = sorted({child_lock_key(keys.user_digest(user)) for user in users})
+    with conn.transaction():
+        conn.execute(_LOCK_CHILDREN, (CHILD_CLASS, lock_keys))
+        if erased_users(conn, users, keys):
+            raise UserErased("some of the children were erased: no data key is made for them")
+        wrapped = [wrap_data_key(keys.kek, new_data_key(), user) for user in users]
+        conn.execute(_INSERT, (users, wrapped, [keys.kek_id] * len(users)))
+        check_kek(conn, keys)
+        return _read(conn, users)  # ours, or those of a transaction that won a race
 
 
 def _read(conn: psycopg.Connection, users: list[str]) -> dict[str, bytes]:
@@ -105,7 +142,8 @@ def seal_events(conn: psycopg.Connection, bodies: Sequence[bytes], keys: Keys) -
     """Encrypt the ``data`` of valid event bodies with their children's data keys.
 
     Args:
-        conn: an autocommit connection to the deployment's database.
+        conn: an autocommit connection to the deployment's database (keys are made in a
+            transaction of their own: see ``ensure_data_keys``).
         bodies: valid events (validated by the caller).
         keys: the hash key (finds erased children) and the key-encryption key.
 
@@ -115,35 +153,51 @@ def seal_events(conn: psycopg.Connection, bodies: Sequence[bytes], keys: Keys) -
     Raises:
         UserErased: some events are of erased children; nothing was sealed (its ``indexes``
             attribute names them).
+        KeyMissing, DecryptionFailed: as ``ensure_data_keys``.
     """
     users = [user_of(body) for body in bodies]
-    erased = erased_users(conn, users, keys)
+    try:
+        erased = erased_users(conn, users, keys)
+        if not erased:
+            data_keys = ensure_data_keys(conn, users, keys)
+    except UserErased:  # an erasure committed meanwhile
+        erased = erased_users(conn, users, keys)
     if erased:
         indexes = tuple(i for i, user in enumerate(users) if user in erased)
         raise UserErased(f"{len(indexes)} events are of erased children", indexes)
-    data_keys = ensure_data_keys(conn, users, keys)
     return [encrypt_event(body, data_keys[user]) for body, user in zip(bodies, users, strict=True)]
 
 
 def rewrap_data_keys(conn: psycopg.Connection, keys: Keys, new_kek: bytes) -> int:
     """Wrap every data key with ``new_kek`` instead of ``keys.kek``, in one transaction.
 
+    The table is locked (``EXCLUSIVE``: reads go on, no key is made meanwhile). Keys already
+    wrapped by ``new_kek`` are left alone, so a rotation that stopped after its commit can be
+    run again with the same new key.
+
     Returns:
         How many data keys were re-wrapped.
 
     Raises:
-        DecryptionFailed: a data key does not open with the current key-encryption key
-            (nothing was changed).
+        DecryptionFailed: a data key opens with neither key (nothing was changed).
     """
     rotated = Keys(hash_key=keys.hash_key, kek=new_kek)
     with conn.transaction():
+        conn.execute("LOCK TABLE data_keys IN EXCLUSIVE MODE")
         rows = conn.execute(
-            "SELECT user_id, wrapped_key FROM data_keys ORDER BY user_id FOR UPDATE"
+            "SELECT user_id, wrapped_key FROM data_keys WHERE kek_id <> %s ORDER BY user_id",
+            (rotated.kek_id,),
         ).fetchall()
-        for user_id, wrapped in rows:
-            data_key = unwrap_data_key(keys.kek, bytes(wrapped), user_id)
-            conn.execute(
+        with conn.cursor() as cur:
+            cur.executemany(
                 "UPDATE data_keys SET wrapped_key = %s, kek_id = %s WHERE user_id = %s",
-                (wrap_data_key(new_kek, data_key, user_id), rotated.kek_id, user_id),
+                [
+                    (
+                        wrap_data_key(new_kek, unwrap_data_key(keys.kek, bytes(w), u), u),
+                        rotated.kek_id,
+                        u,
+                    )
+                    for u, w in rows
+                ],
             )
     return len(rows)

@@ -3,10 +3,13 @@
 ``erase_user`` (``just erase USER``, ``DELETE /v1/users/{user_id}``):
 
 1. locks every live checkpoint row, so no batch commits meanwhile and every later batch sees
-   the erasure (``processor.applying.checkpoint.lock_all``);
+   the erasure (``processor.applying.checkpoint.lock_all``), and the child's advisory lock, so
+   no data key is made for the child meanwhile (``privacy.data_keys.ensure_data_keys``);
 2. deletes the child's friendship and topic rows, applied-event rows and dead letters, in the
    live tables and in every replay schema (shadows being built, snapshots kept after a swap),
-   and takes what it removed off the per-partition counters;
+   and takes what it removed off the per-partition counters; the child's event ids stay used
+   (``erased_event_ids``: ids and log positions, no personal data), so another child's event
+   that reused one stays a dead letter in a replay as it is live;
 3. destroys the child's data key: the child's encrypted events in the log become unreadable;
 4. records an erasure entry keyed by a keyed hash of the id, with the counts and no personal
    data.
@@ -23,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 import psycopg
 from psycopg import sql
@@ -30,6 +34,16 @@ from psycopg import sql
 from processor.applying import checkpoint
 from processor.privacy.data_keys import destroy_data_key
 from processor.privacy.keys import Keys
+from projections.advisory_locks import CHILD_CLASS, child_lock_key
+from projections.tables import REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX
+
+#: The child's event ids stay used (``projections.event_ids.ERASED_USER``): the live ones only,
+#: as live decided them; a replay finds them in this global table too.
+_KEEP_EVENT_IDS_USED: Final = """
+INSERT INTO erased_event_ids (event_id, partition, log_offset)
+SELECT event_id, partition, log_offset FROM applied_events WHERE user_id = %s
+ON CONFLICT (event_id) DO NOTHING
+"""
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,8 @@ def replay_schemas_with_tables(cur: psycopg.Cursor) -> list[str]:
     """Schemas of replay runs (``replay_...``) that hold a ``friendships`` table."""
     rows = cur.execute(
         "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relname = 'friendships' AND n.nspname LIKE 'replay\\_%%' ORDER BY 1"
+        "WHERE c.relname = 'friendships' AND starts_with(n.nspname, %s) ORDER BY 1",
+        (REPLAY_SCHEMA_PREFIX,),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -123,12 +138,14 @@ def erase_user(conn: psycopg.Connection, user_id: str, keys: Keys) -> ErasureRep
     digest = keys.user_digest(user_id)
     with conn.transaction(), conn.cursor() as cur:
         checkpoint.lock_all(cur)
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (CHILD_CLASS, child_lock_key(digest)))
         before = cur.execute(
             "SELECT erased_at FROM erasures WHERE user_digest = %s", (digest,)
         ).fetchone()
+        cur.execute(_KEEP_EVENT_IDS_USED, (user_id,))
         removed = erase_rows(cur, user_id)
         for schema in replay_schemas_with_tables(cur):
-            erase_rows(cur, user_id, schema)
+            _erase_replay_schema(conn, cur, user_id, schema)
         destroyed = destroy_data_key(cur, user_id)
         row = cur.execute(
             """
@@ -156,6 +173,26 @@ def erase_user(conn: psycopg.Connection, user_id: str, keys: Keys) -> ErasureRep
         removed=removed,
         data_key_destroyed=destroyed,
     )
+
+
+def _erase_replay_schema(
+    conn: psycopg.Connection, cur: psycopg.Cursor, user_id: str, schema: str
+) -> None:
+    """``erase_rows`` in one replay schema, which a replay may drop meanwhile.
+
+    A schema this role may not use is one whose replay is still creating it: its grants
+    (``replay.shadow.copy_grants``) come before any row, and the replay's final step erases the
+    children erased meanwhile (``purge_erased``). A schema dropped while we waited for its lock
+    had nothing left to erase.
+    """
+    usable = cur.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()
+    if not (usable and usable[0]) and not schema.endswith(REPLACED_SUFFIX):
+        return  # a swap's snapshot is made with its grants: there, the DELETE fails loudly
+    try:
+        with conn.transaction():
+            erase_rows(cur, user_id, schema)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return
 
 
 def purge_erased(cur: psycopg.Cursor, schema: str, keys: Keys) -> int:

@@ -133,12 +133,31 @@ def init_keys(settings: Settings) -> list[Path]:
         path = directory / name
         if inline or path.exists():
             continue
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue  # another process made it meanwhile
-        with os.fdopen(fd, "w") as out:
-            out.write(new_key() + "\n")
-        created.append(path)
+        if write_new_key(path):
+            created.append(path)
     return created
+
+
+def write_new_key(path: Path) -> bool:
+    """Create ``path`` (mode 0600 from the start, its folder 0700) holding a fresh key.
+
+    Returns:
+        True when this call made the file; False when it existed (it is left as it was).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False  # another process made it meanwhile, or an earlier run did
+    with os.fdopen(fd, "w") as out:
+        out.write(new_key() + "\n")
+    return True
+
+
+def read_key_file(path: Path) -> bytes:
+    """The key in ``path`` (base64, as ``write_new_key`` writes it).
+
+    Raises:
+        KeyMissing: the file is missing, unreadable or not base64.
+    """
+    return _read("", path.name, path)

@@ -70,7 +70,7 @@ def open_records(
         keys: the key-encryption key (None: none configured, nothing opens).
     """
     opened = OpenedBatch()
-    data_keys: dict[str, bytes | None] = {}
+    data_keys: dict[str, bytes | DecryptionFailed] = {}
     for record in records:
         user_id = owners.get(record.offset)
         if user_id is None:
@@ -79,8 +79,8 @@ def open_records(
             data_keys[user_id] = _unwrap(keys, wrapped.get(user_id), user_id)
         data_key = data_keys[user_id]
         try:
-            if data_key is None:
-                raise DecryptionFailed(NO_DATA_KEY)
+            if isinstance(data_key, DecryptionFailed):
+                raise data_key
             opened.plaintexts[record.offset] = decrypt_event(record.body, data_key)
         except DecryptionFailed as exc:
             opened.unopened[record.offset] = str(exc)
@@ -96,13 +96,16 @@ def open_batch(store: BatchStore, records: Sequence[LogRecord], keys: Keys) -> O
     return open_records(records, owners, wrapped, keys)
 
 
-def _unwrap(keys: Keys | None, wrapped: WrappedKey | None, user_id: str) -> bytes | None:
+def _unwrap(
+    keys: Keys | None, wrapped: WrappedKey | None, user_id: str
+) -> bytes | DecryptionFailed:
+    """The child's data key, or why there is none (the dead letters' reason)."""
     if keys is None or wrapped is None:
-        return None
+        return DecryptionFailed(NO_DATA_KEY)
     try:
         return unwrap_data_key(keys.kek, wrapped[0], user_id)
-    except DecryptionFailed:
-        return None
+    except DecryptionFailed as exc:
+        return exc
 
 
 @dataclass

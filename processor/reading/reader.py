@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from processor import tuning
+from processor.errors import loggable
 from processor.reading.chunks import ChunkEntry, chunk_records
 from processor.reading.client import MAX_SUBSCRIPTIONS, StreamConnection, stream_connection
 from processor.reading.log_record import LogRecord
@@ -308,7 +309,9 @@ class StreamReader:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the connection broke under the pump
-            log.warning("reading %s stopped (%s); reconnecting", stream_name(partition), exc)
+            log.warning(
+                "reading %s stopped (%s); reconnecting", stream_name(partition), loggable(exc)
+            )
             self._connection_lost.set()
 
     def _stop_pump(self, partition: int) -> None:
@@ -328,7 +331,9 @@ class StreamReader:
             # subscription that reuses the id.
             await connection.unsubscribe(subscription_id)
         except Exception as exc:  # noqa: BLE001 - a failed unsubscribe means a broken connection
-            log.warning("unsubscribing %s failed (%s); reconnecting", stream_name(partition), exc)
+            log.warning(
+                "unsubscribing %s failed (%s); reconnecting", stream_name(partition), loggable(exc)
+            )
             self._connection_lost.set()
 
 

@@ -31,7 +31,7 @@ from processor.reading.probes import read_tail_offsets
 from processor.reading.ranges import LogRange, read_log_ranges
 from processor.settings import Settings
 from projections.database import connect
-from projections.event_ids import FirstUse, first_occurrences, judge_event_ids
+from projections.event_ids import ERASED_USER, FirstUse, first_occurrences, judge_event_ids
 from projections.fold import (
     Friendship,
     clamp_score,
@@ -100,10 +100,21 @@ class HistoryBuilder:
     """Folds one user's records out of whole partitions (feed each partition in log order)."""
 
     def __init__(
-        self, user_id: str, opener: Callable[[Sequence[LogRecord]], OpenedBatch] | None = None
+        self,
+        user_id: str,
+        opener: Callable[[Sequence[LogRecord]], OpenedBatch] | None = None,
+        erased_ids: Mapping[str, FirstUse] | None = None,
     ) -> None:
+        """
+        Args:
+            user_id: the user whose lines are kept.
+            opener: opens a batch's encrypted records (None: they stay closed, dead letters).
+            erased_ids: the ids erased children used (``erased_event_ids``), by lower-cased
+                id: they stay used, as in a batch (``projections.event_ids.ERASED_USER``).
+        """
         self.history = History(user_id)
         self._opener = opener
+        self._erased_ids = dict(erased_ids or {})
         self._seen: dict[int, dict[str, FirstUse]] = {}
 
     def take(self, partition: int, records: Sequence[LogRecord]) -> None:
@@ -114,7 +125,13 @@ class HistoryBuilder:
         """
         history = self.history
         history.records_scanned += len(records)
-        seen = self._seen.setdefault(partition, {})
+        if partition not in self._seen:
+            self._seen[partition] = {
+                key: first
+                for key, first in self._erased_ids.items()
+                if first.partition == partition
+            }
+        seen = self._seen[partition]
         opened = self._opener(records) if self._opener is not None else OpenedBatch()
         decoded = decode_records(partition, records, opened.unopened, opened.plaintexts)
         candidates = first_occurrences(decoded.valid)
@@ -134,7 +151,7 @@ class HistoryBuilder:
             if reuse.event.user_id == history.user_id:
                 first = reuse.first
                 note = (
-                    f"dead letter: event_id already applied for {first.user_id!r} "
+                    "dead letter: event_id already applied for another user "
                     f"at offset {first.offset}"
                 )
                 by_offset[reuse.offset] = (reuse.event, note)
@@ -178,6 +195,16 @@ def user_partitions(conn: psycopg.Connection, user_id: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def erased_ids(conn: psycopg.Connection, partitions: Sequence[int]) -> dict[str, FirstUse]:
+    """The ids erased children used in ``partitions`` (``erased_event_ids``), by lower-cased id."""
+    rows = conn.execute(
+        "SELECT event_id::text, partition, log_offset FROM erased_event_ids "
+        "WHERE partition = ANY(%s::int[])",
+        (list(partitions),),
+    ).fetchall()
+    return {str(e).lower(): FirstUse(ERASED_USER, int(p), int(o)) for e, p, o in rows}
+
+
 def read_user_history(
     settings: Settings,
     user_id: str,
@@ -200,7 +227,9 @@ def read_user_history(
     size = tuning.HISTORY_BATCH_SIZE
     with connect(settings.database_url) as conn:
         store = PostgresStore(conn)
-        builder = HistoryBuilder(user_id, lambda records: open_batch(store, records, keys))
+        builder = HistoryBuilder(
+            user_id, lambda records: open_batch(store, records, keys), erased_ids(conn, chosen)
+        )
         read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
     builder.history.lines.sort(key=lambda line: (line.partition, line.offset))
     builder.history.partitions_scanned = tuple(chosen)

@@ -39,6 +39,7 @@ from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.checkpoint import read_checkpoints
 from processor.applying.postgres import PostgresStore
+from processor.errors import loggable
 from processor.privacy.data_keys import check_kek
 from processor.privacy.erasure import purge_erased
 from processor.privacy.keys import load_keys
@@ -57,7 +58,6 @@ from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift
 from processor.replay.options import ReplayOptions, ReplayReport
 from processor.replay.progress import ReplayProgress
 from processor.replay.shadow import (
-    REPLACED_SUFFIX,
     analyze,
     connect_shadow,
     create_shadow,
@@ -74,6 +74,7 @@ from processor.replay.shadow import (
 from processor.settings import Settings
 from projections import advisory_locks
 from projections.database import connect
+from projections.tables import REPLACED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -308,11 +309,14 @@ class _Run:
                     self.checkpoints = before
                     if attempt == self.options.swap_attempts:
                         raise SwapRefused(
-                            f"could not lock the live tables in {attempt} attempts ({exc}); "
+                            f"could not lock the live tables in {attempt} attempts "
+                            f"({loggable(exc)}); "
                             "nothing changed, try again when readers are quieter"
                         ) from exc
                     log.warning(
-                        "swap attempt %d could not take its locks (%s); retrying", attempt, exc
+                        "swap attempt %d could not take its locks (%s); retrying",
+                        attempt,
+                        loggable(exc),
                     )
                     time.sleep(tuning.SWAP_RETRY_WAIT_S * attempt)
         finally:

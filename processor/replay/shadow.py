@@ -30,15 +30,11 @@ from processor.applying import checkpoint
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.replay.errors import SchemaDrift
 from projections.database import alembic_config, connect, sqlalchemy_url
-from projections.tables import GLOBAL_TABLES, metadata
+from projections.tables import GLOBAL_TABLES, REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX, metadata
 
 #: The projection tables a swap replaces (the checkpoints stay: their values are equal). A new
 #: projection table joins this list and ``processor.replay.compare.TABLES``.
 SWAPPED_TABLES: Final = ("friendships", "topic_metrics", "applied_events", "dead_letters")
-#: Prefix of every schema replay creates.
-SCHEMA_PREFIX: Final = "replay_"
-#: Suffix of the schema that keeps the tables a swap replaced.
-REPLACED_SUFFIX: Final = "_replaced"
 
 
 def new_run_id() -> str:
@@ -48,12 +44,12 @@ def new_run_id() -> str:
 
 def shadow_schema(run_id: str) -> str:
     """The shadow schema of a run: ``replay_<id>``."""
-    return f"{SCHEMA_PREFIX}{run_id}"
+    return f"{REPLAY_SCHEMA_PREFIX}{run_id}"
 
 
 def replaced_schema(run_id: str) -> str:
     """Where a swap puts the tables it replaced: ``replay_<id>_replaced``."""
-    return f"{SCHEMA_PREFIX}{run_id}{REPLACED_SUFFIX}"
+    return f"{REPLAY_SCHEMA_PREFIX}{run_id}{REPLACED_SUFFIX}"
 
 
 def live_schema(conn: psycopg.Connection) -> str:
@@ -150,7 +146,7 @@ def copy_grants(cur: psycopg.Cursor, source: str, target: str) -> None:
 
 def drop_schema(database_url: str, schema: str) -> None:
     """Drop a replay schema and everything in it (no error when it is gone already)."""
-    if not schema.startswith(SCHEMA_PREFIX):
+    if not schema.startswith(REPLAY_SCHEMA_PREFIX):
         raise ValueError(f"refusing to drop {schema!r}: not a replay schema")
     with connect(database_url) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -161,7 +157,7 @@ def replay_schemas(conn: psycopg.Connection) -> list[str]:
     ``_replaced`` snapshots of past swaps)."""
     rows = conn.execute(
         "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s ORDER BY nspname",
-        (SCHEMA_PREFIX.replace("_", r"\_") + "%",),
+        (REPLAY_SCHEMA_PREFIX.replace("_", r"\_") + "%",),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -218,7 +214,9 @@ JOIN pg_class c ON c.oid = k.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)
 UNION ALL
-SELECT 'privileges ' || c.relname || ' ' || coalesce(c.relacl::text, 'default')
+SELECT 'privileges ' || c.relname || ' '
+       || coalesce((SELECT string_agg(item::text, ',' ORDER BY item::text)
+                    FROM unnest(c.relacl) item), 'default')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)
 """
@@ -233,7 +231,8 @@ def _shape(conn: psycopg.Connection, schema: str, tables: Iterable[str]) -> set[
 
 def schema_differences(conn: psycopg.Connection, live: str, shadow: str) -> list[str]:
     """How the live tables differ from the shadow's (columns with types, nullability and
-    defaults; indexes; constraints; privileges), as readable lines; empty when they match."""
+    defaults; indexes; constraints; privileges, in any order), as readable lines; empty when
+    they match."""
     live_shape = _shape(conn, live, SWAPPED_TABLES)
     shadow_shape = _shape(conn, shadow, SWAPPED_TABLES)
     return [f"only live has {d}" for d in sorted(live_shape - shadow_shape)] + [
@@ -315,6 +314,7 @@ def swap_tables(
                 )
             )
         checkpoint.copy_checkpoints(cur, live, replaced)
+        copy_grants(cur, live, replaced)  # an erasure by the API role reaches the snapshot
         checkpoint.take_counters(cur, live, shadow)
 
 

@@ -20,6 +20,7 @@ from processor.settings import Settings, stream_name
 from processor.status import PartitionStatus, read_partition_status, wait_for_zero_lag
 from projections.database import connect
 from testkit.events import EPOCH, RATINGS, TOPICS, outgoing, synthetic_events
+from testkit.privacy import record_output
 from testkit.processes import processor_process, stored_projections
 from testkit.services import settings_env
 
@@ -136,8 +137,12 @@ def stream_producer(settings: Settings) -> Producer:
 def run_command(
     args: Sequence[str], env: dict[str, str], *, cwd: Path | None = None, timeout_s: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m processor ARGS`` with ``env``; stdout and stderr captured as text."""
-    return subprocess.run(
+    """``python -m processor ARGS`` with ``env``; stdout and stderr captured as text.
+
+    Its stderr (the log) joins the running test's check for personal data
+    (``testkit.privacy.record_output``); stdout is the command's answer to its caller.
+    """
+    result = subprocess.run(
         [sys.executable, "-m", "processor", *args],
         env=env,
         cwd=cwd,
@@ -146,6 +151,8 @@ def run_command(
         timeout=timeout_s,
         check=False,
     )
+    record_output(f"python -m processor {args[0] if args else ''} (stderr)", result.stderr)
+    return result
 
 
 __all__ = [

@@ -32,7 +32,7 @@ class PostgresBackend(Backend):
         with self.conn.transaction():
             self.conn.execute(
                 "TRUNCATE friendships, topic_metrics, applied_events, dead_letters, "
-                "checkpoint_log, data_keys, erasures"
+                "checkpoint_log, data_keys, erasures, erased_event_ids"
             )
             self.conn.execute(
                 "UPDATE checkpoints SET committed_offset = -1, lease_epoch = 0, owner = NULL, "

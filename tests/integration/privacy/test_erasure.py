@@ -16,8 +16,11 @@ import pytest
 from litestar.testing import TestClient
 
 from processor.api import create_app
+from processor.applying.postgres import PostgresStore
 from processor.privacy.crypto import envelope_of
 from processor.privacy.keys import load_keys
+from processor.privacy.opening import NO_DATA_KEY, open_batch
+from processor.reading.log_record import LogRecord
 from processor.settings import Settings
 from projections.database import connect
 from testkit.privacy import leaks
@@ -101,6 +104,7 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
     refused = 0
     erased = threading.Event()
     lock = threading.Lock()
+    poster_errors: list[BaseException] = []
 
     def post(bodies: list[bytes]) -> int:
         response = api.post("/v1/events", content=b"[" + b",".join(bodies) + b"]", headers=ingest)
@@ -116,6 +120,12 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
         child_event = json.loads(first[0])["event_id"]
 
         def keep_posting() -> None:
+            try:
+                post_while_erasing()
+            except BaseException as exc:
+                poster_errors.append(exc)
+
+        def post_while_erasing() -> None:
             nonlocal refused
             for second in range(5, 60):
                 others = [completed(u, second) for u in OTHERS[: 1 + second % len(OTHERS)]]
@@ -138,6 +148,9 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
         erased.set()  # from here on a 409 is expected (the erasure may commit any moment)
         erasure = api.delete(f"/v1/users/{CHILD}", headers=admin)
         poster.join(60)
+        assert not poster.is_alive(), "the ingest kept hanging after the erasure"
+        if poster_errors:
+            raise poster_errors[0]
         assert erasure.status_code == 200, erasure.text
         report = erasure.json()
         assert report["removed"]["applied_events"] >= 40 and report["data_key_destroyed"]
@@ -173,7 +186,11 @@ def test_an_erased_child_is_gone_everywhere_and_stays_gone(
     assert len(encrypted) >= 40
     assert all(SECRET_TOPIC.encode() not in body for body in encrypted)
     assert tables_naming(settings, CHILD)["data_keys"] == 0
-    assert keys.user_ref(CHILD) not in "".join(b.decode() for b in child_entries)
+    records = [LogRecord(offset, b) for offset, b in enumerate(encrypted)]
+    with connect(settings.database_url) as conn:
+        opened = open_batch(PostgresStore(conn), records, keys)
+    assert not opened.plaintexts and set(opened.unopened) == set(range(len(encrypted)))
+    assert {reason for reason in opened.unopened.values()} == {NO_DATA_KEY}
 
     # Projections equal the fold of the others' accepted events; replay agrees, and swaps
     # in a rebuild without the child.
@@ -216,3 +233,33 @@ def test_the_erasure_report_counts_the_childs_events_published_in_plain_text(
     assert report["plain_events_in_log"] == 4
     again = api.delete("/v1/users/kid-mixed", headers=admin).json()
     assert again["already_erased"] and again["removed"]["applied_events"] == 0
+
+
+def test_an_id_the_erased_child_used_stays_used_live_and_in_a_replay(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Another child's event reusing the erased child's event id was dead-lettered live; it
+    stays a dead letter, and a replay (which skips the erased child) decides the same."""
+    reused = json.loads(turn(CHILD, 1))["event_id"]
+
+    def with_reused_id(body: bytes) -> bytes:
+        return json.dumps({**json.loads(body), "event_id": reused}).encode()
+
+    with processor_process(settings, tmp_path / "processor.log"):
+        publish(settings, outgoing([with_reused_id(turn(CHILD, 2))]))
+        drain(settings)  # the child's use comes first (the partitions may differ)
+        publish(settings, outgoing([with_reused_id(turn("kid-reuser", 3))]))
+        drain(settings)
+        erased = run_command(["erase", CHILD], settings_env(settings))
+        assert erased.returncode == 0, erased.stderr
+        publish(settings, outgoing([with_reused_id(turn("kid-late", 4))]))
+        drain(settings)
+
+    with connect(settings.database_url) as conn:
+        dead = conn.execute("SELECT user_id, reason FROM dead_letters ORDER BY user_id").fetchall()
+    assert [user for user, _ in dead] == ["kid-late", "kid-reuser"]
+    assert all("another user (partition" in reason and CHILD not in reason for _, reason in dead)
+    assert count(settings, "SELECT count(*) FROM erased_event_ids") == 1
+    verify = run_command(["replay", "--verify"], settings_env(settings))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "identical" in verify.stdout

@@ -6,9 +6,11 @@ import threading
 from pathlib import Path
 
 from processor.privacy.crypto import decrypt_event
-from processor.privacy.data_keys import ensure_data_keys, seal_events
-from processor.privacy.keys import init_keys, load_keys, new_key
+from processor.privacy.data_keys import ensure_data_keys, rewrap_data_keys, seal_events
+from processor.privacy.errors import UserErased
+from processor.privacy.keys import init_keys, load_keys, new_key, read_key_file, write_new_key
 from processor.settings import Settings
+from projections.advisory_locks import CHILD_CLASS, child_lock_key
 from projections.database import connect
 from tests.integration.support import run_command, settings_env
 from tests.strategies import ADJUSTED, make_event
@@ -69,7 +71,7 @@ def test_a_process_with_another_kek_than_the_stored_keys_stops_with_a_clear_erro
     with connect(settings.database_url) as conn:
         ensure_data_keys(conn, ["kid-1"], load_keys(settings))
     other = settings.with_overrides(key_encryption_key=new_key())
-    for command in (["run"], ["replay", "--verify"]):
+    for command in (["run"], ["replay", "--verify"], ["api"]):
         result = run_command(command, settings_env(other), timeout_s=60)
         assert result.returncode == 2, (command, result.stderr)
         assert "wrapped by the key-encryption key" in result.stderr
@@ -95,3 +97,75 @@ def test_a_childs_data_key_is_made_once_when_first_events_race(settings: Setting
     with connect(settings.database_url) as conn:
         rows = conn.execute("SELECT count(*) FROM data_keys WHERE user_id = 'racing-kid'")
         assert rows.fetchone() == (1,)
+
+
+def test_no_data_key_is_made_for_a_child_whose_erasure_commits_meanwhile(
+    settings: Settings,
+) -> None:
+    """The ingest checks the erasures under the child's lock, which an erasure holds until it
+    commits: an erasure that commits between the check and the insert cannot be missed."""
+    keys = load_keys(settings)
+    digest = keys.user_digest("kid-racing-erasure")
+    body = make_event(
+        ADJUSTED, "kid-racing-erasure", "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"}
+    )
+    outcome: list[object] = []
+    with connect(settings.database_url) as eraser:
+        with eraser.transaction():  # an erasure in progress: the child's lock, then its row
+            eraser.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", (CHILD_CLASS, child_lock_key(digest))
+            )
+
+            def ingest() -> None:
+                with connect(settings.database_url) as conn:
+                    try:
+                        outcome.append(seal_events(conn, [body], keys))
+                    except UserErased as exc:
+                        outcome.append(exc)
+
+            ingesting = threading.Thread(target=ingest)
+            ingesting.start()
+            ingesting.join(1.0)
+            assert ingesting.is_alive(), "the ingest must wait for the erasure's lock"
+            eraser.execute(
+                "INSERT INTO erasures (user_digest, friendships, topic_rows, applied_events, "
+                "plain_events, dead_letters, data_key_destroyed) "
+                "VALUES (%s, 0, 0, 0, 0, 0, false)",
+                (digest,),
+            )
+        ingesting.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], UserErased), outcome
+    assert outcome[0].indexes == (0,)
+    with connect(settings.database_url) as conn:
+        made = conn.execute(
+            "SELECT count(*) FROM data_keys WHERE user_id = 'kid-racing-erasure'"
+        ).fetchone()
+    assert made == (0,)
+
+
+def test_a_rotation_that_stopped_part_way_is_finished_with_the_same_new_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    keyed = settings.with_overrides(
+        secrets_dir=str(tmp_path / "secrets"), hash_key="", key_encryption_key=""
+    )
+    init_keys(keyed)
+    before = load_keys(keyed)
+    body = make_event(ADJUSTED, "kid-r", "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"})
+    with connect(keyed.database_url) as conn:
+        (sealed,) = seal_events(conn, [body], before)
+    staged = tmp_path / "secrets" / "kek.key.new"
+    # The first run wrote kek.key.new and committed the re-wrap, then stopped.
+    write_new_key(staged)
+    with connect(keyed.database_url) as conn:
+        rewrap_data_keys(conn, before, read_key_file(staged))
+    staged_text = staged.read_text()
+
+    again = run_command(["keys", "rotate"], settings_env(keyed))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "secrets" / "kek.key").read_text() == staged_text, "the staged key won"
+    assert not staged.exists()
+    after = load_keys(keyed)
+    with connect(keyed.database_url) as conn:
+        data_key = ensure_data_keys(conn, ["kid-r"], after)["kid-r"]
+    assert decrypt_event(sealed, data_key) == body

@@ -9,7 +9,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.event_ids import FirstUse, judge_event_ids
+from projections.event_ids import ERASED_USER, FirstUse, judge_event_ids
 from schemas.events import Event
 from schemas.validation import decode_event
 from tests.strategies import make_event
@@ -63,7 +63,7 @@ def test_the_verdict_does_not_depend_on_batch_boundaries(
     assert judge_in_batches(log, cuts) == judge_in_batches(log, list(range(len(log))))
 
 
-def test_a_reused_id_in_the_same_batch_is_dead_lettered_naming_the_first_user() -> None:
+def test_a_reused_id_in_the_same_batch_is_dead_lettered_naming_the_first_use() -> None:
     # Regression: in one batch the second copy (another user) was counted as a duplicate,
     # while in a later batch it was dead-lettered.
     log = [(adjusted("kid-a", IDS[0]), 0), (adjusted("kid-b", IDS[0]), 1)]
@@ -72,7 +72,8 @@ def test_a_reused_id_in_the_same_batch_is_dead_lettered_naming_the_first_user() 
     assert verdict.duplicates == 0
     assert len(verdict.reused) == 1
     assert verdict.reused[0].offset == 1
-    assert "'kid-a', partition 5, offset 0" in verdict.reused[0].reason
+    assert "(partition 5, offset 0)" in verdict.reused[0].reason
+    assert "kid-a" not in verdict.reused[0].reason
 
 
 def test_a_repeat_for_the_same_user_is_a_duplicate_in_or_across_batches() -> None:
@@ -87,4 +88,13 @@ def test_an_id_first_used_in_another_partition_wins_there() -> None:
     earlier = {IDS[0]: FirstUse("kid-a", 3, 4)}
     verdict = judge_event_ids(1, [(adjusted("kid-b", IDS[0]), 9)], earlier)
     assert verdict.to_apply == []
-    assert "'kid-a', partition 3, offset 4" in verdict.reused[0].reason
+    assert "(partition 3, offset 4)" in verdict.reused[0].reason
+
+
+def test_an_id_an_erased_child_used_is_another_users_for_everyone() -> None:
+    event = adjusted("kid-b", IDS[0])
+    earlier = {IDS[0]: FirstUse(ERASED_USER, 2, 7)}
+    verdict = judge_event_ids(2, [(event, 9)], earlier)
+    assert not verdict.to_apply and not verdict.repeated
+    assert [r.offset for r in verdict.reused] == [9]
+    assert "(partition 2, offset 7)" in verdict.reused[0].reason

@@ -66,7 +66,7 @@ def test_clamping_duplicates_and_dead_letters_are_marked_in_log_order() -> None:
         (7, None),
     ]
     assert lines[0].note == "clamped from -5"
-    assert lines[2].note == "dead letter: event_id already applied for 'other' at offset 1"
+    assert lines[2].note == "dead letter: event_id already applied for another user at offset 1"
     assert lines[3].note.startswith("dead letter: ")
     assert lines[4].note == "clamped from -70"
     assert lines[5].note == "duplicate of offset 0: no effect"

@@ -1,0 +1,43 @@
+"""Opening a batch's encrypted records: each that does not open says why."""
+
+from __future__ import annotations
+
+import secrets
+
+from processor.privacy.crypto import encrypt_event, new_data_key, wrap_data_key
+from processor.privacy.keys import Keys
+from processor.privacy.opening import NO_DATA_KEY, encrypted_users, open_records
+from processor.reading.log_record import LogRecord
+from tests.strategies import ADJUSTED, make_event
+
+
+def adjusted(user: str) -> bytes:
+    return make_event(ADJUSTED, user, "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"})
+
+
+def test_each_record_that_does_not_open_names_its_reason() -> None:
+    keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    other_kek = secrets.token_bytes(32)
+    good_key, other_key = new_data_key(), new_data_key()
+    bodies = {
+        "kid-good": adjusted("kid-good"),
+        "kid-other-kek": adjusted("kid-other-kek"),
+        "kid-no-key": adjusted("kid-no-key"),
+    }
+    records = [
+        LogRecord(0, encrypt_event(bodies["kid-good"], good_key)),
+        LogRecord(1, encrypt_event(bodies["kid-other-kek"], other_key)),
+        LogRecord(2, encrypt_event(bodies["kid-no-key"], new_data_key())),
+        LogRecord(3, adjusted("kid-plain")),
+    ]
+    wrapped = {
+        "kid-good": (wrap_data_key(keys.kek, good_key, "kid-good"), keys.kek_id),
+        "kid-other-kek": (wrap_data_key(other_kek, other_key, "kid-other-kek"), "another"),
+    }
+    opened = open_records(records, encrypted_users(records), wrapped, keys)
+    assert opened.plaintexts == {0: bodies["kid-good"]}
+    assert opened.unopened == {
+        1: "the data key does not open with this key-encryption key",
+        2: NO_DATA_KEY,
+    }
+    assert opened.encrypted == {0, 1, 2}
