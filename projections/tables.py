@@ -141,6 +141,9 @@ dead_letters: Final = Table(
     Column("dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # The body's user_id when readable, so an erasure finds the child's dead letters.
     Column("user_id", Text, nullable=True),
+    # The routing key of an event published under another key than its user_id: the key may be
+    # another child's id, so that child's erasure finds the row and takes the key out of it.
+    Column("routing_key", Text, nullable=True),
     UniqueConstraint("partition", "log_offset", name="dead_letters_partition_offset_key"),
     Index("dead_letters_event_id_idx", "event_id"),
     Index("dead_letters_user_id_idx", "user_id"),

@@ -266,16 +266,29 @@ class BatchRules(ABC):
         assert backend.dead_letters()[(1, 0)][2] == "unreadable stream entry: zstd"
         assert backend.checkpoint(1) == (3, 1, 1)
 
-    def test_an_event_routed_by_another_key_is_dead_lettered_without_quoting_the_key(
+    def test_an_event_routed_by_another_key_is_dead_lettered_naming_both(
         self, backend: Backend
     ) -> None:
         body = turn("alice")
         result = self.apply(backend, 0, [LogRecord(0, body, routing_key="mallory")], -1)
         assert (result.applied, result.dead_lettered) == (0, 1)
         _, field, reason, _ = backend.dead_letters()[(0, 0)]
-        assert field == "user_id" and "'alice'" in reason and "(7 characters)" in reason
-        assert "mallory" not in reason, "the key may be another child's id"
+        assert field == "user_id" and "'mallory'" in reason and "'alice'" in reason
         assert backend.projections() == {}
+
+    def test_an_erased_childs_id_as_routing_key_is_taken_out_of_the_reason(
+        self, backend: Backend
+    ) -> None:
+        self.apply(backend, 0, [LogRecord(0, turn("alice"), routing_key="mallory")], -1)
+        backend.erase("mallory")
+        later = LogRecord(1, turn("alice"), routing_key="mallory")
+        result = self.apply(backend, 0, [later], 0)
+        assert (result.dead_lettered, result.erased_skipped) == (1, 0), "alice's letter stays"
+        letters = backend.dead_letters()
+        assert set(letters) == {(0, 0), (0, 1)}
+        for _, field, reason, _ in letters.values():
+            assert field == "user_id" and "mallory" not in reason
+            assert "routing key (an erased child's id) is not the user_id 'alice'" in reason
 
     def test_poisoned_offsets_are_dead_lettered_with_their_reason(self, backend: Backend) -> None:
         batch = records(turn("alice"), turn("poison"))

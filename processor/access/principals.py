@@ -12,8 +12,8 @@ deployments on one server never share a principal.
   (``pg_signal_backend``).
 - ``PREFIX_api`` (database role): read the projections, checkpoints, leases and tokens; make
   data keys (ingest); erase (delete a child's rows and key, record the erasure and the event
-  ids the child used); see the processors' sessions (``pg_read_all_stats``: who holds which
-  lease).
+  ids the child used, take its id out of other children's misrouted dead letters); see the
+  processors' sessions (``pg_read_all_stats``: who holds which lease).
 - ``PREFIX_ingest`` (database role): make and read data keys, read erasures (``just publish``).
 
 Neither database role may change the schema: migrations, topology and replay run as the
@@ -58,7 +58,9 @@ _API_GRANTS: Final = (
     ("SELECT, DELETE", (*_PROJECTIONS, "data_keys")),
     ("INSERT", ("data_keys", "erasures")),
     ("SELECT, INSERT", ("erased_event_ids",)),  # ON CONFLICT (event_id) reads the index
-    ("UPDATE", ("erasures",)),  # erasing an erased child again: ON CONFLICT DO UPDATE
+    # erasing an erased child again: ON CONFLICT DO UPDATE; taking an erased child's id out of
+    # another child's misrouted dead letter
+    ("UPDATE", ("erasures", "dead_letters")),
     ("SELECT", ("erasures", "api_tokens", "members", "member_backends", "alembic_version")),
     ("SELECT, UPDATE", ("checkpoints",)),
 )

@@ -32,6 +32,8 @@ class ErasureView(msgspec.Struct, frozen=True):
 
     ``plain_events_in_log`` counts the child's events published in plain text: their ``data``
     stays readable in the log (encrypted ones are unreadable once the data key is destroyed).
+    ``redacted_dead_letters`` counts other children's dead letters whose event was published
+    with this child's id as routing key: they stay, with the key taken out of their reason.
     """
 
     user_ref: str
@@ -40,6 +42,7 @@ class ErasureView(msgspec.Struct, frozen=True):
     removed: RemovedView
     data_key_destroyed: bool
     plain_events_in_log: int
+    redacted_dead_letters: int
 
 
 @delete(
@@ -75,4 +78,5 @@ async def delete_user(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) 
         ),
         data_key_destroyed=report.data_key_destroyed,
         plain_events_in_log=report.plain_events,
+        redacted_dead_letters=removed.redacted_dead_letters,
     )

@@ -22,6 +22,8 @@ from projections.event_ids import ReusedId
 from schemas.events import Event
 from schemas.validation import EventValidationError, decode_event
 
+#: Longest routing key quoted in a dead letter's reason (AMQP allows 255 bytes).
+QUOTED_KEY_CHARS: Final = 128
 #: Longest ``event_id`` kept from the body of an invalid record.
 KEPT_EVENT_ID_CHARS: Final = 64
 
@@ -34,7 +36,10 @@ class DeadLetter:
     """An invalid record: where it is in the log, why it is invalid and its raw bytes.
 
     ``user_id`` is the body's ``user_id`` when it is a readable string (an erasure finds the
-    child's dead letters by it, and a batch drops those of an erased child).
+    child's dead letters by it, and a batch drops those of an erased child). ``routing_key`` is
+    the key of an event published under another routing key than its ``user_id``: the key may
+    be another child's id, so an erasure of that child finds the row by it and takes it out of
+    the reason (``erased_key_reason``).
     """
 
     partition: int
@@ -44,6 +49,7 @@ class DeadLetter:
     reason: str
     raw: bytes
     user_id: str | None = None
+    routing_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,23 +115,38 @@ def _string_member(body: bytes, name: bytes) -> str | None:
 
 
 def misrouted_reason(routing_key: str, user_id: str) -> str:
-    """Why an event published under another routing key than its ``user_id`` is dead.
+    """Why an event published under another routing key than its ``user_id`` is dead: it names
+    both (docs/contract.md, "Routing"); a key longer than ``QUOTED_KEY_CHARS`` is cut."""
+    shown = routing_key[:QUOTED_KEY_CHARS]
+    if len(routing_key) > QUOTED_KEY_CHARS:
+        shown += "..."
+    return _misrouted(repr(shown), user_id)
 
-    The key is described, not quoted: it may be another child's id, which this row (found and
-    erased by its own ``user_id``) must not carry.
-    """
+
+def erased_key_reason(user_id: str) -> str:
+    """``misrouted_reason`` once the routing key's child was erased: the key is not quoted."""
+    return storable(_misrouted("(an erased child's id)", user_id))
+
+
+def _misrouted(shown_key: str, user_id: str) -> str:
     return (
-        f"the routing key ({len(routing_key)} characters) is not the user_id {user_id!r}: the "
-        "key chose the partition, so this user's events could sit in two partitions and lose "
-        "their order; publish with routing key = user_id"
+        f"routing key {shown_key} is not the user_id {user_id!r}: the key chose the partition, "
+        "so this user's events could sit in two partitions and lose their order; publish with "
+        "routing key = user_id"
     )
 
 
 def dead_letter(
-    partition: int, record: LogRecord, field_name: str, reason: str, body: bytes | None = None
+    partition: int,
+    record: LogRecord,
+    field_name: str,
+    reason: str,
+    body: bytes | None = None,
+    *,
+    routing_key: str | None = None,
 ) -> DeadLetter:
     """The dead letter of ``record`` (raw bytes as in the log; ids read from ``body``, the
-    decrypted body when there is one)."""
+    decrypted body when there is one; ``routing_key`` only for a misrouted event)."""
     event_id, user_id = readable_ids(record.body if body is None else body)
     return DeadLetter(
         partition=partition,
@@ -135,6 +156,7 @@ def dead_letter(
         reason=storable(reason),
         raw=record.body,
         user_id=user_id,
+        routing_key=None if routing_key is None else storable(routing_key),
     )
 
 
@@ -170,8 +192,11 @@ def decode_records(
             decoded.dead.append(dead_letter(partition, record, error.field, error.reason, body))
             continue
         if record.routing_key is not None and record.routing_key != event.user_id:
-            reason = misrouted_reason(record.routing_key, event.user_id)
-            decoded.dead.append(dead_letter(partition, record, "user_id", reason, body))
+            key = record.routing_key
+            reason = misrouted_reason(key, event.user_id)
+            decoded.dead.append(
+                dead_letter(partition, record, "user_id", reason, body, routing_key=key)
+            )
             continue
         decoded.valid.append((event, record.offset))
     return decoded

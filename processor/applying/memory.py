@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from processor.applying.decode import DeadLetter
 from processor.applying.errors import CheckpointConflict, CheckpointMissing
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
+from processor.privacy.opening import without_erased_key
 from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
 from schemas.events import Event
@@ -91,7 +92,7 @@ class InMemoryStore:
     def erase(self, user_id: str, digest: bytes) -> None:
         """Forget ``user_id`` as ``privacy.erasure.erase_user`` does: rows, event ids, dead
         letters and data key gone, counters taken down, the digest and the child's event ids
-        recorded."""
+        recorded, the child's id taken out of other children's misrouted dead letters."""
         with self._lock:
             state = self.state
             state.erased.add(digest)
@@ -109,6 +110,8 @@ class InMemoryStore:
                 if letter.user_id == user_id:
                     del state.dead_letters[position]
                     state.checkpoints[letter.partition].dead_lettered_count -= 1
+                else:
+                    state.dead_letters[position] = without_erased_key(letter, {user_id})
 
     def begin_lease_epoch(self, partition: int, owner: str) -> tuple[int, int]:
         """A new lease epoch for ``partition`` (``checkpoint.begin_lease_epoch``).

@@ -100,9 +100,10 @@ ON CONFLICT (user_id, topic) DO UPDATE SET
   last_discussed_at = excluded.last_discussed_at
 """
 _INSERT_DEAD_LETTERS: Final = """
-INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw, user_id)
+INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw, user_id,
+                          routing_key)
 SELECT * FROM unnest(%b::int[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::bytea[],
-                     %b::text[])
+                     %b::text[], %b::text[])
 ON CONFLICT (partition, log_offset) DO NOTHING
 """
 
@@ -264,6 +265,7 @@ class _PostgresTransaction:
                 [d.reason for d in dead],
                 [d.raw for d in dead],
                 [d.user_id for d in dead],
+                [d.routing_key for d in dead],
             ),
         )
 

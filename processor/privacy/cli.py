@@ -59,13 +59,15 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
         log.info("user ref %s was erased at %s already", report.user_ref, report.erased_at)
     log.info(
         "user ref %s erased: %d friendship rows, %d topic rows, %d applied events, %d dead "
-        "letters removed; data key %s; %d of the child's events stay readable in the log "
-        "because they were published in plain text",
+        "letters removed; %d other children's dead letters no longer name it as their routing "
+        "key; data key %s; %d of the child's events stay readable in the log because they were "
+        "published in plain text",
         report.user_ref,
         removed.friendships,
         removed.topic_rows,
         removed.applied_events,
         removed.dead_letters,
+        removed.redacted_dead_letters,
         "destroyed" if report.data_key_destroyed else "absent (none was made)",
         report.plain_events,
     )

@@ -7,7 +7,9 @@
    no data key is made for the child meanwhile (``privacy.data_keys.ensure_data_keys``);
 2. deletes the child's friendship and topic rows, applied-event rows and dead letters, in the
    live tables and in every replay schema (shadows being built, snapshots kept after a swap),
-   and takes what it removed off the per-partition counters; the child's event ids stay used
+   and takes what it removed off the per-partition counters; takes the child's id out of the
+   dead letters of other children's events published with it as routing key (the row stays,
+   its reason says "an erased child's id"); the child's event ids stay used
    (``erased_event_ids``: ids and log positions, no personal data), so another child's event
    that reused one stays a dead letter in a replay as it is live;
 3. destroys the child's data key: the child's encrypted events in the log become unreadable;
@@ -32,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from processor.applying import checkpoint
+from processor.applying.decode import erased_key_reason
 from processor.privacy.data_keys import destroy_data_key
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
@@ -55,6 +58,7 @@ class RemovedRows:
     applied_events: int = 0
     plain_events: int = 0
     dead_letters: int = 0
+    redacted_dead_letters: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ def erase_rows(cur: psycopg.Cursor, user_id: str, schema: str | None = None) -> 
     topics = delete("topic_metrics").rowcount
     applied = delete("applied_events", "partition, encrypted").fetchall()
     dead = delete("dead_letters", "partition").fetchall()
+    redacted = _redact_routing_key(cur, user_id, schema)
     applied_by: Counter[int] = Counter(int(p) for p, _ in applied)
     dead_by: Counter[int] = Counter(int(p) for (p,) in dead)
     partitions = applied_by.keys() | dead_by.keys()
@@ -113,7 +118,24 @@ def erase_rows(cur: psycopg.Cursor, user_id: str, schema: str | None = None) -> 
         applied_events=len(applied),
         plain_events=sum(1 for _, encrypted in applied if not encrypted),
         dead_letters=len(dead),
+        redacted_dead_letters=redacted,
     )
+
+
+def _redact_routing_key(cur: psycopg.Cursor, routing_key: str, schema: str | None) -> int:
+    """Take ``routing_key`` (an erased child's id) out of the dead letters of events published
+    with it as their routing key; returns how many there were."""
+    table = sql.Identifier(schema, "dead_letters") if schema else sql.Identifier("dead_letters")
+    rows = cur.execute(
+        sql.SQL("SELECT id, user_id FROM {} WHERE routing_key = %s").format(table),
+        (routing_key,),
+    ).fetchall()
+    if rows:
+        cur.executemany(
+            sql.SQL("UPDATE {} SET routing_key = NULL, reason = %s WHERE id = %s").format(table),
+            [(erased_key_reason(str(user or "")), row_id) for row_id, user in rows],
+        )
+    return len(rows)
 
 
 def replay_schemas_with_tables(cur: psycopg.Cursor) -> list[str]:
@@ -223,9 +245,11 @@ def purge_erased(cur: psycopg.Cursor, schema: str, keys: Keys) -> int:
 
 
 def _users_of(cur: psycopg.Cursor, schema: str) -> Iterable[str]:
+    """Every child ``schema`` names: by its rows, and as a dead letter's routing key."""
     query = sql.SQL(
         "SELECT user_id FROM {f} UNION SELECT user_id FROM {a} "
-        "UNION SELECT user_id FROM {d} WHERE user_id IS NOT NULL"
+        "UNION SELECT user_id FROM {d} WHERE user_id IS NOT NULL "
+        "UNION SELECT routing_key FROM {d} WHERE routing_key IS NOT NULL"
     ).format(
         f=sql.Identifier(schema, "friendships"),
         a=sql.Identifier(schema, "applied_events"),

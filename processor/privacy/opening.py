@@ -7,15 +7,17 @@ Two steps of ``processor.applying.batch.apply_batch`` (docs/contract.md, "Erasur
   dead-lettered, unless its child was erased: then its key is gone on purpose;
 - ``drop_erased``: valid events and dead letters of erased children are skipped (counted, not
   applied, not kept): the log still holds them, and neither live processing nor a replay brings
-  the child back.
+  the child back. A dead letter of another child whose routing key was an erased child's id
+  keeps its place, with the key taken out of its reason (``erased_key_reason``), as the
+  erasure did to the rows it found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 
-from processor.applying.decode import DecodedBatch
+from processor.applying.decode import DeadLetter, DecodedBatch, erased_key_reason
 from processor.applying.store import BatchStore, WrappedKey
 from processor.privacy.crypto import decrypt_event, envelope_of, is_encrypted, unwrap_data_key
 from processor.privacy.errors import DecryptionFailed
@@ -117,20 +119,35 @@ class Kept:
 
 
 def batch_users(decoded: DecodedBatch) -> set[str]:
-    """Every child a batch names: its valid events' users and its readable dead letters'."""
+    """Every child a batch names: its valid events' users, its readable dead letters', and the
+    routing keys of its misrouted events (each may be a child's id)."""
     users = {event.user_id for event, _ in decoded.valid}
-    users.update(d.user_id for d in decoded.dead if d.user_id is not None)
+    for letter in decoded.dead:
+        users.update(name for name in (letter.user_id, letter.routing_key) if name is not None)
     return users
 
 
 def drop_erased(decoded: DecodedBatch, erased_users: Iterable[str]) -> Kept:
-    """``decoded`` without the events and dead letters of ``erased_users``."""
+    """``decoded`` without the events and dead letters of ``erased_users``, and with no erased
+    child's id as a kept dead letter's routing key."""
     erased = set(erased_users)
     if not erased:
         return Kept(decoded)
     kept = DecodedBatch(
         valid=[(e, o) for e, o in decoded.valid if e.user_id not in erased],
-        dead=[d for d in decoded.dead if d.user_id is None or d.user_id not in erased],
+        dead=[
+            without_erased_key(d, erased)
+            for d in decoded.dead
+            if d.user_id is None or d.user_id not in erased
+        ],
     )
     skipped = len(decoded.valid) + len(decoded.dead) - len(kept.valid) - len(kept.dead)
     return Kept(kept, skipped)
+
+
+def without_erased_key(letter: DeadLetter, erased: Set[str]) -> DeadLetter:
+    """``letter``, or, when its routing key is one of ``erased``, the letter without the key
+    (``routing_key`` None, the reason of ``erased_key_reason``)."""
+    if letter.routing_key is None or letter.routing_key not in erased:
+        return letter
+    return replace(letter, routing_key=None, reason=erased_key_reason(letter.user_id or ""))

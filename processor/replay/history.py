@@ -23,8 +23,9 @@ import psycopg
 from processor import tuning
 from processor.applying.decode import decode_records
 from processor.applying.postgres import PostgresStore
+from processor.privacy.data_keys import erased_users
 from processor.privacy.keys import Keys
-from processor.privacy.opening import OpenedBatch, open_batch
+from processor.privacy.opening import OpenedBatch, batch_users, drop_erased, open_batch
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import ensure_log_complete
 from processor.reading.probes import read_tail_offsets
@@ -104,6 +105,7 @@ class HistoryBuilder:
         user_id: str,
         opener: Callable[[Sequence[LogRecord]], OpenedBatch] | None = None,
         erased_ids: Mapping[str, FirstUse] | None = None,
+        erased: Callable[[set[str]], set[str]] | None = None,
     ) -> None:
         """
         Args:
@@ -111,10 +113,14 @@ class HistoryBuilder:
             opener: opens a batch's encrypted records (None: they stay closed, dead letters).
             erased_ids: the ids erased children used (``erased_event_ids``), by lower-cased
                 id: they stay used, as in a batch (``projections.event_ids.ERASED_USER``).
+            erased: the erased children among the ones a batch names (None: none is); their
+                events are dropped before the event-id rule and their ids taken out of the
+                dead letters, as a batch does (``privacy.opening.drop_erased``).
         """
         self.history = History(user_id)
         self._opener = opener
         self._erased_ids = dict(erased_ids or {})
+        self._erased = erased
         self._seen: dict[int, dict[str, FirstUse]] = {}
 
     def take(self, partition: int, records: Sequence[LogRecord]) -> None:
@@ -134,6 +140,8 @@ class HistoryBuilder:
         seen = self._seen[partition]
         opened = self._opener(records) if self._opener is not None else OpenedBatch()
         decoded = decode_records(partition, records, opened.unopened, opened.plaintexts)
+        if self._erased is not None:
+            decoded = drop_erased(decoded, self._erased(batch_users(decoded))).decoded
         candidates = first_occurrences(decoded.valid)
         verdict = judge_event_ids(
             partition, decoded.valid, {key: seen[key] for key in candidates if key in seen}
@@ -215,7 +223,8 @@ def read_user_history(
 ) -> History:
     """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records.
 
-    Encrypted events are opened with their children's data keys, as a batch opens them.
+    Encrypted events are opened with their children's data keys, and erased children's
+    events dropped, as a batch does.
 
     Raises:
         LogTruncated: a partition's log is truncated (the history would be partial).
@@ -228,7 +237,10 @@ def read_user_history(
     with connect(settings.database_url) as conn:
         store = PostgresStore(conn)
         builder = HistoryBuilder(
-            user_id, lambda records: open_batch(store, records, keys), erased_ids(conn, chosen)
+            user_id,
+            lambda records: open_batch(store, records, keys),
+            erased_ids(conn, chosen),
+            lambda users: erased_users(conn, users, keys),
         )
         read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
     builder.history.lines.sort(key=lambda line: (line.partition, line.offset))

@@ -15,13 +15,20 @@ from psycopg import sql
 from processor.access.principals import provision, settings_as
 from processor.api import create_app
 from processor.publishing.errors import PublishingError
-from processor.publishing.publisher import publish_events
+from processor.publishing.publisher import OutgoingEvent, publish_events
 from processor.reading.errors import StreamProtocolError
 from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
 from projections.database import connect
 from testkit.services import make_token
-from tests.integration.support import drain, outgoing, processor_process, run_command, settings_env
+from tests.integration.support import (
+    drain,
+    outgoing,
+    processor_process,
+    publish,
+    run_command,
+    settings_env,
+)
 from tests.strategies import ADJUSTED, make_event
 
 
@@ -56,6 +63,8 @@ def test_the_processor_and_the_api_run_with_least_privilege(
     ):
         response = api.post("/v1/events", content=b"[" + b",".join(bodies) + b"]", headers=ingest)
         assert response.status_code == 202, response.text
+        misrouted = adjusted("kid-0", 30)  # with kid-2's id as key: the erasure edits its reason
+        publish(settings, [OutgoingEvent(json.loads(misrouted)["event_id"], "kid-2", misrouted)])
         drain(settings)
         friendship = api.get("/v1/users/kid-1/friendship", headers=admin)
         assert friendship.status_code == 200 and friendship.json()["events_applied"] == 5
@@ -65,6 +74,7 @@ def test_the_processor_and_the_api_run_with_least_privilege(
         assert len(owners) == 1 and next(iter(owners)).count(":") == 1, owners  # host:pid
         erased = api.delete("/v1/users/kid-2", headers=admin)
         assert erased.status_code == 200, erased.text
+        assert erased.json()["redacted_dead_letters"] == 1
         assert api.get("/v1/users/kid-2/friendship", headers=admin).status_code == 404
 
     verify = run_command(["replay", "--verify"], settings_env(settings))

@@ -20,6 +20,7 @@ from processor.applying.postgres import PostgresStore
 from processor.privacy.crypto import envelope_of
 from processor.privacy.keys import load_keys
 from processor.privacy.opening import NO_DATA_KEY, open_batch
+from processor.publishing.publisher import OutgoingEvent
 from processor.reading.log_record import LogRecord
 from processor.settings import Settings
 from projections.database import connect
@@ -263,3 +264,35 @@ def test_an_id_the_erased_child_used_stays_used_live_and_in_a_replay(
     verify = run_command(["replay", "--verify"], settings_env(settings))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "identical" in verify.stdout
+
+
+def test_an_erased_childs_id_as_another_events_routing_key_is_taken_out_live_and_in_a_replay(
+    settings: Settings, api: TestClient[Any], tmp_path: Path
+) -> None:
+    """A producer published another child's event with the erased child's id as routing key:
+    that dead letter stays (it is the other child's), but neither live, a replay nor
+    ``replay --user`` quotes the erased id any more."""
+    admin = {"Authorization": f"Bearer {make_token(settings, 'admin')}"}
+
+    def misrouted(second: int) -> OutgoingEvent:
+        body = turn("kid-sender", second)
+        return OutgoingEvent(json.loads(body)["event_id"], CHILD, body)
+
+    with processor_process(settings, tmp_path / "processor.log"):
+        publish(settings, [*outgoing([turn(CHILD, 1)]), misrouted(2)])
+        drain(settings)
+        report = api.delete(f"/v1/users/{CHILD}", headers=admin).json()
+        publish(settings, [misrouted(3)])
+        drain(settings)
+
+    assert report["redacted_dead_letters"] == 1
+    with connect(settings.database_url) as conn:
+        dead = conn.execute("SELECT user_id, reason, routing_key FROM dead_letters").fetchall()
+    assert [(user, key) for user, _, key in dead] == [("kid-sender", None)] * 2
+    assert all(CHILD not in reason and "an erased child's id" in reason for _, reason, _ in dead)
+    verify = run_command(["replay", "--verify"], settings_env(settings))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "identical" in verify.stdout
+    history = run_command(["replay", "--user", "kid-sender"], settings_env(settings))
+    assert history.returncode == 0, history.stderr
+    assert "an erased child's id" in history.stdout and CHILD not in history.stdout

@@ -1,0 +1,44 @@
+"""Migrations over rows that older code wrote, on the real database."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import create_engine
+
+from processor.applying.decode import misrouted_reason
+from processor.settings import Settings
+from projections.database import alembic_config, connect, migrate, sqlalchemy_url
+
+
+def _downgrade(url: str, revision: str) -> None:
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_misrouted_dead_letters_of_older_code_get_their_routing_key(settings: Settings) -> None:
+    """0007 reads the key back from the reason (an erasure then finds the row); a key the
+    reason cut short, and other reasons, are left without one."""
+    _downgrade(settings.database_url, "0006")
+    long_key = "k" * 200
+    reasons = {
+        0: misrouted_reason('kid-o\'brien "x"', "kid-a"),
+        1: misrouted_reason(long_key, "kid-a"),
+        2: "missing field `user_id`",
+    }
+    with connect(settings.database_url) as conn:
+        for offset, reason in reasons.items():
+            conn.execute(
+                "INSERT INTO dead_letters (partition, log_offset, field, reason, raw, user_id) "
+                "VALUES (0, %s, 'user_id', %s, '\\x7b7d', 'kid-a')",
+                (offset, reason),
+            )
+    migrate(settings.database_url)
+    with connect(settings.database_url) as conn:
+        keys = dict(conn.execute("SELECT log_offset, routing_key FROM dead_letters").fetchall())
+    assert keys == {0: 'kid-o\'brien "x"', 1: None, 2: None}
