@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
 from typing import Final
@@ -43,15 +44,31 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 _DATA_KEY_AT: Final = re.compile(rb'"data"\s*:\s*')
+#: The members of an encrypted ``data`` object, exactly (a plain ``data`` may hold an unknown
+#: ``encryption`` field and stays plain: docs/contract.md, unknown fields are ignored).
+_SEALED_MEMBERS: Final = frozenset({"encryption", "nonce", "ciphertext"})
+
+
+def _data_members(body: bytes) -> int:
+    """How many top-level members of ``body`` (a valid JSON object) are named ``data``. A name
+    that is not spelled ``"data"`` byte for byte must hold a ``\\u`` escape, so most bodies
+    are answered by a byte search."""
+    if body.count(b'"data"') < 2 and b"\\u" not in body:  # noqa: PLR2004 - one or none
+        return body.count(b'"data"')
+    members = json.loads(body, object_pairs_hook=lambda pairs: pairs)
+    return sum(1 for name, _ in members if name == "data")
 
 
 def _with_data(body: bytes, fields: dict[str, msgspec.Raw], data: bytes) -> bytes:
     """``body`` with the value of its ``data`` field replaced by ``data``, every other byte
     kept (spacing, field order, unknown fields), so that decrypting an encrypted event gives
-    back the exact bytes the producer sent. Re-encodes the object only when the splice cannot
-    be proven right (a ``"data":`` inside another field's value that looks the same)."""
+    back the exact bytes the producer sent. Re-encodes the object when the splice cannot be
+    proven right: a ``"data":`` inside another field's value that looks the same, or a body
+    with ``data`` twice (the decoder keeps the last; a splice would leave the first one, maybe
+    a child's words, in clear text in the log, so the re-encoded object keeps the last only)."""
     old = bytes(fields["data"])
-    for match in _DATA_KEY_AT.finditer(body):
+    candidates = _DATA_KEY_AT.finditer(body) if _data_members(body) == 1 else iter(())
+    for match in candidates:
         start = match.end()
         if not body.startswith(old, start):
             continue
@@ -111,7 +128,7 @@ def envelope_of(body: bytes) -> tuple[str, str] | None:
     try:
         fields = _ENVELOPE.decode(body)
         data = _ENCRYPTED_DATA.decode(fields["data"])
-        if data.get("encryption") != SCHEME:
+        if data.keys() != _SEALED_MEMBERS or data["encryption"] != SCHEME:
             return None
         return _STRING.decode(fields["event_id"]), _STRING.decode(fields["user_id"])
     except (msgspec.DecodeError, msgspec.ValidationError, KeyError, RecursionError):

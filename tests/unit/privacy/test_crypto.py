@@ -112,3 +112,30 @@ def test_encrypting_then_decrypting_gives_back_every_byte_of_the_event() -> None
     assert sealed.startswith(b'{ "event_id" : "e-1",  "user_id":"u", "future": {"data": {"x": 1}}')
     assert b"space" not in sealed
     assert decrypt_event(sealed, key) == body
+
+
+@pytest.mark.parametrize("first_name", ['"data"', '"d\\u0061ta"'])
+def test_a_body_with_data_twice_keeps_no_clear_text_of_either(first_name: str) -> None:
+    """The decoder keeps the last ``data``; the sealed body must not keep the first in clear."""
+    key = new_data_key()
+    body = (
+        b'{"event_id":"e-2","type":"friendship.adjusted","user_id":"u",'
+        + first_name.encode()
+        + b':{"delta":1,"reason":"my secret diary"},"occurred_at":"x",'
+        b'"data":{"delta":1,"reason":"kept"}}'
+    )
+    sealed = encrypt_event(body, key)
+    assert b"secret diary" not in sealed and b"kept" not in sealed
+    assert json.loads(decrypt_event(sealed, key))["data"] == {"delta": 1, "reason": "kept"}
+
+
+def test_a_plain_data_with_an_unknown_encryption_field_stays_plain() -> None:
+    data = {
+        "conversation_id": "c",
+        "topic": "space",
+        "speaker": "child",
+        "sentiment": "sad",
+        "encryption": SCHEME,
+    }
+    body = make_event(TURN_RECORDED, "kid-1", "2024-03-01T10:00:00Z", data)
+    assert envelope_of(body) is None
