@@ -29,7 +29,7 @@ from processor.applying.engine import WorkerPool
 from processor.ownership.coordinator import Coordinator
 from processor.ownership.membership import member_id
 from processor.ownership.owner import ApplyCounters, OwnerLinks, PartitionOwner
-from processor.privacy.data_keys import check_kek
+from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.reading.feed import PartitionFeed
@@ -82,7 +82,7 @@ class Processor:
         declare_topology(self.settings)
         with connect(self.settings.database_url) as conn:
             ensure_checkpoints(conn, self.settings.partitions)
-            check_kek(conn, self.keys)
+            check_keys(conn, self.keys)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         """Own partitions and apply their batches until ``stop()``; returns the exit code (0).
@@ -171,20 +171,24 @@ class Processor:
             )
         self._coordinator.leave()
         log.info(
-            "processor %s stopped: %d events applied, %d duplicates, %d dead-lettered",
+            "processor %s stopped: %d events applied, %d duplicates, %d dead-lettered, %d of "
+            "erased children skipped",
             self.member,
             self.counters.applied,
             self.counters.duplicates,
             self.counters.dead_lettered,
+            self.counters.erased_skipped,
         )
 
     def _log_progress(self, elapsed_s: float, applied_before: int) -> None:
         rate = (self.counters.applied - applied_before) / elapsed_s if elapsed_s > 0 else 0.0
         log.info(
-            "owning %d partitions; %d events applied (%.0f/s), %d duplicates, %d dead-lettered",
+            "owning %d partitions; %d events applied (%.0f/s), %d duplicates, %d dead-lettered, "
+            "%d of erased children skipped",
             len(self.owned_partitions()),
             self.counters.applied,
             rate,
             self.counters.duplicates,
             self.counters.dead_lettered,
+            self.counters.erased_skipped,
         )

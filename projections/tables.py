@@ -198,6 +198,17 @@ erased_event_ids: Final = Table(
     Column("log_offset", BigInteger, nullable=False),
 )
 
+#: A public id of each of the deployment's keys (``processor.privacy.key_ids``): a process
+#: with another hash key or key-encryption key stops instead of missing erasures or
+#: dead-lettering every encrypted event.
+deployment_keys: Final = Table(
+    "deployment_keys",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("key_id", Text, nullable=False),
+    CheckConstraint("name IN ('hash_key', 'kek')", name="deployment_keys_name_check"),
+)
+
 #: Prefix of every schema a replay creates (``processor.replay.shadow``): shadows
 #: ``replay_<id>`` and the snapshots ``replay_<id>_replaced`` a swap keeps.
 REPLAY_SCHEMA_PREFIX: Final = "replay_"
@@ -209,6 +220,7 @@ GLOBAL_TABLES: Final = frozenset(
     {
         "api_tokens",
         "data_keys",
+        "deployment_keys",
         "erasures",
         "erased_event_ids",
         "members",

@@ -28,7 +28,7 @@ from processor.api.context import ApiContext
 from processor.api.errors import exception_handlers
 from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
 from processor.errors import loggable
-from processor.privacy.data_keys import check_kek
+from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
 from processor.settings import Settings
 from projections.database import connect
@@ -123,11 +123,11 @@ def serve(settings: Settings) -> None:
 
 
 def _check_keys(settings: Settings) -> None:
-    """``privacy.data_keys.check_kek`` at start; a database that does not answer yet is logged
+    """``privacy.key_ids.check_keys`` at start; a database that does not answer yet is logged
     and left to the readiness probe."""
     keys = load_keys(settings)
     try:
         with connect(settings.database_url) as conn:
-            check_kek(conn, keys)
+            check_keys(conn, keys)
     except psycopg.OperationalError as exc:
         log.warning("database not reachable at start (%s); keys not checked", loggable(exc))

@@ -30,6 +30,7 @@ from litestar.status_codes import (
 from litestar.types import ExceptionHandlersMap
 
 from processor.errors import ProcessorError, loggable
+from processor.privacy.errors import KeyMissing
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,17 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+def _keys_mismatch(request: Request[Any, Any, Any], exc: KeyMissing) -> Response[ErrorBody]:
+    # KeyMissing names key ids only, never a key or a child.
+    log.error("keys refused on %s %s: %s", request.method, _route(request), exc)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "keys_mismatch",
+        "this API's keys are not the deployment's (was the key-encryption key rotated while it "
+        "ran?): restart it with the deployment's keys",
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     # The traceback goes to DEBUG: an exception's text may quote a request's values.
     log.error("unhandled error on %s %s: %s", request.method, _route(request), loggable(exc))
@@ -214,6 +226,7 @@ def exception_handlers(
     return {
         ApiError: _api_error,
         HTTPException: http_exception,
+        KeyMissing: _keys_mismatch,
         sqlalchemy.exc.OperationalError: _database_unavailable,
         sqlalchemy.exc.InterfaceError: _database_unavailable,
         sqlalchemy.exc.TimeoutError: _database_unavailable,

@@ -10,9 +10,10 @@ from pathlib import Path
 from rich.console import Console
 
 from processor.errors import ExitCode
-from processor.privacy.data_keys import check_kek, rewrap_data_keys
+from processor.privacy.data_keys import rewrap_data_keys
 from processor.privacy.erasure import erase_user
 from processor.privacy.errors import RotationRefused
+from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import (
     KEK_FILE,
     Keys,
@@ -109,7 +110,7 @@ def _rotate(settings: Settings) -> int:
         if not write_new_key(staged):
             log.info("finishing the rotation an earlier run began (%s exists)", staged.name)
         new_kek = read_key_file(staged)
-        check_kek(conn, keys, also=Keys(hash_key=keys.hash_key, kek=new_kek).kek_id)
+        check_keys(conn, keys, rotating_to=Keys(hash_key=keys.hash_key, kek=new_kek).kek_id)
         count = rewrap_data_keys(conn, keys, new_kek)
     if not retired.exists():  # an earlier run may have kept it already
         os.link(current, retired)

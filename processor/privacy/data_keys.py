@@ -17,7 +17,8 @@ import msgspec
 import psycopg
 
 from processor.privacy.crypto import encrypt_event, new_data_key, unwrap_data_key, wrap_data_key
-from processor.privacy.errors import KeyMissing, UserErased
+from processor.privacy.errors import UserErased
+from processor.privacy.key_ids import check_key_ids, record_kek
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
 
@@ -35,33 +36,6 @@ _LOCK_CHILDREN: Final = (
 )
 _USER: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _STRING: Final = msgspec.json.Decoder(str)
-
-
-def check_kek(conn: psycopg.Connection, keys: Keys, also: str = "") -> None:
-    """Refuse to work with a key-encryption key other than the one that wrapped the stored
-    data keys: every encrypted event would otherwise look unopenable and be dead-lettered.
-
-    Args:
-        conn: a connection to the deployment's database.
-        keys: the keys this process loaded.
-        also: the id of one more key that may have wrapped data keys (a rotation's new key).
-
-    Raises:
-        KeyMissing: data keys were wrapped by another KEK (names both ids; no key is shown).
-    """
-    found = sorted(
-        str(row[0])
-        for row in conn.execute(
-            "SELECT DISTINCT kek_id FROM data_keys WHERE kek_id <> ALL(%s::text[])",
-            ([keys.kek_id, also or keys.kek_id],),
-        )
-    )
-    if found:
-        raise KeyMissing(
-            f"the children's data keys in this database were wrapped by the key-encryption key "
-            f"{', '.join(found)}, and this process has {keys.kek_id}: point SECRETS_DIR (or "
-            "KEY_ENCRYPTION_KEY) at the key this deployment uses"
-        )
 
 
 def erased_users(conn: psycopg.Connection, users: Iterable[str], keys: Keys) -> set[str]:
@@ -87,7 +61,8 @@ def ensure_data_keys(
     Raises:
         UserErased: a child without a key was erased (no key was made for any of ``users``).
         KeyMissing: keys are to be made, and the stored ones were wrapped by another
-            key-encryption key (``check_kek``; nothing was written).
+            key-encryption key, or another hash key is recorded (``key_ids.check_key_ids``;
+            nothing was written).
         DecryptionFailed: a stored key does not open with ``keys.kek``.
     """
     wanted = sorted(set(users))
@@ -102,9 +77,10 @@ def ensure_data_keys(
 
 def _make(conn: psycopg.Connection, users: list[str], keys: Keys) -> dict[str, bytes]:
     """Store new wrapped keys for ``users`` (or read the winners of a race); see
-    ``ensure_data_keys``. Checking the KEK after the insert, in its transaction, closes the
-    race with a rotation: ``rewrap_data_keys`` locks the table, so either it re-wraps this
-    insert too or this check sees its new key id and rolls back."""
+    ``ensure_data_keys``. Checking the key ids after the insert, in its transaction, closes
+    the race with a rotation: ``rewrap_data_keys`` locks the table and records its new KEK id,
+    so either it re-wraps this insert too or this check sees the new id and rolls back. The
+    same check refuses another hash key, with which the look at the erasures would miss."""
     lock_keys = sorted({child_lock_key(keys.user_digest(user)) for user in users})
     with conn.transaction():
         conn.execute(_LOCK_CHILDREN, (CHILD_CLASS, lock_keys))
@@ -112,7 +88,7 @@ def _make(conn: psycopg.Connection, users: list[str], keys: Keys) -> dict[str, b
             raise UserErased("some of the children were erased: no data key is made for them")
         wrapped = [wrap_data_key(keys.kek, new_data_key(), user) for user in users]
         conn.execute(_INSERT, (users, wrapped, [keys.kek_id] * len(users)))
-        check_kek(conn, keys)
+        check_key_ids(conn, keys)
         return _read(conn, users)  # ours, or those of a transaction that won a race
 
 
@@ -200,4 +176,5 @@ def rewrap_data_keys(conn: psycopg.Connection, keys: Keys, new_kek: bytes) -> in
                     for u, w in rows
                 ],
             )
+        record_kek(conn, rotated.kek_id)
     return len(rows)

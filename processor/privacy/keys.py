@@ -47,11 +47,14 @@ class Keys:
         kek: the key-encryption key (AES-256).
         kek_id: a short, public name of the KEK (hex of a hash of it), stored with each wrapped
             data key so a rotation knows which key wrapped it.
+        hash_key_id: a short, public name of the hash key, recorded in the database so a
+            process with another one stops (``privacy.key_ids``).
     """
 
     hash_key: bytes = field(repr=False)
     kek: bytes = field(repr=False)
     kek_id: str = ""
+    hash_key_id: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         if len(self.kek) != KEY_BYTES:
@@ -62,6 +65,8 @@ class Keys:
             object.__setattr__(
                 self, "kek_id", hashlib.sha256(b"kek-id" + self.kek).hexdigest()[:16]
             )
+        hash_key_id = hashlib.sha256(b"hash-key-id" + self.hash_key).hexdigest()[:16]
+        object.__setattr__(self, "hash_key_id", hash_key_id)
 
     def keyed_hash(self, purpose: str, value: str) -> bytes:
         """HMAC-SHA-256 of ``value`` under the hash key, separated by ``purpose``."""

@@ -40,8 +40,8 @@ from processor.applying.applier import PartitionApplier
 from processor.applying.checkpoint import read_checkpoints
 from processor.applying.postgres import PostgresStore
 from processor.errors import loggable
-from processor.privacy.data_keys import check_kek
 from processor.privacy.erasure import purge_erased
+from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import ensure_log_complete
@@ -118,7 +118,7 @@ class _Run:
     def prepare(self) -> dict[int, int]:
         """Live checkpoints ``L0``, log completeness, the shadow schema; returns ``L0``."""
         ensure_migrated(self.conn)
-        check_kek(self.conn, self.keys)
+        check_keys(self.conn, self.keys)
         leftovers = [s for s in replay_schemas(self.conn) if not s.endswith(REPLACED_SUFFIX)]
         if leftovers:
             log.warning(
@@ -182,7 +182,7 @@ class _Run:
             self.keys,
             threads=options.threads,
             owner=self.owner,
-            on_applied=lambda r, n: bar.advance(n, r.applied, r.duplicates, r.dead_lettered),
+            on_applied=lambda r, n: bar.advance(n, r),
             max_pending_records=options.batch_size * max(4, 2 * options.threads),
         ) as applier:
             read_log_ranges(
@@ -233,7 +233,7 @@ class _Run:
                     batch = partition_records[start : start + size]
                     result = applier.apply(store, batch)
                     self.checkpoints[partition] = applier.checkpoint
-                    bar.advance(len(batch), result.applied, result.duplicates, result.dead_lettered)
+                    bar.advance(len(batch), result)
             self.report.phases.append(bar.finish())
         reached = read_checkpoints(conn, self.shadow)
         wrong = {p: (reached.get(p), o) for p, o in live.items() if reached.get(p) != o}

@@ -5,13 +5,19 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+from litestar.testing import TestClient
+
+from processor.api import create_app
 from processor.privacy.crypto import decrypt_event
 from processor.privacy.data_keys import ensure_data_keys, rewrap_data_keys, seal_events
-from processor.privacy.errors import UserErased
+from processor.privacy.errors import KeyMissing, UserErased
+from processor.privacy.key_ids import record_kek
 from processor.privacy.keys import init_keys, load_keys, new_key, read_key_file, write_new_key
 from processor.settings import Settings
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
 from projections.database import connect
+from testkit.services import make_token
 from tests.integration.support import run_command, settings_env
 from tests.strategies import ADJUSTED, make_event
 
@@ -76,6 +82,28 @@ def test_a_process_with_another_kek_than_the_stored_keys_stops_with_a_clear_erro
         assert result.returncode == 2, (command, result.stderr)
         assert "wrapped by the key-encryption key" in result.stderr
         assert other.key_encryption_key not in result.stderr
+
+
+def test_a_process_with_another_hash_key_stops_instead_of_missing_the_erasures(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With another hash key no erasure would be found: the erased child's plain events would
+    be applied again and the child given a new data key. Every process refuses to start, and
+    the ingest makes no key."""
+    with connect(settings.database_url) as conn:
+        ensure_data_keys(conn, ["kid-1"], load_keys(settings))  # records the deployment's ids
+    other = settings.with_overrides(hash_key=new_key())
+    for command in (["run"], ["replay", "--verify"], ["api"]):
+        result = run_command(command, settings_env(other), timeout_s=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "erasures and tokens were made with the hash key" in result.stderr
+        assert other.hash_key not in result.stderr
+    body = make_event(ADJUSTED, "kid-new", "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"})
+    with connect(settings.database_url) as conn:
+        with pytest.raises(KeyMissing, match="hash key"):
+            seal_events(conn, [body], load_keys(other))
+        made = conn.execute("SELECT count(*) FROM data_keys WHERE user_id = 'kid-new'")
+        assert made.fetchone() == (0,)
 
 
 def test_a_childs_data_key_is_made_once_when_first_events_race(settings: Settings) -> None:
@@ -169,3 +197,21 @@ def test_a_rotation_that_stopped_part_way_is_finished_with_the_same_new_key(
     with connect(keyed.database_url) as conn:
         data_key = ensure_data_keys(conn, ["kid-r"], after)["kid-r"]
     assert decrypt_event(sealed, data_key) == body
+
+
+def test_an_api_left_running_across_a_rotation_answers_503_for_a_new_child(
+    settings: Settings,
+) -> None:
+    """It keeps the old KEK in memory: it refuses to make a data key under it, clearly."""
+    admin = {"Authorization": f"Bearer {make_token(settings, 'admin')}"}
+    body = make_event(ADJUSTED, "kid-after", "2024-01-01T00:00:00Z", {"delta": 1, "reason": "r"})
+    with TestClient(app=create_app(settings)) as api:
+        with connect(settings.database_url) as conn:
+            ensure_data_keys(conn, ["kid-before"], load_keys(settings))
+            record_kek(conn, "0123456789abcdef")  # what a rotation by another process records
+        response = api.post("/v1/events", content=body, headers=admin)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "keys_mismatch"
+    with connect(settings.database_url) as conn:
+        made = conn.execute("SELECT count(*) FROM data_keys WHERE user_id = 'kid-after'")
+        assert made.fetchone() == (0,)

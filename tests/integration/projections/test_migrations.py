@@ -42,3 +42,34 @@ def test_misrouted_dead_letters_of_older_code_get_their_routing_key(settings: Se
     with connect(settings.database_url) as conn:
         keys = dict(conn.execute("SELECT log_offset, routing_key FROM dead_letters").fetchall())
     assert keys == {0: 'kid-o\'brien "x"', 1: None, 2: None}
+
+
+def test_older_rows_follow_todays_erasure_rules_after_0008(settings: Settings) -> None:
+    """A reused id's reason no longer names the first child; a broken body's dead letter gets
+    its user_id; the data keys' one KEK id is recorded."""
+    _downgrade(settings.database_url, "0007")
+    old_reason = "event_id already applied for another user ('kid-x', partition 3, offset 4)"
+    with connect(settings.database_url) as conn:
+        conn.execute(
+            "INSERT INTO dead_letters (partition, log_offset, field, reason, raw, user_id) VALUES "
+            "(3, 9, 'event_id', %s, '\\x7b7d', 'kid-b'), (3, 10, '', 'not valid JSON', %s, NULL)",
+            (old_reason + "; not applied", b'{"user_id": "kid-c", "data": {'),
+        )
+        conn.execute(
+            "INSERT INTO data_keys (user_id, wrapped_key, kek_id) VALUES ('kid-b', 'x', 'k1')"
+        )
+    migrate(settings.database_url)
+    with connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT log_offset, reason, user_id FROM dead_letters ORDER BY log_offset"
+        ).fetchall()
+        recorded = conn.execute("SELECT name, key_id FROM deployment_keys").fetchall()
+    assert rows == [
+        (
+            9,
+            "event_id already applied for another user (partition 3, offset 4); not applied",
+            "kid-b",
+        ),
+        (10, "not valid JSON", "kid-c"),
+    ]
+    assert recorded == [("kek", "k1")]
