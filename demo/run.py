@@ -34,6 +34,7 @@ from processor.access.principals import provision, settings_as
 from processor.access.tokens import create_token
 from processor.applying.checkpoint import consumed_records
 from processor.privacy.data_keys import seal_events
+from processor.privacy.errors import UserErased
 from processor.privacy.keys import load_keys
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.publishing.topology import declare_topology
@@ -151,11 +152,26 @@ async def _publish(settings: Settings, events: list[OutgoingEvent], console: Con
     return time.perf_counter() - started
 
 
-def _sealed(settings: Settings, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
-    """The events with their ``data`` encrypted, as ``just publish`` and the HTTP ingest do."""
+def _sealed(settings: Settings, events: list[OutgoingEvent]) -> tuple[list[OutgoingEvent], int]:
+    """The events with their ``data`` encrypted, as ``just publish`` and the HTTP ingest do,
+    without those of children erased since an earlier demo (the ingest refuses them too).
+
+    Returns:
+        ``(sealed events, how many events of erased children were left out)``.
+    """
+    keys = load_keys(settings)
+    kept = events
     with connect(settings.database_url) as conn:
-        bodies = seal_events(conn, [event.body for event in events], load_keys(settings))
-    return [replace(event, body=body) for event, body in zip(events, bodies, strict=True)]
+        while True:
+            try:
+                bodies = seal_events(conn, [event.body for event in kept], keys)
+            except UserErased as refused:
+                left_out = set(refused.indexes)
+                kept = [event for i, event in enumerate(kept) if i not in left_out]
+                continue
+            break
+    sealed = [replace(event, body=body) for event, body in zip(kept, bodies, strict=True)]
+    return sealed, len(events) - len(kept)
 
 
 def _read_progress(settings: Settings) -> Counters:
@@ -338,12 +354,17 @@ def run_demo(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> DrainMeas
     declare_topology(settings)
     console.rule("Topical-Chat -> events")
     console.print(MAPPING_SUMMARY, highlight=False)
-    events = _sealed(
+    events, erased = _sealed(
         settings, [OutgoingEvent(e.event_id, e.user_id, e.body) for e in iter_demo_events(data_dir)]
     )
     console.print(
         f"{len(events)} events from {data_dir}, each one's data encrypted with its child's key"
     )
+    if erased:
+        console.print(
+            f"{erased} events of erased children left out: an erased child is never published "
+            "again (docs/contract.md, Erasure)"
+        )
     before = _read_progress(settings)
     publish_started = time.perf_counter()
     publish_s = asyncio.run(_publish(settings, events, console))

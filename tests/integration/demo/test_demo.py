@@ -82,6 +82,7 @@ def demo_env(
     """
     monkeypatch.chdir(tmp_path)
     env = settings_env(settings.with_overrides(api_port=_free_port()))
+    env["SECRETS_DIR"] = str(tmp_path / "secrets")  # principals.json: the keys are inline
     env["TERM"] = "dumb"
     env["COLUMNS"] = "100"
     yield env
@@ -122,6 +123,22 @@ def test_demo_then_down_again_and_again_same_totals_nothing_left_running(
     again = _command(["down"], demo_env, tmp_path)
     assert again.returncode == 0
     assert "nothing to stop" in again.stderr
+
+
+def test_the_demo_runs_again_after_one_of_its_children_was_erased(
+    demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    first = _command(["demo"], demo_env, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    erased = _command(["erase", "child-025"], demo_env, tmp_path)
+    assert erased.returncode == 0, erased.stderr
+    _command(["down"], demo_env, tmp_path)
+    again = _command(["demo"], demo_env, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "events of erased children left out" in " ".join(again.stdout.split())
+    totals = _totals(again.stdout)
+    assert totals["users (children)"] == "199", again.stdout
+    assert int(totals["events applied"]) < int(_totals(first.stdout)["events applied"])
 
 
 def test_demo_refuses_an_api_port_held_by_a_process_it_did_not_start(
