@@ -57,6 +57,8 @@ class ApplyCounters:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    #: Events and dead letters of erased children, skipped (docs/contract.md, "Erasure").
+    erased_skipped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, result: BatchResult) -> None:
@@ -65,6 +67,7 @@ class ApplyCounters:
             self.applied += result.applied
             self.duplicates += result.duplicates
             self.dead_lettered += result.dead_lettered
+            self.erased_skipped += result.erased_skipped
 
 
 @dataclass(frozen=True)
@@ -187,13 +190,15 @@ class PartitionOwner:
             return
         self._links.counters.add(result)
         log.debug(
-            "partition %d: committed offsets %d..%d (%d applied, %d duplicates, %d dead)",
+            "partition %d: committed offsets %d..%d (%d applied, %d duplicates, %d dead, "
+            "%d of erased children skipped)",
             self.partition,
             result.first_offset,
             result.last_offset,
             result.applied,
             result.duplicates,
             result.dead_lettered,
+            result.erased_skipped,
         )
 
     # -- life cycle ------------------------------------------------------------------------------

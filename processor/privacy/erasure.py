@@ -35,6 +35,7 @@ from psycopg import sql
 
 from processor.applying import checkpoint
 from processor.applying.decode import erased_key_reason
+from processor.privacy.crypto import envelope_of
 from processor.privacy.data_keys import destroy_data_key
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
@@ -71,8 +72,10 @@ class ErasureReport:
         already_erased: the child had been erased before; nothing was left to remove.
         removed: the rows the live tables lost.
         data_key_destroyed: the child had a data key, and it is gone.
-        plain_events: the child's applied events that were published in plain text: their
-            ``data`` stays readable in the log.
+        plain_events: the child's applied events and dead letters that were published in
+            plain text: their ``data`` stays readable in the log. A lower bound: events of the
+            child not yet processed at the erasure are not known here (they are skipped, and
+            counted as such, when they are read).
     """
 
     user_ref: str
@@ -106,17 +109,18 @@ def erase_rows(cur: psycopg.Cursor, user_id: str, schema: str | None = None) -> 
     friendships = delete("friendships").rowcount
     topics = delete("topic_metrics").rowcount
     applied = delete("applied_events", "partition, encrypted").fetchall()
-    dead = delete("dead_letters", "partition").fetchall()
+    dead = delete("dead_letters", "partition, raw").fetchall()
     redacted = _redact_routing_key(cur, user_id, schema)
     applied_by: Counter[int] = Counter(int(p) for p, _ in applied)
-    dead_by: Counter[int] = Counter(int(p) for (p,) in dead)
+    dead_by: Counter[int] = Counter(int(p) for p, _ in dead)
     partitions = applied_by.keys() | dead_by.keys()
     checkpoint.subtract_counts(cur, {p: (applied_by[p], dead_by[p]) for p in partitions}, schema)
     return RemovedRows(
         friendships=friendships,
         topic_rows=topics,
         applied_events=len(applied),
-        plain_events=sum(1 for _, encrypted in applied if not encrypted),
+        plain_events=sum(1 for _, encrypted in applied if not encrypted)
+        + sum(1 for _, raw in dead if envelope_of(bytes(raw)) is None),
         dead_letters=len(dead),
         redacted_dead_letters=redacted,
     )

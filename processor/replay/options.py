@@ -57,12 +57,14 @@ class ReplayReport:
 
     @property
     def replayed(self) -> Phase:
-        """All replay phases added up (records, applied, duplicates, dead letters, seconds)."""
+        """All replay phases added up (records, applied, duplicates, dead letters, erased
+        children's records skipped, seconds)."""
         total = Phase("replay")
         for phase in self.phases:
             total.records += phase.records
             total.applied += phase.applied
             total.duplicates += phase.duplicates
             total.dead_lettered += phase.dead_lettered
+            total.erased_skipped += phase.erased_skipped
             total.seconds += phase.seconds
         return total

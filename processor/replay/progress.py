@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +25,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from processor.applying.batch import BatchResult
 
 
 class _RateColumn(ProgressColumn):
@@ -43,6 +47,8 @@ class Phase:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    #: Events and dead letters of erased children, skipped (docs/contract.md, "Erasure").
+    erased_skipped: int = 0
     seconds: float = 0.0
 
     @property
@@ -113,13 +119,15 @@ class PhaseBar:
     task: TaskID | None
     started: float = field(default_factory=time.monotonic)
 
-    def advance(self, records: int, applied: int = 0, duplicates: int = 0, dead: int = 0) -> None:
-        """Count ``records`` done (of which applied, duplicates and dead-lettered)."""
+    def advance(self, records: int, result: BatchResult | None = None) -> None:
+        """Count ``records`` done (read, or applied as ``result`` counts them)."""
         with self.owner._lock:
             self.phase.records += records
-            self.phase.applied += applied
-            self.phase.duplicates += duplicates
-            self.phase.dead_lettered += dead
+            if result is not None:
+                self.phase.applied += result.applied
+                self.phase.duplicates += result.duplicates
+                self.phase.dead_lettered += result.dead_lettered
+                self.phase.erased_skipped += result.erased_skipped
             elapsed = time.monotonic() - self.started
             speed = self.phase.records / elapsed if elapsed > 0 else 0.0
         self.owner._advance(self.task, records, speed)

@@ -119,13 +119,18 @@ def _print_lines(console: Console, lines: list[str]) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
+def _skipped(count: int) -> str:
+    return f", {count:,} of erased children skipped" if count else ""
+
+
 def summary_line(report: ReplayReport) -> str:
     """The final line: totals, time and rate of the replay, and the raw read rate."""
     done = report.replayed
     partitions = len(report.checkpoints)
     line = (
         f"replay {report.mode} {report.run_id}: {done.records:,} events ({done.applied:,} applied, "
-        f"{done.duplicates:,} duplicates, {done.dead_lettered:,} dead letters) from {partitions} "
+        f"{done.duplicates:,} duplicates, {done.dead_lettered:,} dead letters"
+        f"{_skipped(done.erased_skipped)}) from {partitions} "
         f"partitions in {done.seconds:.2f} s: {rate(done.records, done.seconds)}"
     )
     raw = report.raw_read

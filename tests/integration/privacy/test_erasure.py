@@ -39,7 +39,7 @@ from tests.integration.support import (
     settings_env,
     stored_projections,
 )
-from tests.strategies import COMPLETED, TURN_RECORDED, make_event
+from tests.strategies import ADJUSTED, COMPLETED, TURN_RECORDED, make_event
 
 CHILD = "kid-to-forget"
 OTHERS = [f"kid-{i:02d}" for i in range(12)]
@@ -226,12 +226,14 @@ def test_the_erasure_report_counts_the_childs_events_published_in_plain_text(
         api.post("/v1/events", content=b"[" + b",".join(sealed) + b"]", headers=ingest).status_code
         == 202
     )
-    publish(settings, outgoing(plain))  # another producer, straight to the exchange
+    invalid = make_event(ADJUSTED, "kid-mixed", "2024-06-01T12:00:00Z", {"delta": 500})
+    publish(settings, outgoing([*plain, invalid]))  # another producer, straight to the exchange
     with processor_process(settings, tmp_path / "processor.log"):
         drain(settings)
     report = api.delete("/v1/users/kid-mixed", headers=admin).json()
     assert report["removed"]["applied_events"] == 7
-    assert report["plain_events_in_log"] == 4
+    assert report["removed"]["dead_letters"] == 1
+    assert report["plain_events_in_log"] == 5, "4 plain events and a plain dead letter"
     again = api.delete("/v1/users/kid-mixed", headers=admin).json()
     assert again["already_erased"] and again["removed"]["applied_events"] == 0
 
@@ -282,7 +284,7 @@ def test_an_erased_childs_id_as_another_events_routing_key_is_taken_out_live_and
         publish(settings, [*outgoing([turn(CHILD, 1)]), misrouted(2)])
         drain(settings)
         report = api.delete(f"/v1/users/{CHILD}", headers=admin).json()
-        publish(settings, [misrouted(3)])
+        publish(settings, [misrouted(3), *outgoing([turn(CHILD, 4)])])  # a late one of the child
         drain(settings)
 
     assert report["redacted_dead_letters"] == 1
@@ -293,6 +295,9 @@ def test_an_erased_childs_id_as_another_events_routing_key_is_taken_out_live_and
     verify = run_command(["replay", "--verify"], settings_env(settings))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "identical" in verify.stdout
+    assert "2 of erased children skipped" in " ".join(verify.stdout.split())
+    log_text = (tmp_path / "processor.log").read_text()
+    assert "dead-lettered, 1 of erased children skipped" in log_text, "the late one is counted"
     history = run_command(["replay", "--user", "kid-sender"], settings_env(settings))
     assert history.returncode == 0, history.stderr
     assert "an erased child's id" in history.stdout and CHILD not in history.stdout
