@@ -9,7 +9,8 @@ deployments on one server never share a principal.
 - ``PREFIX-reader`` (broker user): read the partition streams ``events.pNNN``; nothing else.
 - ``PREFIX_processor`` (database role): apply batches (projections, event ids, dead letters,
   checkpoints, membership); read data keys, erasures and erased event ids; fence stale members
-  (``pg_signal_backend``).
+  (``pg_terminate_backend`` of its own role's sessions: no ``pg_signal_backend``, which would
+  reach every session of the server).
 - ``PREFIX_api`` (database role): read the projections, checkpoints, leases and tokens; make
   data keys (ingest); erase (delete a child's rows and key, record the erasure and the event
   ids the child used, take its id out of other children's misrouted dead letters); see the
@@ -47,12 +48,13 @@ PRINCIPALS_FILE: Final = "principals.json"
 
 _PROJECTIONS: Final = ("friendships", "topic_metrics", "applied_events", "dead_letters")
 _PROCESSOR_GRANTS: Final = (
-    ("SELECT, INSERT, UPDATE, DELETE", _PROJECTIONS),
+    ("SELECT, INSERT, UPDATE", _PROJECTIONS),  # a batch never deletes
     (
         "SELECT, INSERT, UPDATE, DELETE",
         ("checkpoints", "checkpoint_log", "members", "member_backends"),
     ),
     ("SELECT", ("data_keys", "erasures", "erased_event_ids", "alembic_version")),
+    ("SELECT, INSERT", ("deployment_keys",)),  # the first check records the key ids
 )
 _API_GRANTS: Final = (
     ("SELECT, DELETE", (*_PROJECTIONS, "data_keys")),
@@ -63,8 +65,12 @@ _API_GRANTS: Final = (
     ("UPDATE", ("erasures", "dead_letters")),
     ("SELECT", ("erasures", "api_tokens", "members", "member_backends", "alembic_version")),
     ("SELECT, UPDATE", ("checkpoints",)),
+    ("SELECT, INSERT", ("deployment_keys",)),
 )
-_INGEST_GRANTS: Final = (("SELECT, INSERT", ("data_keys",)), ("SELECT", ("erasures",)))
+_INGEST_GRANTS: Final = (
+    ("SELECT, INSERT", ("data_keys", "deployment_keys")),
+    ("SELECT", ("erasures",)),
+)
 
 
 class ProvisioningFailed(AccessError):
@@ -203,17 +209,16 @@ def _provision_roles(settings: Settings, principals: Principals) -> None:
             conn.execute(
                 sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role)
             )
+            # Provisioning again gives exactly today's grants, none an older version gave.
+            conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role))
+            if exists:
+                conn.execute(sql.SQL("REVOKE pg_signal_backend FROM {}").format(role))
             for privileges, tables in table_grants:
                 conn.execute(
                     sql.SQL("GRANT " + privileges + " ON {} TO {}").format(
                         sql.SQL(", ").join(sql.Identifier(t) for t in tables), role
                     )
                 )
-        conn.execute(
-            sql.SQL("GRANT pg_signal_backend TO {}").format(
-                sql.Identifier(principals.role("processor"))
-            )
-        )
         # Lease holders are matched on pg_stat_activity's backend start, which PostgreSQL
         # shows a role only for its own sessions, or with pg_read_all_stats (read-only).
         conn.execute(
@@ -246,15 +251,15 @@ def provision(settings: Settings, prefix: str | None = None) -> Principals:
 
 
 def remove(settings: Settings, prefix: str | None = None) -> None:
-    """Drop the broker users and database roles of ``prefix`` (safe when they are gone).
+    """Drop the broker users and database roles of ``prefix`` (safe when they are gone), and
+    their passwords from ``SECRETS_DIR/principals.json``.
 
     Raises:
         ProvisioningFailed: the broker's management API refused or is not reachable.
         psycopg.Error: the database refused.
     """
-    principals = _load(
-        Path(settings.secrets_dir) / PRINCIPALS_FILE, prefix or default_prefix(settings)
-    )
+    path = Path(settings.secrets_dir) / PRINCIPALS_FILE
+    principals = _load(path, prefix or default_prefix(settings))
     for user in (principals.publisher, principals.reader):
         _management(settings, "DELETE", f"users/{urllib.parse.quote(user, safe='')}", None)
     with connect(settings.database_url) as conn:
@@ -264,6 +269,19 @@ def remove(settings: Settings, prefix: str | None = None) -> None:
                 with conn.transaction():
                     conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                     conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    _forget(path, principals.prefix)
+
+
+def _forget(path: Path, prefix: str) -> None:
+    """``path`` without the passwords of ``prefix`` (the file stays, mode 0600)."""
+    if not path.exists():
+        return
+    stored = json.loads(path.read_text())
+    if stored.pop(prefix, None) is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(stored, out, indent=2)
 
 
 __all__ = [

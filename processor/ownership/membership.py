@@ -13,8 +13,10 @@ row (database time, so machines' clocks do not matter). A member is:
   had open; if it wakes up, it finds its connections gone and commits nothing. The lease epoch
   in the checkpoint row is a second fence (``processor.applying.batch``).
 
-``pg_terminate_backend`` needs superuser or the ``pg_signal_backend`` role for the processor's
-database user.
+``pg_terminate_backend`` may end the sessions of the caller's own role (PostgreSQL 15,
+"Server Signaling Functions"): every processor of a deployment runs as the same database user,
+so it needs neither superuser nor ``pg_signal_backend``, which would let it end any session of
+the server.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def copy_grants(cur: psycopg.Cursor, source: str, target: str) -> None:
     shadow or a swapped-in table as they reach live, and an erasure reaches replay schemas."""
     rows = cur.execute(
         """
-        SELECT c.relname, a.grantee::regrole::text, string_agg(a.privilege_type, ', ')
+        SELECT c.relname, pg_get_userbyid(a.grantee), string_agg(a.privilege_type, ', ')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
              aclexplode(c.relacl) a
         WHERE n.nspname = %s AND c.relkind = 'r' AND a.grantee <> c.relowner AND a.grantee <> 0

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import TestClient
 from psycopg import sql
 
-from processor.access.principals import provision, settings_as
+from processor.access.principals import provision, remove, settings_as
 from processor.api import create_app
 from processor.publishing.errors import PublishingError
 from processor.publishing.publisher import OutgoingEvent, publish_events
@@ -107,9 +107,19 @@ def test_the_processor_and_the_api_run_with_least_privilege(
         assert refused(scoped, "TRUNCATE friendships")
     assert refused(as_processor, "SELECT * FROM api_tokens")
     assert refused(as_processor, "DELETE FROM data_keys")
+    assert refused(as_processor, "DELETE FROM friendships")
+    with connect(settings.database_url) as conn:
+        server_wide = conn.execute(
+            "SELECT pg_has_role(%s, 'pg_signal_backend', 'MEMBER')",
+            (principals.role("processor"),),
+        ).fetchone()
+    assert server_wide == (False,), "fencing needs no right over other deployments' sessions"
     assert refused(
         as_api, "INSERT INTO friendships (user_id, score, events_applied) VALUES ('x', 0, 0)"
     )
     assert refused(as_ingest, "SELECT * FROM friendships")
     stored = json.loads((tmp_path / "secrets" / "principals.json").read_text())
     assert set(stored) == {principals.prefix}
+    remove(settings.with_overrides(secrets_dir=str(tmp_path / "secrets")))
+    stored = json.loads((tmp_path / "secrets" / "principals.json").read_text())
+    assert stored == {}, "the removed roles' passwords stay behind"
