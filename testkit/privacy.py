@@ -22,12 +22,41 @@ PERSONAL: Final = re.compile(
 )
 
 
+#: Shortest input value looked for as such (shorter ones, ``c1`` or ``probe``, are words a log
+#: may hold for other reasons; ``PERSONAL`` covers the tests' usual shapes of any length).
+INPUT_MIN_CHARS: Final = 6
+#: Most input values kept per test (a Hypothesis test makes thousands; the first are kept).
+INPUT_MAX_VALUES: Final = 5_000
+_INPUTS: set[str] = set()
+
+
+def record_inputs(*values: object) -> None:
+    """Remember personal values of an event a test made (its ``user_id``, conversation id,
+    ``reason``), so the running test's log check looks for them exactly (``leaks``)."""
+    for value in values:
+        if (
+            isinstance(value, str)
+            and len(value) >= INPUT_MIN_CHARS
+            and len(_INPUTS) < (INPUT_MAX_VALUES)
+        ):
+            _INPUTS.add(value)
+
+
+def _inputs_pattern() -> re.Pattern[str] | None:
+    if not _INPUTS:
+        return None
+    choices = "|".join(re.escape(v) for v in sorted(_INPUTS, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.:@-])(?:{choices})(?![\w.:@-])")
+
+
 def leaks(texts: Mapping[str, str], pattern: re.Pattern[str] = PERSONAL) -> list[str]:
-    """Every line of ``texts`` (source name -> text) where ``pattern`` finds personal data."""
+    """Every line of ``texts`` (source name -> text) where ``pattern`` finds personal data, or
+    where a value of the running test's inputs (``record_inputs``) stands as a word."""
+    inputs = _inputs_pattern()
     found = []
     for source, text in texts.items():
         for number, line in enumerate(text.splitlines(), start=1):
-            match = pattern.search(line)
+            match = pattern.search(line) or (inputs.search(line) if inputs else None)
             if match:
                 found.append(f"{source}:{number}: {match.group(0)!r} in {line[:200]!r}")
     return found
@@ -81,6 +110,7 @@ def no_personal_data(tmp_path: Path) -> Iterator[None]:
     root.addHandler(records)
     root.setLevel(min(level, logging.INFO) if level else logging.INFO)
     _OUTPUTS.clear()
+    _INPUTS.clear()
     try:
         yield
     finally:
@@ -92,4 +122,5 @@ def no_personal_data(tmp_path: Path) -> Iterator[None]:
         texts[f"{source} #{number}"] = text
     _OUTPUTS.clear()
     found = leaks(texts)
+    _INPUTS.clear()
     assert not found, "personal data in the logs:\n" + "\n".join(found[:20])

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
+from testkit.privacy import record_inputs
+
 TURN_RECORDED: Final = "conversation.turn_recorded"
 COMPLETED: Final = "conversation.completed"
 ADJUSTED: Final = "friendship.adjusted"
@@ -57,7 +59,9 @@ def make_event_dict(
     data: Mapping[str, Any],
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """The event as a JSON-ready dict; a random UUID4 ``event_id`` when none is given."""
+    """The event as a JSON-ready dict; a random UUID4 ``event_id`` when none is given. Its
+    personal values join the running test's log check (``testkit.privacy.record_inputs``)."""
+    record_inputs(user_id, data.get("conversation_id"), data.get("reason"))
     return {
         "event_id": str(uuid.uuid4()) if event_id is None else event_id,
         "type": type,
