@@ -115,7 +115,7 @@ class UserProjection(msgspec.Struct, frozen=True):
 def score_delta(event: Event) -> int:
     """The score change an event asks for, before clamping (may be 0)."""
     if isinstance(event, TurnRecorded):
-        return SENTIMENT_DELTA[event.data.sentiment] if event.data.speaker == "child" else 0
+        return SENTIMENT_DELTA[event.data.sentiment.label] if event.data.speaker == "child" else 0
     if isinstance(event, ConversationCompleted):
         return RATING_DELTA[event.data.rating]
     return event.data.delta
@@ -143,7 +143,7 @@ def evolve_topic(state: TopicMetrics, event: TurnRecorded | ConversationComplete
     if isinstance(event, TurnRecorded):
         sentiment = state.sentiment
         if event.data.speaker == "child":
-            index = _SENTIMENT_INDEX[event.data.sentiment]
+            index = _SENTIMENT_INDEX[event.data.sentiment.label]
             sentiment = (*sentiment[:index], sentiment[index] + 1, *sentiment[index + 1 :])
         return TopicMetrics(
             conversations=state.conversations,

@@ -6,7 +6,10 @@ Source of every rule: docs/contract.md sections 1 and 2. The envelope fields (``
 of a msgspec tagged union: one decoder picks the right Struct and validates ``data`` with it.
 
 Schema evolution: new fields get defaults and go last; unknown fields are ignored (msgspec's
-default), which is the contract's forward-compatibility rule.
+default), which is the contract's forward-compatibility rule. A change that is not additive gets
+a new ``version`` of its type: the Structs here are each type's *current* version, and
+``schemas.upcasting`` keeps the older ones with one upcaster per step (docs/contract.md,
+"Versions").
 """
 
 from __future__ import annotations
@@ -57,13 +60,25 @@ SENTIMENTS: Final[tuple[Sentiment, ...]] = (
 RATINGS: Final[tuple[Rating, ...]] = ("excellent", "good", "passable", "not_good", "poor")
 
 
+#: How sure a sentiment classifier was of its label, 0 (a guess) to 1 (certain).
+Confidence = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class SentimentReading(msgspec.Struct, frozen=True):
+    """``data.sentiment`` of a turn since version 2: the label and the classifier's confidence
+    (0..1). Only the label changes the projections."""
+
+    label: Sentiment
+    confidence: Confidence
+
+
 class TurnRecordedData(msgspec.Struct, frozen=True):
-    """`data` of ``conversation.turn_recorded``: one turn of a conversation."""
+    """`data` of ``conversation.turn_recorded`` (version 2): one turn of a conversation."""
 
     conversation_id: ConversationId
     topic: Topic
     speaker: Speaker
-    sentiment: Sentiment
+    sentiment: SentimentReading
 
 
 class ConversationCompletedData(msgspec.Struct, frozen=True):
@@ -84,32 +99,35 @@ class FriendshipAdjustedData(msgspec.Struct, frozen=True):
 
 
 class TurnRecorded(msgspec.Struct, frozen=True, tag_field="type", tag="conversation.turn_recorded"):
-    """A conversation turn by the child or the robot."""
+    """A conversation turn by the child or the robot (version 2; version 1 is upcast)."""
 
     event_id: EventId
     user_id: UserId
     occurred_at: OccurredAt
     data: TurnRecordedData
+    version: Literal[2] = 2
 
 
 class ConversationCompleted(
     msgspec.Struct, frozen=True, tag_field="type", tag="conversation.completed"
 ):
-    """A finished conversation with its rating."""
+    """A finished conversation with its rating (version 1)."""
 
     event_id: EventId
     user_id: UserId
     occurred_at: OccurredAt
     data: ConversationCompletedData
+    version: Literal[1] = 1
 
 
 class FriendshipAdjusted(msgspec.Struct, frozen=True, tag_field="type", tag="friendship.adjusted"):
-    """An operator's or a rule's direct adjustment of the score."""
+    """An operator's or a rule's direct adjustment of the score (version 1)."""
 
     event_id: EventId
     user_id: UserId
     occurred_at: OccurredAt
     data: FriendshipAdjustedData
+    version: Literal[1] = 1
 
 
 #: Any valid event; ``type`` selects the member.

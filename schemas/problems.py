@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from schemas.events import RATINGS, SENTIMENTS, TOPIC_PATTERN, USER_ID_PATTERN, UUID_PATTERN
+from schemas.upcasting import CURRENT_VERSIONS, TURN_RECORDED, newer_version_reason
 
 #: ``(field, reason)``: the dotted path of a field (``"data.topic"``) and the rule it breaks.
 Problem = tuple[str, str]
@@ -38,8 +39,12 @@ RULES: Final[Mapping[str, str]] = {
     "data": "an object with the fields of the event's type",
     "data.conversation_id": "a string of 1 to 128 characters",
     "data.topic": "1 to 64 characters from a-z, 0-9 and _",
+    "version": "a whole number from 1 (absent: 1)",
     "data.speaker": "child or robot",
-    "data.sentiment": f"one of {', '.join(SENTIMENTS)}",
+    "data.sentiment": (
+        f"an object with label (one of {', '.join(SENTIMENTS)}) and confidence (a number from 0 "
+        "to 1)"
+    ),
     "data.turns": "a whole number from 0 to 10000",
     "data.duration_s": "a number from 0 to 86400 (seconds)",
     "data.rating": f"one of {', '.join(RATINGS)}",
@@ -118,12 +123,25 @@ _NAIVE: Final = (
 _Check = Callable[[Any], bool]
 _TOPIC_CHECK: Final[_Check] = lambda v: _string(v, _TOPIC)  # noqa: E731
 _CONVERSATION_CHECK: Final[_Check] = lambda v: _string(v, most=128)  # noqa: E731
+
+
+def _sentiment_reading(value: Any) -> bool:
+    """``data.sentiment`` of a version-2 turn: ``{"label": ..., "confidence": 0..1}``."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("label"), str)
+        and value["label"] in SENTIMENTS
+        and _number(value.get("confidence"), 0, 1)
+    )
+
+
+#: The ``data`` rules of each type at its current version.
 _DATA_CHECKS: Final[Mapping[str, Mapping[str, _Check]]] = {
     "conversation.turn_recorded": {
         "conversation_id": _CONVERSATION_CHECK,
         "topic": _TOPIC_CHECK,
         "speaker": lambda v: v in ("child", "robot"),
-        "sentiment": lambda v: isinstance(v, str) and v in SENTIMENTS,
+        "sentiment": _sentiment_reading,
     },
     "conversation.completed": {
         "conversation_id": _CONVERSATION_CHECK,
@@ -136,6 +154,17 @@ _DATA_CHECKS: Final[Mapping[str, Mapping[str, _Check]]] = {
         "delta": lambda v: _whole(v, -100, 100),
         "reason": lambda v: _string(v, most=256),
     },
+}
+#: The ``data`` rules of older versions that differ from the current ones (``schemas.upcasting``).
+_OLDER_DATA_CHECKS: Final[Mapping[tuple[str, int], Mapping[str, _Check]]] = {
+    (TURN_RECORDED, 1): {
+        **_DATA_CHECKS[TURN_RECORDED],
+        "sentiment": lambda v: isinstance(v, str) and v in SENTIMENTS,
+    },
+}
+#: The reasons of older versions' fields whose rules differ.
+_OLDER_RULES: Final[Mapping[tuple[str, int], Mapping[str, str]]] = {
+    (TURN_RECORDED, 1): {"data.sentiment": f"one of {', '.join(SENTIMENTS)}"},
 }
 _ENVELOPE_CHECKS: Final[Mapping[str, _Check]] = {
     "event_id": lambda v: _string(v, _UUID),
@@ -176,23 +205,37 @@ def _envelope_problems(value: Mapping[str, Any]) -> list[Problem]:
 
 
 def _data_problems(
-    value: Mapping[str, Any], data_checks: Mapping[str, _Check] | None
+    value: Mapping[str, Any],
+    data_checks: Mapping[str, _Check] | None,
+    rules: Mapping[str, str] = RULES,
 ) -> list[Problem]:
     problems: list[Problem] = []
     if not _check_field(problems, value, "data", "data"):
         return problems
     data = value["data"]
     if not isinstance(data, dict):
-        return [("data", RULES["data"])]
+        return [("data", rules["data"])]
     for name, check in (data_checks or {}).items():
         path = f"data.{name}"
         if _check_field(problems, data, name, path) and not check(data[name]):
-            problems.append((path, RULES[path]))
+            problems.append((path, rules[path]))
     return problems
 
 
+def _version_problems(value: Mapping[str, Any], kind: object) -> tuple[list[Problem], int]:
+    """The problems of ``version``, and the version whose ``data`` rules apply."""
+    version = value.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return [("version", RULES["version"])], 0
+    current = CURRENT_VERSIONS.get(kind) if isinstance(kind, str) else None
+    if current is not None and version > current:
+        return [("version", newer_version_reason(str(kind), version))], 0
+    return [], version
+
+
 def list_problems(value: Any) -> list[Problem]:
-    """Every contract rule the decoded JSON ``value`` breaks, in field order.
+    """Every contract rule the decoded JSON ``value`` breaks, in field order; ``data`` is
+    checked by the rules of the envelope's ``version`` (absent = 1).
 
     Returns:
         ``[(field, reason), ...]``; empty when these checks find nothing (the decoder's own
@@ -205,4 +248,9 @@ def list_problems(value: Any) -> list[Problem]:
     data_checks = _DATA_CHECKS.get(kind) if isinstance(kind, str) else None
     if _check_field(problems, value, "type", "type") and data_checks is None:
         problems.append(("type", RULES["type"]))
-    return problems + _data_problems(value, data_checks)
+    version_problems, version = _version_problems(value, kind)
+    if not version:  # which data rules apply is unknown
+        return problems + version_problems
+    older = (str(kind), version)
+    rules = {**RULES, **_OLDER_RULES.get(older, {})}
+    return problems + _data_problems(value, _OLDER_DATA_CHECKS.get(older, data_checks), rules)

@@ -5,14 +5,38 @@ from __future__ import annotations
 import codecs
 import re
 from datetime import UTC
-from typing import Final
+from typing import Any, Final, Union
 
 import msgspec
 
 from schemas.events import Event
 from schemas.problems import OUT_OF_RANGE, RULES, list_problems
+from schemas.upcasting import (
+    CURRENT_VERSIONS,
+    NEWEST_VERSION,
+    AnyVersion,
+    newer_version_reason,
+    structs_at,
+    upcast,
+)
 
-_DECODER: Final = msgspec.json.Decoder(Event)
+
+class _Probe(msgspec.Struct):
+    """The two envelope fields that choose a decoder (every other field is skipped)."""
+
+    type: Any = None
+    version: Any = 1
+
+
+#: One decoder per envelope version: the tagged union of every type's Struct at that version.
+_DECODERS: Final[dict[int, msgspec.json.Decoder[AnyVersion]]] = {
+    version: msgspec.json.Decoder(Union[structs_at(version)])  # noqa: UP007
+    for version in range(1, NEWEST_VERSION + 1)
+}
+_PROBE: Final = msgspec.json.Decoder(_Probe)
+#: A body without these bytes names no ``version``, or only with an escape (``_decoder_for``).
+_VERSION_KEY: Final = b'"version"'
+_ESCAPE: Final = b"\\u"
 _RAW_LIST_DECODER: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _ENCODER: Final = msgspec.json.Encoder()
 _ANY_DECODER: Final = msgspec.json.Decoder()
@@ -116,14 +140,15 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
         body: the message body exactly as received.
 
     Returns:
-        A frozen ``TurnRecorded``, ``ConversationCompleted`` or ``FriendshipAdjusted``.
+        A frozen ``TurnRecorded``, ``ConversationCompleted`` or ``FriendshipAdjusted``, at its
+        type's current version (older versions are upcast: ``schemas.upcasting``).
 
     Raises:
         EventValidationError: not JSON (bytes that are not UTF-8 included), not an object, a
             missing or wrongly typed field, an unknown ``type``, an out-of-range value, a naive
             timestamp or one whose instant falls outside years 1-9999 in UTC (docs/contract.md
-            section
-            4), or nesting deeper than the decoder's recursion limit.
+            section 4), nesting deeper than the decoder's recursion limit, or a ``version``
+            that is not a whole number from 1 or is newer than this code knows.
     """
     if not isinstance(body, str):
         # msgspec skips unknown fields without checking their bytes; the whole body must be UTF-8.
@@ -138,9 +163,14 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
     scanned = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if _LONG_FRACTION.search(scanned):
         body = _truncate_fractions(body)
+    probed = _VERSION_KEY in scanned
+    decoder = _decoder_for(body) if probed else _DECODERS[1]
     try:
-        event: Event = _DECODER.decode(body)
+        event = upcast(decoder.decode(body))
     except msgspec.ValidationError as exc:
+        if not probed and _ESCAPE in scanned and _decoder_for(body) is not decoder:
+            # The member's name is escaped ("\u0076ersion"): decode the body written plainly.
+            return decode_event(_ENCODER.encode(_ANY_DECODER.decode(body)))
         raise _to_validation_error(exc, body) from exc
     except msgspec.DecodeError as exc:
         raise _not_json(exc, body) from exc
@@ -148,6 +178,31 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
         raise EventValidationError("", TOO_DEEP) from exc
     _check_utc_range(event)
     return event
+
+
+def _decoder_for(body: bytes | bytearray | str) -> Any:
+    """The decoder of the body's envelope ``version`` (absent = 1; ``schemas.upcasting``).
+
+    A body that cannot be probed (not JSON, not an object) gets version 1's decoder, whose
+    error then describes it. ``decode_event`` skips this probe for a body without
+    ``"version"`` in its bytes: version 1's Structs refuse any other version (``Literal[1]``),
+    so an escaped name is seen on that error path.
+
+    Raises:
+        EventValidationError: ``version`` is not a whole number from 1, or is newer than this
+            code knows for the event's type.
+    """
+    try:
+        probe = _PROBE.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return _DECODERS[1]
+    version, kind = probe.version, probe.type
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise EventValidationError("version", RULES["version"])
+    current = CURRENT_VERSIONS.get(kind) if isinstance(kind, str) else None
+    if current is not None and version > current:
+        raise EventValidationError("version", newer_version_reason(kind, version))
+    return _DECODERS[min(version, NEWEST_VERSION)]
 
 
 def _check_utc_range(event: Event) -> None:

@@ -73,13 +73,18 @@ def _new_topic() -> dict[str, Any]:
 
 def reference_fold(
     events: Iterable[bytes | str | Mapping[str, Any] | msgspec.Struct],
+    child_turn_delta: Mapping[str, int] = CHILD_TURN_DELTA,
 ) -> dict[str, dict[str, Any]]:
     """Fold valid events, in log order, into one projection per user.
 
     Args:
-        events: valid events as JSON bodies, JSON dicts or decoded ``schemas`` events. An event
-            whose ``event_id`` (compared as a UUID, so case-insensitive) was already seen is
-            ignored, as the processor does for a redelivery.
+        events: valid events as JSON bodies, JSON dicts or decoded ``schemas`` events, of any
+            version (a turn's ``sentiment`` is a label in version 1, ``{"label", "confidence"}``
+            from version 2). An event whose ``event_id`` (compared as a UUID, so
+            case-insensitive) was already seen is ignored, as the processor does for a
+            redelivery.
+        child_turn_delta: the score change of a child turn by label (the contract's by
+            default; a test of a rule change passes its own).
 
     Returns:
         ``{user_id: {"score", "level", "events_applied", "last_event_at", "topics": {topic:
@@ -107,8 +112,10 @@ def reference_fold(
             topic = user["topics"].setdefault(data["topic"], _new_topic())
             topic["turns"] += 1
             if data["speaker"] == "child":
-                topic["sentiment"][data["sentiment"]] += 1
-                delta = CHILD_TURN_DELTA[data["sentiment"]]
+                sentiment = data["sentiment"]
+                label = sentiment["label"] if isinstance(sentiment, Mapping) else sentiment
+                topic["sentiment"][label] += 1
+                delta = child_turn_delta[label]
         elif kind == "conversation.completed":
             topic = user["topics"].setdefault(data["topic"], _new_topic())
             topic["conversations"] += 1

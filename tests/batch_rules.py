@@ -290,6 +290,21 @@ class BatchRules(ABC):
             assert field == "user_id" and "mallory" not in reason
             assert "routing key (an erased child's id) is not the user_id 'alice'" in reason
 
+    def test_versions_1_and_2_apply_alike_and_an_unknown_newer_one_is_a_dead_letter(
+        self, backend: Backend
+    ) -> None:
+        v2 = json.loads(turn("alice", "sad"))
+        v2["version"] = 2
+        v2["data"]["sentiment"] = {"label": "sad", "confidence": 0.4}
+        v3 = {**json.loads(turn("alice")), "version": 3}
+        bodies = [turn("alice", "happy"), json.dumps(v2).encode(), json.dumps(v3).encode()]
+        result = self.apply(backend, 0, records(*bodies), -1)
+        assert (result.applied, result.dead_lettered) == (2, 1)
+        assert backend.projections() == reference_fold(bodies[:2])
+        _, field, reason, raw = backend.dead_letters()[(0, 2)]
+        assert field == "version" and raw == bodies[2]
+        assert "version 3 of conversation.turn_recorded is newer than this processor" in reason
+
     def test_poisoned_offsets_are_dead_lettered_with_their_reason(self, backend: Backend) -> None:
         batch = records(turn("alice"), turn("poison"))
         result = self.apply(backend, 0, batch, -1, poisoned={1: "the database rejected this event"})

@@ -82,7 +82,7 @@ class History:
 def _detail(event: Event) -> str:
     if isinstance(event, TurnRecorded):
         data = event.data
-        return f"{data.topic}: {data.speaker} {data.sentiment}"
+        return f"{data.topic}: {data.speaker} {data.sentiment.label}"
     if isinstance(event, ConversationCompleted):
         return f"{event.data.topic}: {event.data.rating}, {event.data.turns} turns"
     assert isinstance(event, FriendshipAdjusted)

@@ -304,7 +304,7 @@ def test_sentiment_and_speaker_mapping(tmp_path: Path) -> None:
         "disgusted",
     ]
     speakers = {"agent_1": "robot", "agent_2": "child"}
-    assert [(e.data.speaker, e.data.sentiment) for e in decoded] == [
+    assert [(e.data.speaker, e.data.sentiment.label) for e in decoded] == [
         (speakers[agent], expected[labels.index(label)]) for agent, label in turns
     ]
     assert set(SENTIMENT_MAP.values()) == set(SENTIMENTS)

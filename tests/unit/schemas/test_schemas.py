@@ -63,7 +63,7 @@ def test_accepts_turn_recorded() -> None:
     assert event.user_id == "alice"
     assert event.occurred_at == datetime(2024, 5, 1, 5, 30, tzinfo=UTC)
     assert (event.data.conversation_id, event.data.topic) == ("conv-1", "space")
-    assert (event.data.speaker, event.data.sentiment) == ("child", "curious")
+    assert (event.data.speaker, event.data.sentiment.label) == ("child", "curious")
 
 
 def test_accepts_conversation_completed() -> None:

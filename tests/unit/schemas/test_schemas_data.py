@@ -115,7 +115,7 @@ def test_speaker_rejected(speaker: object) -> None:
 
 @pytest.mark.parametrize("label", SENTIMENT_LABELS)
 def test_every_sentiment_label_accepted(label: str) -> None:
-    assert accepted(TURN_RECORDED, "sentiment", label) == label
+    assert accepted(TURN_RECORDED, "sentiment", label).label == label
 
 
 @pytest.mark.parametrize(
