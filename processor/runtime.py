@@ -10,7 +10,10 @@ How the parts relate (README "Partitions, threads and processes", docs/architect
   read by the one ``StreamReader`` of the process, and its applier;
 - its *threads* are a ``WorkerPool``: a worker takes an owner whose batch is ready and applies
   it in one transaction. A partition never runs on two threads at once, so threads add
-  concurrency across partitions, never inside one.
+  concurrency across partitions, never inside one;
+- its *fold versions* (``processor.versions``): owners fold with the version the live tables
+  are at; a process whose rules are newer builds its version in the background and swaps it
+  in, and a process that meets a version it does not know stops.
 """
 
 from __future__ import annotations
@@ -34,8 +37,12 @@ from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.reading.feed import PartitionFeed
 from processor.reading.reader import StreamReader
-from processor.settings import Settings
+from processor.settings import Settings, SettingsError
+from processor.versions.builder import ProjectionBuilder
+from processor.versions.builds import VersionPlan, live_fold_version, plan
+from processor.versions.errors import FoldVersionUnknown
 from projections.database import connect, migrate
+from projections.rules import load_rule_versions
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +56,19 @@ class Processor:
 
     Raises:
         KeyMissing: the hash key or the key-encryption key is not configured.
+        SettingsError: ``FOLD_RULES`` names no valid fold versions.
     """
 
     def __init__(self, settings: Settings, member: str | None = None) -> None:
         self.settings = settings
         self.member = member or member_id()
         self.keys = load_keys(settings)
+        try:
+            self.rules = load_rule_versions(settings.fold_rules)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+        self.versions: VersionPlan | None = None
+        self._fatal: FoldVersionUnknown | None = None
         self.counters = ApplyCounters()
         self._stop = threading.Event()
         self._reader = StreamReader(settings, name=f"friendship-stream {self.member}")
@@ -72,17 +86,30 @@ class Processor:
         )
 
     def prepare(self) -> None:
-        """Migrate the database, declare the topology, create the checkpoint rows and check
-        that the key-encryption key is the one that wrapped the stored data keys.
+        """Migrate the database, declare the topology, create the checkpoint rows, check the
+        keys and decide what to do about fold versions (``processor.versions.plan``).
 
         Raises:
             KeyMissing: the stored data keys were wrapped by another key-encryption key.
+            FoldVersionUnknown: the live projections are at a fold version this code cannot
+                serve.
         """
         migrate(self.settings.database_url)
         declare_topology(self.settings)
+        current = self.rules.current.version
         with connect(self.settings.database_url) as conn:
-            ensure_checkpoints(conn, self.settings.partitions)
+            ensure_checkpoints(conn, self.settings.partitions, fold_version=current)
             check_keys(conn, self.keys)
+            self.versions = plan(live_fold_version(conn, current), self.rules)
+        if self.versions.build is not None:
+            log.info(
+                "the live projections are at fold version %d, this processor's rule is %d: "
+                "serving %d while %d is built beside it",
+                self.versions.live_version,
+                current,
+                self.versions.live_version,
+                current,
+            )
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         """Own partitions and apply their batches until ``stop()``; returns the exit code (0).
@@ -93,10 +120,14 @@ class Processor:
         Raises:
             MemberIdInUse: another live process joined with this member id.
             psycopg.Error: the database cannot be reached at the start.
+            FoldVersionUnknown: a partition's projections moved to a fold version this code
+                does not know (a newer processor swapped it in): this one stopped writing.
         """
         self._coordinator.join()
         self._reader.start()
         self._pool.start()
+        if self.versions is not None and self.versions.build is not None:
+            ProjectionBuilder(self.settings, self.versions.build, self.member, self._stop).start()
         settings = self.settings
         log.info(
             "processor %s started: %d partitions, %d threads, batch %d events / %.3f s",
@@ -112,6 +143,8 @@ class Processor:
             self._loop()
         finally:
             self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
 
     def stop(self) -> None:
@@ -135,9 +168,21 @@ class Processor:
             self._stop.wait(self.settings.lease_interval_s)
 
     def _make_owner(
-        self, partition: int, conn: psycopg.Connection, checkpoint: int, epoch: int
-    ) -> PartitionOwner:
-        """The owner of a partition whose lease ``conn`` just took (not reading yet)."""
+        self, partition: int, conn: psycopg.Connection, checkpoint: int, epoch: int, version: int
+    ) -> PartitionOwner | None:
+        """The owner of a partition whose lease ``conn`` just took (not reading yet), folding
+        with the partition's fold ``version``; None, and the process stops, when this code does
+        not know that version."""
+        rules = self.rules.get(version)
+        if rules is None:
+            self._fatal = FoldVersionUnknown(
+                f"partition {partition}: the projections are at fold version {version} now; this "
+                f"processor knows {self.rules.describe()}: it stops writing (deploy the processor "
+                "that knows the new version)"
+            )
+            log.error("%s", self._fatal)
+            self._stop.set()
+            return None
         settings = self.settings
         owner: PartitionOwner | None = None
 
@@ -154,7 +199,9 @@ class Processor:
             on_ready=wake,
             first_offset_probe=self._reader.first_offset,
         )
-        applier = PartitionApplier(partition, checkpoint, self.member, self.keys, lease_epoch=epoch)
+        applier = PartitionApplier(
+            partition, checkpoint, self.member, self.keys, lease_epoch=epoch, rules=rules
+        )
         owner = PartitionOwner(
             conn, applier, feed, batch_size=settings.batch_size, links=self._links
         )

@@ -37,6 +37,7 @@ ENV_SECRETS_DIR: Final = "SECRETS_DIR"
 ENV_HASH_KEY: Final = "HASH_KEY"
 ENV_KEY_ENCRYPTION_KEY: Final = "KEY_ENCRYPTION_KEY"
 ENV_METRICS_PUBLIC: Final = "METRICS_PUBLIC"
+ENV_FOLD_RULES: Final = "FOLD_RULES"
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -171,6 +172,9 @@ class Settings:
         key_encryption_key: base64 of the 32-byte key that wraps each child's data key;
             empty: ``secrets_dir/kek.key``.
         metrics_public: serve the API's ``/metrics`` without a token.
+        fold_rules: where the fold versions come from: empty for the built-in ones
+            (``projections.rules.BUILT_IN``), or ``module:attribute`` naming a sequence of
+            ``FoldRules`` (a rule change rehearsed before it ships; see README "Changing a rule").
         stream_username, stream_password: credentials for the stream protocol when they differ
             from ``amqp_url``'s (the API publishes as one broker user and reads the log's tails
             as another; empty: ``amqp_url``'s).
@@ -195,6 +199,7 @@ class Settings:
     hash_key: str = field(default="", repr=False)
     key_encryption_key: str = field(default="", repr=False)
     metrics_public: bool = False
+    fold_rules: str = ""
     stream_username: str = ""
     stream_password: str = field(default="", repr=False)
     amqp: AmqpEndpoint = field(init=False)
@@ -238,6 +243,7 @@ class Settings:
             hash_key=source.get(ENV_HASH_KEY, ""),
             key_encryption_key=source.get(ENV_KEY_ENCRYPTION_KEY, ""),
             metrics_public=_bool(source, ENV_METRICS_PUBLIC, defaults.metrics_public),
+            fold_rules=source.get(ENV_FOLD_RULES, ""),
             stream_username=source.get(ENV_STREAM_USERNAME, ""),
             stream_password=source.get(ENV_STREAM_PASSWORD, ""),
         )

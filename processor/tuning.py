@@ -110,3 +110,14 @@ API_DB_CONNECT_TIMEOUT_S: Final = 5
 API_STATEMENT_TIMEOUT_MS: Final = 15_000
 #: Seconds uvicorn gives requests in flight at shutdown.
 API_SHUTDOWN_GRACE_S: Final = 10
+
+# -- fold versions (processor.versions) ------------------------------------------------------
+
+#: Most children whose rebuilt rows are checked against the pure fold before a new fold version
+#: is swapped in (all of them when there are fewer).
+BUILD_CHECK_USERS: Final = 2_000
+#: Seconds between two records of a build's progress in ``projection_builds``.
+BUILD_PROGRESS_EVERY_S: Final = 1.0
+#: Seconds a processor waits before it tries again to build a new fold version when another
+#: build or ``replay --swap`` holds the swap lock, or a build failed.
+BUILD_RETRY_S: Final = 30.0

@@ -4,11 +4,16 @@ A user's projection is the left fold of that user's events in log order. It has 
 the storage layer keeps in two tables: the friendship (one per user) and the topic metrics (one per
 user and topic). ``evolve_friendship`` and ``evolve_topic`` are the two halves of ``evolve`` and
 are what the batch applier calls, so live processing, replay and tests share one rule set.
+
+The scoring rule is data: a ``FoldRules`` with a version number that changes with any rule
+change (``projections.rules`` keeps the versions a deployment knows). Every function here takes
+the rules to fold with; ``CONTRACT_RULES`` (version 1, docs/contract.md section 2) by default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -55,6 +60,38 @@ LEVELS: Final[tuple[tuple[int, str], ...]] = (
     (0, "stranger"),
 )
 _SENTIMENT_INDEX: Final = {label: i for i, label in enumerate(SENTIMENTS)}
+
+
+@dataclass(frozen=True)
+class FoldRules:
+    """One version of the scoring rule.
+
+    Attributes:
+        version: the fold version, a whole number that grows with every rule change; the live
+            tables record the version that built them (``processor.applying.checkpoint``).
+        sentiment_delta: score change of a child turn, by sentiment label (points).
+        rating_delta: score change of a completed conversation, by rating (points).
+        description: what changed, in words (shown by ``just status``).
+    """
+
+    version: int
+    sentiment_delta: Mapping[Sentiment, int]
+    rating_delta: Mapping[Rating, int]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ValueError(f"a fold version is a whole number from 1, not {self.version}")
+        if set(self.sentiment_delta) != set(SENTIMENTS):
+            raise ValueError(f"fold version {self.version}: a delta for every sentiment label")
+        if set(self.rating_delta) != set(RATING_DELTA):
+            raise ValueError(f"fold version {self.version}: a delta for every rating")
+
+
+#: The rule of docs/contract.md section 2: fold version 1.
+CONTRACT_RULES: Final = FoldRules(
+    1, SENTIMENT_DELTA, RATING_DELTA, "docs/contract.md section 2 (the first rule)"
+)
 
 
 def level_of(score: int) -> str:
@@ -112,12 +149,14 @@ class UserProjection(msgspec.Struct, frozen=True):
     topics: Mapping[str, TopicMetrics] = msgspec.field(default_factory=dict)
 
 
-def score_delta(event: Event) -> int:
-    """The score change an event asks for, before clamping (may be 0)."""
+def score_delta(event: Event, rules: FoldRules = CONTRACT_RULES) -> int:
+    """The score change an event asks for under ``rules``, before clamping (may be 0)."""
     if isinstance(event, TurnRecorded):
-        return SENTIMENT_DELTA[event.data.sentiment.label] if event.data.speaker == "child" else 0
+        if event.data.speaker != "child":
+            return 0
+        return rules.sentiment_delta[event.data.sentiment.label]
     if isinstance(event, ConversationCompleted):
-        return RATING_DELTA[event.data.rating]
+        return rules.rating_delta[event.data.rating]
     return event.data.delta
 
 
@@ -128,10 +167,12 @@ def event_topic(event: Event) -> str | None:
     return event.data.topic
 
 
-def evolve_friendship(state: Friendship, event: Event) -> Friendship:
+def evolve_friendship(
+    state: Friendship, event: Event, rules: FoldRules = CONTRACT_RULES
+) -> Friendship:
     """Apply one event to a user's friendship: clamp after the change, count it, keep max time."""
     return Friendship(
-        score=clamp_score(state.score + score_delta(event)),
+        score=clamp_score(state.score + score_delta(event, rules)),
         events_applied=state.events_applied + 1,
         last_event_at=_later(state.last_event_at, event.occurred_at),
     )
@@ -161,17 +202,20 @@ def evolve_topic(state: TopicMetrics, event: TurnRecorded | ConversationComplete
     )
 
 
-def evolve(state: UserProjection, event: Event) -> UserProjection:
+def evolve(
+    state: UserProjection, event: Event, rules: FoldRules = CONTRACT_RULES
+) -> UserProjection:
     """Apply one event of a user to that user's projection and return the new projection.
 
     Args:
         state: the user's projection before the event (``UserProjection()`` for a new user).
         event: the next event of the same user in log order.
+        rules: the scoring rule to fold with.
 
     Returns:
         A new ``UserProjection``; ``state`` is not changed.
     """
-    friendship = evolve_friendship(state.friendship, event)
+    friendship = evolve_friendship(state.friendship, event, rules)
     if isinstance(event, FriendshipAdjusted):
         return UserProjection(friendship=friendship, topics=state.topics)
     topic = event.data.topic
@@ -180,17 +224,24 @@ def evolve(state: UserProjection, event: Event) -> UserProjection:
     return UserProjection(friendship=friendship, topics=topics)
 
 
-def fold(events: Iterable[Event], state: UserProjection | None = None) -> UserProjection:
+def fold(
+    events: Iterable[Event],
+    state: UserProjection | None = None,
+    rules: FoldRules = CONTRACT_RULES,
+) -> UserProjection:
     """Left fold of one user's events (in log order) from ``state`` or from the empty projection."""
     current = UserProjection() if state is None else state
     for event in events:
-        current = evolve(current, event)
+        current = evolve(current, event, rules)
     return current
 
 
-def fold_by_user(events: Iterable[Event]) -> dict[str, UserProjection]:
+def fold_by_user(
+    events: Iterable[Event], rules: FoldRules = CONTRACT_RULES
+) -> dict[str, UserProjection]:
     """Fold a mixed sequence of events (log order per user) into one projection per user id."""
     projections: dict[str, UserProjection] = {}
     for event in events:
-        projections[event.user_id] = evolve(projections.get(event.user_id, UserProjection()), event)
+        user = event.user_id
+        projections[user] = evolve(projections.get(user, UserProjection()), event, rules)
     return projections

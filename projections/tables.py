@@ -51,6 +51,9 @@ checkpoints: Final = Table(
     # Events applied and dead-lettered in this partition, advanced with the checkpoint.
     Column("applied_count", BigInteger, nullable=False, server_default="0"),
     Column("dead_lettered_count", BigInteger, nullable=False, server_default="0"),
+    # The fold version (projections.fold.FoldRules) whose results the projection tables hold;
+    # a batch of another version is fenced (processor.applying.checkpoint.lock).
+    Column("fold_version", Integer, nullable=False, server_default="1"),
 )
 
 #: One row per committed live batch: which owner, under which lease epoch, committed which
@@ -209,6 +212,26 @@ deployment_keys: Final = Table(
     CheckConstraint("name IN ('hash_key', 'kek')", name="deployment_keys_name_check"),
 )
 
+#: Each build of a new fold version (processor.versions): its state and progress.
+projection_builds: Final = Table(
+    "projection_builds",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("fold_version", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("member", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("records_done", BigInteger, nullable=False, server_default="0"),
+    Column("records_total", BigInteger, nullable=False, server_default="0"),
+    Column("message", Text, nullable=False, server_default=""),
+    CheckConstraint(
+        "state IN ('building', 'checking', 'swapping', 'live', 'failed')",
+        name="projection_builds_state_check",
+    ),
+)
+
 #: Prefix of every schema a replay creates (``processor.replay.shadow``): shadows
 #: ``replay_<id>`` and the snapshots ``replay_<id>_replaced`` a swap keeps.
 REPLAY_SCHEMA_PREFIX: Final = "replay_"
@@ -221,6 +244,7 @@ GLOBAL_TABLES: Final = frozenset(
         "api_tokens",
         "data_keys",
         "deployment_keys",
+        "projection_builds",
         "erasures",
         "erased_event_ids",
         "members",

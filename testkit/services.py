@@ -156,6 +156,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "HASH_KEY": settings.hash_key,
             "KEY_ENCRYPTION_KEY": settings.key_encryption_key,
             "METRICS_PUBLIC": "1" if settings.metrics_public else "0",
+            "FOLD_RULES": settings.fold_rules,
             "STREAM_USERNAME": settings.stream_username,
             "STREAM_PASSWORD": settings.stream_password,
         }

@@ -27,6 +27,7 @@ from processor.applying.store import BatchStore
 from processor.errors import loggable
 from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
+from projections.fold import CONTRACT_RULES, FoldRules
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class PartitionApplier:
         keys: opens encrypted events and finds erased children (``apply_batch``).
         lease_epoch: the live owner's fencing token; None for a replay shadow.
         attempts: tries of one batch on transient errors (``tuning.BATCH_ATTEMPTS``).
+        rules: the fold version to fold with (``projections.rules``).
 
     Attributes:
         checkpoint: the last committed offset, advanced by each batch.
@@ -111,6 +113,7 @@ class PartitionApplier:
         *,
         lease_epoch: int | None = None,
         attempts: int = tuning.BATCH_ATTEMPTS,
+        rules: FoldRules = CONTRACT_RULES,
     ) -> None:
         self.partition = partition
         self.checkpoint = checkpoint
@@ -118,6 +121,7 @@ class PartitionApplier:
         self.keys = keys
         self.lease_epoch = lease_epoch
         self._attempts = attempts
+        self.rules = rules
 
     def apply(self, store: BatchStore, records: Sequence[LogRecord]) -> BatchResult:
         """Apply ``records`` (after the checkpoint, in log order) to ``store``.
@@ -184,6 +188,7 @@ class PartitionApplier:
                     keys=self.keys,
                     lease_epoch=self.lease_epoch,
                     poisoned=poisoned,
+                    rules=self.rules,
                 )
                 self.checkpoint = result.last_offset
                 return result

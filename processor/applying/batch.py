@@ -30,7 +30,14 @@ from processor.privacy.keys import Keys
 from processor.privacy.opening import batch_users, drop_erased, open_batch
 from processor.reading.log_record import LogRecord
 from projections.event_ids import first_occurrences, judge_event_ids
-from projections.fold import Friendship, TopicMetrics, evolve_friendship, evolve_topic
+from projections.fold import (
+    CONTRACT_RULES,
+    FoldRules,
+    Friendship,
+    TopicMetrics,
+    evolve_friendship,
+    evolve_topic,
+)
 from schemas.events import Event, FriendshipAdjusted
 
 
@@ -66,6 +73,7 @@ def apply_batch(
     keys: Keys,
     lease_epoch: int | None = None,
     poisoned: Mapping[int, str] | None = None,
+    rules: FoldRules = CONTRACT_RULES,
 ) -> BatchResult:
     """Apply ``records`` (one partition, in log order) in one transaction of ``store``.
 
@@ -83,6 +91,8 @@ def apply_batch(
             a shadow schema) checks no epoch and logs nothing.
         poisoned: offsets to dead-letter with the given reason instead of applying them (the
             database rejected them, see ``processor.applying.applier``).
+        rules: the fold version to fold with; the batch commits only while the checkpoint
+            carries that version (``FoldVersionChanged`` otherwise).
 
     Returns:
         The counts of the committed batch.
@@ -104,14 +114,14 @@ def apply_batch(
     digests = {user: keys.user_digest(user) for user in batch_users(decoded)}
     result = BatchResult(partition, records[0].offset, records[-1].last_offset)
     with store.transaction() as tx:
-        tx.lock_checkpoint(partition, expected_checkpoint, lease_epoch)
+        tx.lock_checkpoint(partition, expected_checkpoint, lease_epoch, rules.version)
         kept = drop_erased(decoded, tx.erased(digests))
         valid = kept.decoded.valid
         first_ids = tx.record_event_ids(partition, first_occurrences(valid), opened.encrypted)
         verdict = judge_event_ids(partition, valid, first_ids)
         dead = kept.decoded.dead + reused_id_letters(partition, verdict.reused, records)
         if verdict.to_apply:
-            write_projections(tx, [event for event, _ in verdict.to_apply])
+            write_projections(tx, [event for event, _ in verdict.to_apply], rules)
         if dead:
             tx.write_dead_letters(dead)
         result.applied, result.duplicates = len(verdict.to_apply), verdict.duplicates
@@ -144,21 +154,25 @@ def fold_into(
     events: Sequence[Event],
     friendships: dict[str, Friendship],
     topics: dict[TopicKey, TopicMetrics],
+    rules: FoldRules = CONTRACT_RULES,
 ) -> None:
     """Fold ``events`` (log order) into the row states, in place. Pure but for the dicts."""
     for event in events:
         user = event.user_id
-        friendships[user] = evolve_friendship(friendships.get(user, Friendship()), event)
+        friendships[user] = evolve_friendship(friendships.get(user, Friendship()), event, rules)
         if not isinstance(event, FriendshipAdjusted):
             key = (user, event.data.topic)
             topics[key] = evolve_topic(topics.get(key, TopicMetrics()), event)
 
 
-def write_projections(tx: BatchTransaction, events: Sequence[Event]) -> None:
-    """Lock the rows ``events`` touch, fold the events into them and write them back."""
+def write_projections(
+    tx: BatchTransaction, events: Sequence[Event], rules: FoldRules = CONTRACT_RULES
+) -> None:
+    """Lock the rows ``events`` touch, fold the events into them with ``rules`` and write them
+    back."""
     users, topic_keys = touched_rows(events)
     friendships, topics = tx.lock_rows(users, topic_keys)
-    fold_into(events, friendships, topics)
+    fold_into(events, friendships, topics, rules)
     tx.write_rows(
         {user: friendships[user] for user in users}, {key: topics[key] for key in topic_keys}
     )

@@ -1,14 +1,16 @@
 """The checkpoint: how far each partition's log has been applied, and who may move it.
 
 One row per partition (``checkpoints``): the committed offset (-1 = nothing yet), the owner, the
-lease epoch (the fencing token), and counters of applied and dead-lettered events. It is the
-tracking record of README "How it works": it moves in the same transaction as the projection
-rows it covers, so a crash anywhere replays at most the uncommitted batch.
+lease epoch (the fencing token), counters of applied and dead-lettered events, and the fold
+version whose results the projections hold (a second fence: a batch of another version stops).
+It is the tracking record of README "How it works": it moves in the same transaction as the
+projection rows it covers, so a crash anywhere replays at most the uncommitted batch.
 
 The life cycle of one batch, inside its transaction:
 
 1. ``lock`` the row (``SELECT ... FOR UPDATE``) and check it still holds the offset and the
-   lease epoch the owner resumed with (fencing: a zombie owner stops here);
+   lease epoch the owner resumed with (fencing: a zombie owner stops here), and the fold
+   version the batch folds with (a writer of the old rule stops once a new one is live);
 2. the batch writes its projections;
 3. ``advance`` the row by compare-and-set on the old offset and epoch, and append the commit to
    ``checkpoint_log`` (the audit of who committed which offsets).
@@ -29,13 +31,15 @@ from sqlalchemy import Connection, func, select
 from processor.applying.errors import (
     CheckpointConflict,
     CheckpointMissing,
+    FoldVersionChanged,
     PartitionCountMismatch,
 )
 from processor.applying.store import CheckpointAdvance
 from projections import tables
 
 _LOCK: Final = (
-    "SELECT committed_offset, lease_epoch FROM checkpoints WHERE partition = %s FOR UPDATE"
+    "SELECT committed_offset, lease_epoch, fold_version FROM checkpoints WHERE partition = %s "
+    "FOR UPDATE"
 )
 _ADVANCE: Final = (
     "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(), "
@@ -50,7 +54,13 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
 _LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
 
 
-def lock(cur: psycopg.Cursor, partition: int, expected: int, lease_epoch: int | None) -> None:
+def lock(
+    cur: psycopg.Cursor,
+    partition: int,
+    expected: int,
+    lease_epoch: int | None,
+    fold_version: int | None = None,
+) -> None:
     """Lock the partition's row for this transaction and fence a stale owner.
 
     Args:
@@ -58,18 +68,22 @@ def lock(cur: psycopg.Cursor, partition: int, expected: int, lease_epoch: int | 
         partition: the partition.
         expected: the committed offset the owner resumed from (-1 = nothing yet).
         lease_epoch: the owner's fencing token; None (a replay shadow) checks none.
+        fold_version: the version of the rule the batch folds with; None checks none.
 
     Raises:
         CheckpointConflict: the row holds another offset or a newer lease epoch.
+        FoldVersionChanged: the projections are at another fold version now.
     """
     row = cur.execute(_LOCK, (partition,)).fetchone()
-    found = None if row is None else int(row[0])
-    if found != expected:
-        raise CheckpointConflict(partition, expected, found)
-    if lease_epoch is not None and row is not None and int(row[1]) != lease_epoch:
+    if row is None or int(row[0]) != expected:
+        raise CheckpointConflict(partition, expected, None if row is None else int(row[0]))
+    found = int(row[0])
+    if lease_epoch is not None and int(row[1]) != lease_epoch:
         raise CheckpointConflict(
             partition, expected, found, f" (lease epoch {row[1]}, this owner holds {lease_epoch})"
         )
+    if fold_version is not None and int(row[2]) != fold_version:
+        raise FoldVersionChanged(partition, expected, int(row[2]), fold_version)
 
 
 def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
@@ -134,7 +148,10 @@ def begin_lease_epoch(conn: psycopg.Connection, partition: int, member: str) -> 
 
 
 def ensure_checkpoints(
-    conn: psycopg.Connection, partitions: int, schema: str | None = None
+    conn: psycopg.Connection,
+    partitions: int,
+    schema: str | None = None,
+    fold_version: int = 1,
 ) -> None:
     """Create the rows 0..partitions-1 (offset -1) that do not exist yet.
 
@@ -142,6 +159,9 @@ def ensure_checkpoints(
         conn: an autocommit connection.
         partitions: the deployment's partition count.
         schema: a replay shadow schema; None for the live tables.
+        fold_version: the fold version of the rows made in an empty table (a new deployment
+            starts at the code's current rule, a shadow at the rule it is built with); rows
+            added beside others take theirs.
 
     Raises:
         PartitionCountMismatch: rows exist for partitions >= ``partitions``: the deployment was
@@ -157,11 +177,40 @@ def ensure_checkpoints(
     with conn.transaction():
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (partition) SELECT generate_series(0, %s - 1) "
+                "INSERT INTO {t} (partition, fold_version) "
+                "SELECT generate_series(0, %s - 1), "
+                "coalesce((SELECT max(fold_version) FROM {t}), %s) "
                 "ON CONFLICT (partition) DO NOTHING"
-            ).format(table),
-            (partitions,),
+            ).format(t=table),
+            (partitions, fold_version),
         )
+
+
+def fold_versions(conn: psycopg.Connection, schema: str | None = None) -> dict[int, int]:
+    """``{partition: fold version}`` of every row (live, or a replay shadow)."""
+    query = sql.SQL("SELECT partition, fold_version FROM {} ORDER BY partition").format(
+        _table(schema)
+    )
+    return {int(p): int(v) for p, v in conn.execute(query).fetchall()}
+
+
+def partition_fold_version(conn: psycopg.Connection, partition: int) -> int:
+    """The fold version of one live partition's row.
+
+    Raises:
+        CheckpointMissing: the partition has no checkpoint row.
+    """
+    row = conn.execute(
+        "SELECT fold_version FROM checkpoints WHERE partition = %s", (partition,)
+    ).fetchone()
+    if row is None:
+        raise CheckpointMissing(f"partition {partition} has no checkpoint row")
+    return int(row[0])
+
+
+def set_fold_version(cur: psycopg.Cursor, schema: str, version: int) -> None:
+    """Record ``version`` on every row of ``schema`` (a swap, holding the rows' locks)."""
+    cur.execute(sql.SQL("UPDATE {} SET fold_version = %s").format(_table(schema)), (version,))
 
 
 def read_checkpoints(

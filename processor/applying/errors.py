@@ -30,6 +30,27 @@ class CheckpointConflict(ApplyError):
         self.found = found
 
 
+class FoldVersionChanged(CheckpointConflict):
+    """The partition's projections are at another fold version than the batch folds with: a
+    rebuild with a new rule was swapped in (``processor.versions``). Nothing was applied; the
+    owner lets the partition go, and whoever takes it next folds with the version it finds.
+
+    Attributes:
+        live_version: the fold version the row holds now.
+        batch_version: the version the batch folded with.
+    """
+
+    def __init__(self, partition: int, offset: int, live_version: int, batch_version: int) -> None:
+        ApplyError.__init__(
+            self,
+            f"partition {partition}: the projections are at fold version {live_version} now, "
+            f"this owner folds with {batch_version}; nothing applied",
+        )
+        self.partition, self.expected, self.found = partition, offset, offset
+        self.live_version = live_version
+        self.batch_version = batch_version
+
+
 class PartitionCountMismatch(ApplyError):
     """The database holds checkpoints for more partitions than configured (``PARTITIONS``)."""
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from processor.applying.decode import DeadLetter
-from processor.applying.errors import CheckpointConflict, CheckpointMissing
+from processor.applying.errors import CheckpointConflict, CheckpointMissing, FoldVersionChanged
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from processor.privacy.opening import without_erased_key
 from projections.event_ids import ERASED_USER, FirstUse
@@ -32,6 +32,7 @@ class CheckpointRow:
     lease_epoch: int = 0
     applied_count: int = 0
     dead_lettered_count: int = 0
+    fold_version: int = 1
 
 
 @dataclass
@@ -144,7 +145,13 @@ class _MemoryTransaction:
         self._dead: dict[tuple[int, int], DeadLetter] = {}
         self._advance: CheckpointAdvance | None = None
 
-    def lock_checkpoint(self, partition: int, expected: int, lease_epoch: int | None) -> None:
+    def lock_checkpoint(
+        self,
+        partition: int,
+        expected: int,
+        lease_epoch: int | None,
+        fold_version: int | None = None,
+    ) -> None:
         row = self._state.checkpoints.get(partition)
         found = None if row is None else row.committed_offset
         if found != expected:
@@ -156,6 +163,8 @@ class _MemoryTransaction:
                 found,
                 f" (lease epoch {row.lease_epoch}, this owner holds {lease_epoch})",
             )
+        if fold_version is not None and row is not None and row.fold_version != fold_version:
+            raise FoldVersionChanged(partition, expected, row.fold_version, fold_version)
 
     def erased(self, digests: Mapping[str, bytes]) -> set[str]:
         return {user for user, digest in digests.items() if digest in self._state.erased}

@@ -139,8 +139,14 @@ class _PostgresTransaction:
     def __init__(self, cur: psycopg.Cursor) -> None:
         self._cur = cur
 
-    def lock_checkpoint(self, partition: int, expected: int, lease_epoch: int | None) -> None:
-        checkpoint.lock(self._cur, partition, expected, lease_epoch)
+    def lock_checkpoint(
+        self,
+        partition: int,
+        expected: int,
+        lease_epoch: int | None,
+        fold_version: int | None = None,
+    ) -> None:
+        checkpoint.lock(self._cur, partition, expected, lease_epoch, fold_version)
 
     def erased(self, digests: Mapping[str, bytes]) -> set[str]:
         if not digests:

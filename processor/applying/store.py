@@ -54,12 +54,20 @@ class CheckpointAdvance:
 class BatchTransaction(Protocol):
     """The operations of one batch, inside its transaction."""
 
-    def lock_checkpoint(self, partition: int, expected: int, lease_epoch: int | None) -> None:
+    def lock_checkpoint(
+        self,
+        partition: int,
+        expected: int,
+        lease_epoch: int | None,
+        fold_version: int | None = None,
+    ) -> None:
         """Lock the partition's checkpoint for the transaction and fence a stale owner.
 
         Raises:
             CheckpointConflict: the checkpoint is not ``expected``, or another owner took the
                 lease since (a newer epoch than ``lease_epoch``; None checks no epoch).
+            FoldVersionChanged: the projections are at another fold version than
+                ``fold_version`` (None checks none).
         """
         ...
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from processor.applying.checkpoint import begin_lease_epoch
+from processor.applying.checkpoint import begin_lease_epoch, partition_fold_version
 from processor.applying.errors import ApplyError
 from processor.errors import loggable
 from processor.ownership.balance import plan_balance
@@ -45,8 +45,9 @@ from projections.database import connect
 log = logging.getLogger(__name__)
 
 #: Makes the owner of a partition whose lease ``conn`` holds:
-#: ``(partition, conn, checkpoint, lease epoch) -> owner``.
-MakeOwner = Callable[[int, psycopg.Connection, int, int], PartitionOwner]
+#: ``(partition, conn, checkpoint, lease epoch, fold version) -> owner``, or None when this
+#: process cannot own it (it does not know the partition's fold version: it stops).
+MakeOwner = Callable[[int, psycopg.Connection, int, int, int], PartitionOwner | None]
 
 
 class Coordinator:
@@ -216,11 +217,15 @@ class Coordinator:
                 conn.close()
                 return
             checkpoint, epoch = begin_lease_epoch(conn, partition, self.member)
+            fold_version = partition_fold_version(conn, partition)
         except (psycopg.Error, ApplyError) as exc:
             log.warning("partition %d: taking the lease failed: %s", partition, loggable(exc))
             conn.close()
             return
-        owner = self._make_owner(partition, conn, checkpoint, epoch)
+        owner = self._make_owner(partition, conn, checkpoint, epoch, fold_version)
+        if owner is None:
+            conn.close()
+            return
         with self._lock:
             self._owners[partition] = owner
         owner.start()  # registered first: an owner that releases at once is forgotten

@@ -32,7 +32,7 @@ import psycopg
 from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.batch import BatchResult
-from processor.applying.errors import ApplyError, CheckpointConflict
+from processor.applying.errors import ApplyError, CheckpointConflict, FoldVersionChanged
 from processor.applying.postgres import PostgresStore
 from processor.errors import loggable
 from processor.reading.errors import LogTruncated, ReadError
@@ -179,6 +179,13 @@ class PartitionOwner:
             if not records:
                 return
             result = self.applier.apply(self._store, records)
+        except FoldVersionChanged as exc:
+            # A rebuild with another rule is live: whoever takes the partition next folds
+            # with the version it finds (processor.versions).
+            self.release(
+                f"the projections are at fold version {exc.live_version} now", logging.INFO
+            )
+            return
         except CheckpointConflict as exc:
             self.release(f"fenced: {exc}")
             return

@@ -30,6 +30,7 @@ from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
 from processor.replay.errors import ReplayError
 from processor.replay.shadow import connect_shadow
+from projections.fold import CONTRACT_RULES, FoldRules
 
 #: Called by a worker after each committed batch (on that worker's thread).
 OnApplied = Callable[[BatchResult, int], None]
@@ -66,6 +67,7 @@ class ShadowApplier:
         on_applied: progress callback ``(result, records in the batch)``.
         max_pending_records: records waiting for a worker before ``deliver`` asks the reader to
             wait.
+        rules: the fold version the shadow is built with.
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class ShadowApplier:
         owner: str,
         on_applied: OnApplied,
         max_pending_records: int,
+        rules: FoldRules = CONTRACT_RULES,
     ) -> None:
         self.checkpoints = checkpoints
+        self._rules = rules
         self._keys = keys
         self._owner = owner
         self._on_applied = on_applied
@@ -134,7 +138,10 @@ class ShadowApplier:
             if lane is None:
                 checkpoint = self.checkpoints.get(partition, -1)
                 lane = _ShadowLane(
-                    self, PartitionApplier(partition, checkpoint, self._owner, self._keys)
+                    self,
+                    PartitionApplier(
+                        partition, checkpoint, self._owner, self._keys, rules=self._rules
+                    ),
                 )
                 self._lanes[partition] = lane
             lane.batches.append(records)

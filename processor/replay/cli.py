@@ -19,7 +19,7 @@ from processor.replay.history import read_user_history, user_partitions
 from processor.replay.options import ReplayOptions
 from processor.replay.progress import ReplayProgress
 from processor.replay.report import print_history, print_no_history, print_report
-from processor.replay.run import swap, verify
+from processor.replay.run import live_fold_rules, swap, verify
 from processor.settings import Settings
 from projections.database import connect
 from projections.fold import Friendship
@@ -67,7 +67,12 @@ def _user_history(settings: Settings, user_id: str, options: ReplayOptions, out:
         return DIFFERENT
     live, partitions = _live_friendship(settings, user_id)
     history = read_user_history(
-        settings, user_id, partitions or range(settings.partitions), keys, credit=options.credit
+        settings,
+        user_id,
+        partitions or range(settings.partitions),
+        keys,
+        credit=options.credit,
+        rules=live_fold_rules(settings),
     )
     if not history.lines:
         print_no_history(out, history)

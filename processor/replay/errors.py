@@ -6,7 +6,9 @@ schema and rolls its transaction back, so live processing goes on as if replay n
 
 from __future__ import annotations
 
-from processor.errors import ProcessorError
+from typing import ClassVar
+
+from processor.errors import ExitCode, ProcessorError
 
 
 class ReplayError(ProcessorError):
@@ -24,3 +26,10 @@ class SchemaDrift(ReplayError):
 
 class SwapRefused(ReplayError):
     """The swap could not take its locks in time or another replay is swapping; nothing changed."""
+
+
+class FoldVersionNotKnown(ReplayError):
+    """Live is at a fold version the code's rules (``FOLD_RULES``) do not hold: a verify would
+    compare the live tables with another rule's results."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.USAGE

@@ -12,7 +12,7 @@ here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -21,19 +21,21 @@ import msgspec
 import psycopg
 
 from processor import tuning
-from processor.applying.decode import decode_records
 from processor.applying.postgres import PostgresStore
 from processor.privacy.data_keys import erased_users
 from processor.privacy.keys import Keys
-from processor.privacy.opening import OpenedBatch, batch_users, drop_erased, open_batch
+from processor.privacy.opening import open_batch
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import ensure_log_complete
 from processor.reading.probes import read_tail_offsets
 from processor.reading.ranges import LogRange, read_log_ranges
+from processor.replay.log_judge import PartitionJudge
 from processor.settings import Settings
 from projections.database import connect
-from projections.event_ids import ERASED_USER, FirstUse, first_occurrences, judge_event_ids
+from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import (
+    CONTRACT_RULES,
+    FoldRules,
     Friendship,
     clamp_score,
     evolve_friendship,
@@ -98,30 +100,23 @@ def _names_user(body: bytes, user_id: str) -> bool:
 
 
 class HistoryBuilder:
-    """Folds one user's records out of whole partitions (feed each partition in log order)."""
+    """Folds one user's records out of whole partitions (feed each partition in log order).
+
+    Args:
+        user_id: the user whose lines are kept.
+        judge: decides the records as batches do (``replay.log_judge``).
+        rules: the fold version the lines are folded with (live's).
+    """
 
     def __init__(
         self,
         user_id: str,
-        opener: Callable[[Sequence[LogRecord]], OpenedBatch] | None = None,
-        erased_ids: Mapping[str, FirstUse] | None = None,
-        erased: Callable[[set[str]], set[str]] | None = None,
+        judge: PartitionJudge | None = None,
+        rules: FoldRules = CONTRACT_RULES,
     ) -> None:
-        """
-        Args:
-            user_id: the user whose lines are kept.
-            opener: opens a batch's encrypted records (None: they stay closed, dead letters).
-            erased_ids: the ids erased children used (``erased_event_ids``), by lower-cased
-                id: they stay used, as in a batch (``projections.event_ids.ERASED_USER``).
-            erased: the erased children among the ones a batch names (None: none is); their
-                events are dropped before the event-id rule and their ids taken out of the
-                dead letters, as a batch does (``privacy.opening.drop_erased``).
-        """
         self.history = History(user_id)
-        self._opener = opener
-        self._erased_ids = dict(erased_ids or {})
-        self._erased = erased
-        self._seen: dict[int, dict[str, FirstUse]] = {}
+        self._judge = judge or PartitionJudge()
+        self._rules = rules
 
     def take(self, partition: int, records: Sequence[LogRecord]) -> None:
         """Take the next records of ``partition`` (every user's; the user's are kept).
@@ -131,24 +126,10 @@ class HistoryBuilder:
         """
         history = self.history
         history.records_scanned += len(records)
-        if partition not in self._seen:
-            self._seen[partition] = {
-                key: first
-                for key, first in self._erased_ids.items()
-                if first.partition == partition
-            }
-        seen = self._seen[partition]
-        opened = self._opener(records) if self._opener is not None else OpenedBatch()
-        decoded = decode_records(partition, records, opened.unopened, opened.plaintexts)
-        if self._erased is not None:
-            decoded = drop_erased(decoded, self._erased(batch_users(decoded))).decoded
-        candidates = first_occurrences(decoded.valid)
-        verdict = judge_event_ids(
-            partition, decoded.valid, {key: seen[key] for key in candidates if key in seen}
-        )
+        judged = self._judge.judge(partition, records)
+        verdict = judged.verdict
         by_offset: dict[int, tuple[Event | None, str]] = {}
         for event, offset in verdict.to_apply:
-            seen[event.event_id.lower()] = FirstUse(event.user_id, partition, offset)
             if event.user_id == history.user_id:
                 by_offset[offset] = (event, "")
         for repeat in verdict.repeated:
@@ -163,7 +144,7 @@ class HistoryBuilder:
                     f"at offset {first.offset}"
                 )
                 by_offset[reuse.offset] = (reuse.event, note)
-        for letter in decoded.dead:
+        for letter in judged.decoded.dead:
             if _names_user(letter.raw, history.user_id):
                 by_offset[letter.offset] = (None, f"dead letter: {letter.field}: {letter.reason}")
         for offset in sorted(by_offset):
@@ -178,9 +159,9 @@ class HistoryBuilder:
             return HistoryLine(
                 partition, offset, event.occurred_at, str(kind), _detail(event), None, None, note
             )
-        delta = score_delta(event)
+        delta = score_delta(event, self._rules)
         before = self.history.friendship.score
-        self.history.friendship = evolve_friendship(self.history.friendship, event)
+        self.history.friendship = evolve_friendship(self.history.friendship, event, self._rules)
         if clamp_score(before + delta) != before + delta:
             note = f"clamped from {before + delta}"
         return HistoryLine(
@@ -220,8 +201,10 @@ def read_user_history(
     keys: Keys,
     *,
     credit: int = tuning.REPLAY_CREDIT,
+    rules: FoldRules = CONTRACT_RULES,
 ) -> History:
-    """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records.
+    """Read ``partitions`` from offset 0 to their tails and fold ``user_id``'s records with
+    ``rules`` (live's fold version).
 
     Encrypted events are opened with their children's data keys, and erased children's
     events dropped, as a batch does.
@@ -236,12 +219,12 @@ def read_user_history(
     size = tuning.HISTORY_BATCH_SIZE
     with connect(settings.database_url) as conn:
         store = PostgresStore(conn)
-        builder = HistoryBuilder(
-            user_id,
+        judge = PartitionJudge(
             lambda records: open_batch(store, records, keys),
             erased_ids(conn, chosen),
             lambda users: erased_users(conn, users, keys),
         )
+        builder = HistoryBuilder(user_id, judge, rules)
         read_log_ranges(settings, ranges, builder.take, batch_size=size, credit=credit)
     builder.history.lines.sort(key=lambda line: (line.partition, line.offset))
     builder.history.partitions_scanned = tuple(chosen)

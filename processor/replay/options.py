@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from processor import tuning
 from processor.replay.compare import Comparison
 from processor.replay.progress import Phase
+from projections.fold import FoldRules
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class ReplayOptions:
         lock_timeout_s: longest wait, in seconds, for the swap's table locks (readers).
         checkpoint_lock_timeout_s: longest wait for the live checkpoint rows (batches in flight).
         swap_attempts: tries of the final swap step when its locks time out.
+        rules: the fold version to rebuild with; None: for a verify, the version live is at
+            (like is compared with like), for a swap the current version of the code's rules
+            (``FOLD_RULES``; the swap makes it live's version).
     """
 
     batch_size: int = tuning.REPLAY_BATCH_SIZE
@@ -37,6 +41,7 @@ class ReplayOptions:
     lock_timeout_s: float = tuning.SWAP_TABLE_LOCK_TIMEOUT_S
     checkpoint_lock_timeout_s: float = tuning.SWAP_CHECKPOINT_LOCK_TIMEOUT_S
     swap_attempts: int = tuning.SWAP_ATTEMPTS
+    rules: FoldRules | None = None
 
 
 @dataclass

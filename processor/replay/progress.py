@@ -43,6 +43,8 @@ class Phase:
     """One phase's counters (records read or applied, seconds on the monotonic clock)."""
 
     name: str
+    #: Records the phase is to go through (an upper bound: offsets may have holes).
+    total: int = 0
     records: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -95,7 +97,7 @@ class ReplayProgress:
 
     def phase(self, name: str, total: int) -> PhaseBar:
         """Start a bar of ``total`` records (an upper bound: offsets may have holes)."""
-        phase = Phase(name)
+        phase = Phase(name, total)
         self.phases.append(phase)
         task = self._progress.add_task(name, total=total, rate=0.0) if self._progress else None
         return PhaseBar(self, phase, task)

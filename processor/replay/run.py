@@ -30,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 
 import psycopg
 
 from processor import tuning
 from processor.applying.applier import PartitionApplier
-from processor.applying.checkpoint import read_checkpoints
+from processor.applying.checkpoint import fold_versions, read_checkpoints, set_fold_version
 from processor.applying.postgres import PostgresStore
 from processor.errors import loggable
 from processor.privacy.erasure import purge_erased
@@ -54,7 +55,13 @@ from processor.reading.ranges import (
 )
 from processor.replay.applier import ShadowApplier
 from processor.replay.compare import Comparison, compare_projections
-from processor.replay.errors import LiveMovedBackwards, ReplayError, SchemaDrift, SwapRefused
+from processor.replay.errors import (
+    FoldVersionNotKnown,
+    LiveMovedBackwards,
+    ReplayError,
+    SchemaDrift,
+    SwapRefused,
+)
 from processor.replay.options import ReplayOptions, ReplayReport
 from processor.replay.progress import ReplayProgress
 from processor.replay.shadow import (
@@ -74,6 +81,8 @@ from processor.replay.shadow import (
 from processor.settings import Settings
 from projections import advisory_locks
 from projections.database import connect
+from projections.fold import FoldRules
+from projections.rules import load_rule_versions
 from projections.tables import REPLACED_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -96,6 +105,7 @@ class _Run:
         self.live = live_schema(self.conn)
         self.checkpoints: dict[int, int] = {}
         self.report = ReplayReport(self.run_id, "", self.live)
+        self.rules: FoldRules = options.rules or load_rule_versions(settings.fold_rules).current
         self._created = False
 
     def __enter__(self) -> _Run:
@@ -130,7 +140,13 @@ class _Run:
         partitions = sorted(set(range(self.settings.partitions)) | set(live0))
         tails = asyncio.run(read_tail_offsets(self.settings, partitions))
         ensure_log_complete(self.settings, live0, tails)
-        create_shadow(self.settings.database_url, self.shadow, len(partitions), self.live)
+        create_shadow(
+            self.settings.database_url,
+            self.shadow,
+            len(partitions),
+            self.live,
+            self.rules.version,
+        )
         self._created = True
         self.checkpoints = dict.fromkeys(partitions, -1)
         log.info("replay %s: shadow schema %s, live schema %s", self.run_id, self.shadow, self.live)
@@ -184,6 +200,7 @@ class _Run:
             owner=self.owner,
             on_applied=lambda r, n: bar.advance(n, r),
             max_pending_records=options.batch_size * max(4, 2 * options.threads),
+            rules=self.rules,
         ) as applier:
             read_log_ranges(
                 self.settings,
@@ -228,7 +245,9 @@ class _Run:
                 # One attempt: this runs inside the final transaction (a snapshot, or live writes
                 # paused behind the checkpoint locks), where waiting and retrying cannot help.
                 checkpoint = self.checkpoints[partition]
-                applier = PartitionApplier(partition, checkpoint, self.owner, self.keys, attempts=1)
+                applier = PartitionApplier(
+                    partition, checkpoint, self.owner, self.keys, attempts=1, rules=self.rules
+                )
                 for start in range(0, len(partition_records), size):
                     batch = partition_records[start : start + size]
                     result = applier.apply(store, batch)
@@ -301,6 +320,8 @@ class _Run:
                         swap_tables(
                             conn, self.live, self.shadow, replaced, self.options.lock_timeout_s
                         )
+                        with conn.cursor() as cur:  # the rows are locked: batches of the old
+                            set_fold_version(cur, self.live, self.rules.version)  # rule stop
                     self.report.paused_s = time.monotonic() - locked_at
                     self.report.checkpoints = live
                     self.report.replaced_schema = replaced
@@ -331,18 +352,48 @@ class _Run:
             raise SwapRefused("another replay --swap is running on this database")
 
 
+def live_fold_rules(settings: Settings) -> FoldRules:
+    """The rule of the fold version the live projections are at (the code's current one for a
+    deployment with no checkpoints yet).
+
+    Raises:
+        FoldVersionNotKnown: live is at a version the code's rules (``FOLD_RULES``) do not
+            hold, or its partitions disagree.
+    """
+    known = load_rule_versions(settings.fold_rules)
+    with connect(settings.database_url) as conn:
+        versions = set(fold_versions(conn).values()) or {known.current.version}
+    rules = [known.get(v) for v in sorted(versions)]
+    if len(rules) != 1 or rules[0] is None:
+        raise FoldVersionNotKnown(
+            f"the live projections are at fold version {', '.join(map(str, sorted(versions)))}; "
+            f"this code knows {known.describe()} (FOLD_RULES)"
+        )
+    return rules[0]
+
+
+def _live_rules(settings: Settings, options: ReplayOptions) -> ReplayOptions:
+    """``options`` with the rule of live's fold version when none is given (a verify compares
+    like with like)."""
+    if options.rules is not None:
+        return options
+    return replace(options, rules=live_fold_rules(settings))
+
+
 def verify(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -> ReplayReport:
-    """Rebuild into a shadow schema and compare it with live at the same checkpoints.
+    """Rebuild into a shadow schema and compare it with live at the same checkpoints, with the
+    rule of live's fold version unless ``options.rules`` names one.
 
     Returns:
         The report; ``report.comparison.identical`` tells the outcome.
 
     Raises:
         LogTruncated: the log is truncated. ReplayError: another replay failure.
+        FoldVersionNotKnown: live is at a fold version the code's rules do not hold.
         psycopg.Error, OSError: the database or broker failed; the shadow schema is dropped.
     """
     started = time.monotonic()
-    with _Run(settings, options, progress) as run:
+    with _Run(settings, _live_rules(settings, options), progress) as run:
         run.report.mode = "verify"
         live0 = run.prepare()
         run.check_schema(strict=False)
@@ -352,11 +403,31 @@ def verify(settings: Settings, options: ReplayOptions, progress: ReplayProgress)
     return run.report
 
 
-def swap(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -> ReplayReport:
+#: A check of the rebuilt shadow before it is swapped in: ``(settings, shadow schema, its
+#: checkpoints, the rule it was built with)``; it raises to refuse the swap.
+ShadowCheck = Callable[[Settings, str, Mapping[int, int], FoldRules], None]
+
+
+def swap(
+    settings: Settings,
+    options: ReplayOptions,
+    progress: ReplayProgress,
+    check: ShadowCheck | None = None,
+) -> ReplayReport:
     """Rebuild into a shadow schema, catch up with live and swap it in (see the module doc).
+    The live checkpoints then carry the rebuild's fold version (``options.rules``, or the
+    current one of ``FOLD_RULES``): batches folding with another version are fenced.
+
+    Args:
+        settings: the deployment.
+        options: how to run.
+        progress: where the bars go.
+        check: run on the rebuilt shadow after the catch-up, before the swap (a new fold
+            version is checked against the pure fold of the log, ``processor.versions``).
 
     Raises:
         LogTruncated, SchemaDrift, SwapRefused, ReplayError: nothing was changed.
+        Whatever ``check`` raises: nothing was changed.
         psycopg.Error, OSError: the database or broker failed; nothing was changed.
     """
     started = time.monotonic()
@@ -366,6 +437,8 @@ def swap(settings: Settings, options: ReplayOptions, progress: ReplayProgress) -
         live0 = run.prepare()
         run.check_schema(strict=True)
         run.rebuild(live0)
+        if check is not None:
+            check(settings, run.shadow, dict(run.checkpoints), run.rules)
         run.swap_in()
     if options.drop_replaced and run.report.replaced_schema is not None:
         drop_schema(settings.database_url, run.report.replaced_schema)

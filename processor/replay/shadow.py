@@ -82,9 +82,12 @@ def ensure_migrated(conn: psycopg.Connection) -> None:
         )
 
 
-def create_shadow(database_url: str, schema: str, partitions: int, live: str) -> None:
+def create_shadow(
+    database_url: str, schema: str, partitions: int, live: str, fold_version: int = 1
+) -> None:
     """Create ``schema`` with the tables of one build of the projections (every table of
-    ``projections.tables`` but the deployment's ``GLOBAL_TABLES``) and checkpoint rows at -1.
+    ``projections.tables`` but the deployment's ``GLOBAL_TABLES``) and checkpoint rows at -1
+    that carry ``fold_version`` (the rule the shadow is built with).
 
     Raises:
         psycopg.errors.DuplicateSchema: the schema exists already.
@@ -100,7 +103,7 @@ def create_shadow(database_url: str, schema: str, partitions: int, live: str) ->
     finally:
         engine.dispose()
     with connect(database_url) as conn:
-        ensure_checkpoints(conn, partitions, schema)
+        ensure_checkpoints(conn, partitions, schema, fold_version)
         with conn.transaction(), conn.cursor() as cur:
             copy_grants(cur, live, schema)
 
