@@ -97,17 +97,21 @@ def _status(settings: Settings, _args: argparse.Namespace) -> int:
 
     from processor.publishing.topology import ensure_partition_count  # noqa: PLC0415
     from processor.status import read_partition_status  # noqa: PLC0415
+    from processor.versions.builds import read_version_status  # noqa: PLC0415
     from projections.database import connect  # noqa: PLC0415
 
     ensure_partition_count(settings)
     with connect(settings.database_url) as conn:
         statuses = asyncio.run(read_partition_status(settings, conn))
+        versions = read_version_status(conn)
     table = Table(title="partitions")
     for column in ("partition", "checkpoint", "tail", "lag", "owner"):
         table.add_column(column, justify="left" if column == "owner" else "right")
     for s in statuses:
         table.add_row(str(s.partition), str(s.checkpoint), str(s.tail), str(s.lag), s.owner or "-")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(versions.describe(), highlight=False)
     return ExitCode.OK
 
 

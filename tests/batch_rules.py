@@ -24,12 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.applying.batch import BatchResult, apply_batch
-from processor.applying.errors import CheckpointConflict, OffsetsOutOfOrder
+from processor.applying.errors import CheckpointConflict, FoldVersionChanged, OffsetsOutOfOrder
 from processor.applying.store import BatchStore, BatchTransaction
 from processor.privacy.crypto import encrypt_event
 from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
+from projections.fold import CONTRACT_RULES, FoldRules
 from testkit.reference import reference_fold
+from testkit.rule_change import SAD_COSTS_TWO
 from tests.strategies import ADJUSTED, COMPLETED, TURN_RECORDED, make_event, valid_event_logs
 
 PARTITIONS = 4
@@ -60,6 +62,10 @@ class Backend(ABC):
     @abstractmethod
     def rewind(self, partition: int) -> None:
         """Set the partition's checkpoint back to -1, as an operator resetting it would."""
+
+    @abstractmethod
+    def set_fold_version(self, partition: int, version: int) -> None:
+        """Record ``version`` on the partition's checkpoint, as a swap of a rebuild does."""
 
     @abstractmethod
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
@@ -175,6 +181,7 @@ class BatchRules(ABC):
         *,
         epoch: int | None = None,
         poisoned: dict[int, str] | None = None,
+        rules: FoldRules = CONTRACT_RULES,
     ) -> BatchResult:
         return apply_batch(
             backend.store,
@@ -185,6 +192,7 @@ class BatchRules(ABC):
             keys=backend.keys,
             lease_epoch=epoch,
             poisoned=poisoned,
+            rules=rules,
         )
 
     # -- effects -------------------------------------------------------------------------------
@@ -330,6 +338,30 @@ class BatchRules(ABC):
         assert backend.projections()["alice"]["score"] == 1  # +1 from the turn, not +50
         assert new == old + 1
         assert backend.checkpoint(2) == (0, 1, 0)
+
+    def test_a_batch_of_another_fold_version_than_the_checkpoints_commits_nothing(
+        self, backend: Backend
+    ) -> None:
+        self.apply(backend, 3, records(turn("alice", "sad")), -1)
+        backend.set_fold_version(3, SAD_COSTS_TWO.version)  # a rebuild with the new rule is live
+        with pytest.raises(FoldVersionChanged) as fenced:
+            self.apply(backend, 3, records(turn("alice", "happy"), start=1), 0)
+        assert (fenced.value.live_version, fenced.value.batch_version) == (2, 1)
+        assert backend.checkpoint(3) == (0, 1, 0)
+        result = self.apply(
+            backend, 3, records(turn("bob", "sad"), start=1), 0, rules=SAD_COSTS_TWO
+        )
+        assert result.applied == 1
+        assert backend.projections()["bob"]["score"] == 0  # -2, clamped
+        assert backend.projections()["alice"]["score"] == 0
+
+    def test_the_batch_folds_with_its_rules(self, backend: Backend) -> None:
+        self.apply(backend, 0, records(adjusted("alice", 10), turn("alice", "sad")), -1)
+        backend.set_fold_version(1, SAD_COSTS_TWO.version)
+        bodies = [adjusted("bob", 10), turn("bob", "sad")]
+        self.apply(backend, 1, records(*bodies), -1, rules=SAD_COSTS_TWO)
+        scores = {user: p["score"] for user, p in backend.projections().items()}
+        assert scores == {"alice": 9, "bob": 8}
 
     def test_live_commits_are_logged_with_their_epoch_and_replay_commits_are_not(
         self, backend: Backend

@@ -55,6 +55,7 @@ _PROCESSOR_GRANTS: Final = (
     ),
     ("SELECT", ("data_keys", "erasures", "erased_event_ids", "alembic_version")),
     ("SELECT, INSERT", ("deployment_keys",)),  # the first check records the key ids
+    ("SELECT, INSERT, UPDATE", ("projection_builds",)),  # a build it cannot run says so
 )
 _API_GRANTS: Final = (
     ("SELECT, DELETE", (*_PROJECTIONS, "data_keys")),
@@ -63,7 +64,17 @@ _API_GRANTS: Final = (
     # erasing an erased child again: ON CONFLICT DO UPDATE; taking an erased child's id out of
     # another child's misrouted dead letter
     ("UPDATE", ("erasures", "dead_letters")),
-    ("SELECT", ("erasures", "api_tokens", "members", "member_backends", "alembic_version")),
+    (
+        "SELECT",
+        (
+            "erasures",
+            "api_tokens",
+            "members",
+            "member_backends",
+            "alembic_version",
+            "projection_builds",
+        ),
+    ),
     ("SELECT, UPDATE", ("checkpoints",)),
     ("SELECT, INSERT", ("deployment_keys",)),
 )

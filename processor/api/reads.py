@@ -10,7 +10,9 @@ request value whole (``processor.api.errors.quoted``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from datetime import datetime
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -28,6 +30,7 @@ from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses, quoted
 from processor.reading.errors import ReadError
 from processor.status import PartitionStatus
+from processor.versions.builds import read_version_status
 from projections import queries
 from projections.queries import (
     DEFAULT_PAGE_LIMIT,
@@ -52,12 +55,32 @@ class PartitionView(msgspec.Struct, frozen=True):
     owner: str | None
 
 
+class BuildView(msgspec.Struct, frozen=True):
+    """A build of a fold version (``processor.versions``): its state (``building``,
+    ``checking``, ``swapping``, ``live``, ``failed``), who runs it, when, and its progress in
+    log records (``records_total`` is an upper bound that grows while live moves on)."""
+
+    fold_version: int
+    state: str
+    member: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    records_done: int
+    records_total: int
+    message: str
+
+
 class StatsView(msgspec.Struct, frozen=True):
-    """Totals over the log and the status of partitions 0..PARTITIONS-1, in order."""
+    """Totals over the log and the status of partitions 0..PARTITIONS-1, in order; the fold
+    version the projections are at (null before any checkpoint) and the newest build of one
+    (null when there was none)."""
 
     events_applied: int
     dead_lettered: int
     partitions: list[PartitionView]
+    fold_version: int | None = None
+    fold_build: BuildView | None = None
 
 
 #: A ``user_id`` as the contract defines it (docs/contract.md section 1), for path parameters.
@@ -161,13 +184,16 @@ async def get_event(
     responses=error_responses(401, 403, 503),
 )
 async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
-    """Events applied, dead letters, and per partition its checkpoint, lag and owner.
+    """Events applied, dead letters, and per partition its checkpoint, lag and owner; the fold
+    version served and the newest build of one, with its progress.
 
     Takes about 0.25 s: the log tails are read from the broker.
 
     Errors: 503 ``database_unavailable`` / ``broker_unavailable``.
     """
     totals = await asyncio.to_thread(ctx.read_totals)
+    versions = await asyncio.to_thread(ctx.with_driver, read_version_status)
+    build = versions.build
     try:
         statuses: list[PartitionStatus] = await asyncio.to_thread(ctx.read_partitions)
     except (ReadError, OSError) as exc:
@@ -183,6 +209,8 @@ async def get_stats(ctx: NamedDependency[ApiContext]) -> StatsView:
             PartitionView(partition=s.partition, checkpoint=s.checkpoint, lag=s.lag, owner=s.owner)
             for s in statuses
         ],
+        fold_version=versions.serving,
+        fold_build=None if build is None else BuildView(**dataclasses.asdict(build)),
     )
 
 

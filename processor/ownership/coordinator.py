@@ -22,7 +22,11 @@ from collections.abc import Callable
 
 import psycopg
 
-from processor.applying.checkpoint import begin_lease_epoch, partition_fold_version
+from processor.applying.checkpoint import (
+    begin_lease_epoch,
+    fold_versions,
+    partition_fold_version,
+)
 from processor.applying.errors import ApplyError
 from processor.errors import loggable
 from processor.ownership.balance import plan_balance
@@ -123,6 +127,7 @@ class Coordinator:
             self._control = None
             return
         self._let_lost_leases_go(holders)
+        self._let_other_versions_go()
         with self._lock:
             owned = set(self._owners)
             unavailable = set(self._stopped)
@@ -186,6 +191,25 @@ class Coordinator:
                     terminated,
                 )
         return view.live, current_lease_holders(control)
+
+    def _let_other_versions_go(self) -> None:
+        """Hand off the partitions whose projections moved to another fold version (a rebuild
+        with a new rule was swapped in): their next batch would be fenced, but an idle one may
+        wait long for it. The next owner folds with the version it finds."""
+        control = self._control
+        if control is None:
+            return
+        try:
+            versions = fold_versions(control)
+        except psycopg.Error as exc:
+            log.warning("reading the fold versions failed (%s); retrying", loggable(exc))
+            return
+        with self._lock:
+            owners = dict(self._owners)
+        for partition, owner in owners.items():
+            live = versions.get(partition)
+            if live is not None and live != owner.applier.rules.version:
+                owner.hand_off(f"the projections are at fold version {live} now", logging.INFO)
 
     def _let_lost_leases_go(self, holders: dict[int, LeaseHolder]) -> None:
         """Hand off the partitions whose lease is no longer this member's.

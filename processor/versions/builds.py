@@ -148,6 +148,45 @@ def update_build(
     )
 
 
+@dataclass(frozen=True)
+class VersionStatus:
+    """What ``just status`` and ``GET /v1/stats`` say of fold versions.
+
+    Attributes:
+        serving: the fold version the live tables are at (None before any checkpoint, or when
+            the partitions disagree).
+        build: the newest build of a fold version, running or ended (None: never one).
+    """
+
+    serving: int | None
+    build: BuildStatus | None
+
+    def describe(self) -> str:
+        """One or two lines for people (``just status``)."""
+        line = f"fold version served: {self.serving if self.serving is not None else '-'}"
+        build = self.build
+        if build is None:
+            return line
+        share = (
+            f" {100 * build.records_done // build.records_total}% "
+            f"({build.records_done:,} of {build.records_total:,} records)"
+            if build.records_total
+            else ""
+        )
+        note = f": {build.message}" if build.message else ""
+        return (
+            f"{line}\nbuild of fold version {build.fold_version} by {build.member}: "
+            f"{build.state}{share}, started {build.started_at:%Y-%m-%d %H:%M:%S %Z}{note}"
+        )
+
+
+def read_version_status(conn: psycopg.Connection) -> VersionStatus:
+    """The fold version live serves and the newest build."""
+    versions = set(fold_versions(conn).values())
+    serving = versions.pop() if len(versions) == 1 else None
+    return VersionStatus(serving, latest_build(conn))
+
+
 def latest_build(conn: psycopg.Connection) -> BuildStatus | None:
     """The newest build, running or ended (None when there was none)."""
     row = conn.execute(

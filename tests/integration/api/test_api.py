@@ -475,7 +475,14 @@ def test_stats(settings: Settings, seeded: Seeded, client: TestClient[Any]) -> N
         response = client.get("/v1/stats")
     assert response.status_code == 200, response.text
     stats = response.json()
-    assert set(stats) == {"events_applied", "dead_lettered", "partitions"}
+    assert set(stats) == {
+        "events_applied",
+        "dead_lettered",
+        "partitions",
+        "fold_version",
+        "fold_build",
+    }
+    assert (stats["fold_version"], stats["fold_build"]) == (1, None)
     assert (stats["events_applied"], stats["dead_lettered"]) == (5, seeded.dead_letter_count)
     partitions = stats["partitions"]
     assert [p["partition"] for p in partitions] == list(range(16))

@@ -36,7 +36,7 @@ class PostgresBackend(Backend):
             )
             self.conn.execute(
                 "UPDATE checkpoints SET committed_offset = -1, lease_epoch = 0, owner = NULL, "
-                "applied_count = 0, dead_lettered_count = 0"
+                "applied_count = 0, dead_lettered_count = 0, fold_version = 1"
             )
 
     def add_data_key(self, user_id: str) -> bytes:
@@ -54,6 +54,11 @@ class PostgresBackend(Backend):
     def rewind(self, partition: int) -> None:
         self.conn.execute(
             "UPDATE checkpoints SET committed_offset = -1 WHERE partition = %s", (partition,)
+        )
+
+    def set_fold_version(self, partition: int, version: int) -> None:
+        self.conn.execute(
+            "UPDATE checkpoints SET fold_version = %s WHERE partition = %s", (version, partition)
         )
 
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:

@@ -41,6 +41,9 @@ class MemoryBackend(Backend):
     def rewind(self, partition: int) -> None:
         self.store.state.checkpoints[partition].committed_offset = -1
 
+    def set_fold_version(self, partition: int, version: int) -> None:
+        self.store.state.checkpoints[partition].fold_version = version
+
     def begin_lease(self, partition: int, owner: str) -> tuple[int, int]:
         return self.store.begin_lease_epoch(partition, owner)
 
