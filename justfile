@@ -114,6 +114,11 @@ check:
 
 # --- bench ----------------------------------------------------------------------------------
 
+# a rule change timed (demo data and a 200,000-event log; about 5 min): switch, build, read waits
+[group('bench')]
+bench-rule-change *ARGS: services
+    {{python}} -m bench.rule_change "$@"
+
 # the benchmark (about 6 min; --quick: 1 min, README untouched): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Uuid,
     false,
     func,
+    text,
 )
 
 from schemas.events import SENTIMENTS
@@ -150,6 +151,12 @@ dead_letters: Final = Table(
     UniqueConstraint("partition", "log_offset", name="dead_letters_partition_offset_key"),
     Index("dead_letters_event_id_idx", "event_id"),
     Index("dead_letters_user_id_idx", "user_id"),
+    # An erasure finds the misrouted letters naming the child while every partition waits.
+    Index(
+        "dead_letters_routing_key_idx",
+        "routing_key",
+        postgresql_where=text("routing_key IS NOT NULL"),
+    ),
 )
 
 #: API bearer tokens: only a keyed hash of the secret part is kept (``processor.access``).

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import psycopg
 from psycopg import sql
 
 from processor.access.errors import AccessError
@@ -222,7 +223,7 @@ def _provision_roles(settings: Settings, principals: Principals) -> None:
             )
             # Provisioning again gives exactly today's grants, none an older version gave.
             conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role))
-            if exists:
+            if exists and _member_of(conn, principals.role(process), "pg_signal_backend"):
                 conn.execute(sql.SQL("REVOKE pg_signal_backend FROM {}").format(role))
             for privileges, tables in table_grants:
                 conn.execute(
@@ -284,15 +285,23 @@ def remove(settings: Settings, prefix: str | None = None) -> None:
 
 
 def _forget(path: Path, prefix: str) -> None:
-    """``path`` without the passwords of ``prefix`` (the file stays, mode 0600)."""
+    """``path`` without the passwords of ``prefix`` (the file stays, mode 0600; replaced in one
+    rename, so the other deployments' passwords survive a crash)."""
     if not path.exists():
         return
     stored = json.loads(path.read_text())
     if stored.pop(prefix, None) is None:
         return
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    staged = path.with_name(path.name + ".new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(stored, out, indent=2)
+    staged.replace(path)
+
+
+def _member_of(conn: psycopg.Connection, role: str, group: str) -> bool:
+    row = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (role, group)).fetchone()
+    return bool(row and row[0])
 
 
 __all__ = [

@@ -30,8 +30,9 @@ class RemovedView(msgspec.Struct, frozen=True):
 class ErasureView(msgspec.Struct, frozen=True):
     """What the erasure did; the child is named by its keyed hash only.
 
-    ``plain_events_in_log`` counts the child's events published in plain text: their ``data``
-    stays readable in the log (encrypted ones are unreadable once the data key is destroyed).
+    ``plain_events_in_log`` counts the child's applied events and dead letters published in
+    plain text: their ``data`` stays readable in the log (encrypted ones are unreadable once the
+    data key is destroyed). A lower bound: events of the child not yet processed are not known.
     ``redacted_dead_letters`` counts other children's dead letters whose event was published
     with this child's id as routing key: they stay, with the key taken out of their reason.
     """

@@ -228,7 +228,8 @@ async def post_events(
     Errors: 422 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
     ``invalid_events``, 409 ``user_erased`` (an event of an erased child: nothing published),
     503 ``broker_unavailable`` (nothing published) / ``publish_failed`` (some may be published;
-    retrying the same events is safe).
+    retrying the same events is safe) / ``keys_mismatch`` (this process's key-encryption key is
+    not the deployment's: nothing published).
     """
     body = await request.body()
     try:

@@ -17,12 +17,14 @@ import msgspec
 import psycopg
 
 from processor.privacy.crypto import encrypt_event, new_data_key, unwrap_data_key, wrap_data_key
-from processor.privacy.errors import UserErased
+from processor.privacy.errors import KeyMissing, UserErased
 from processor.privacy.key_ids import check_key_ids, record_kek
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
 
-_SELECT: Final = "SELECT user_id, wrapped_key FROM data_keys WHERE user_id = ANY(%s::text[])"
+_SELECT: Final = (
+    "SELECT user_id, wrapped_key, kek_id FROM data_keys WHERE user_id = ANY(%s::text[])"
+)
 _INSERT: Final = (
     "INSERT INTO data_keys (user_id, wrapped_key, kek_id) "
     "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::text[]) ON CONFLICT (user_id) DO NOTHING"
@@ -68,7 +70,7 @@ def ensure_data_keys(
     wanted = sorted(set(users))
     if not wanted:
         return {}
-    stored = _read(conn, wanted)
+    stored = _read(conn, wanted, keys)
     missing = [user for user in wanted if user not in stored]
     if missing:
         stored.update(_make(conn, missing, keys))
@@ -89,11 +91,25 @@ def _make(conn: psycopg.Connection, users: list[str], keys: Keys) -> dict[str, b
         wrapped = [wrap_data_key(keys.kek, new_data_key(), user) for user in users]
         conn.execute(_INSERT, (users, wrapped, [keys.kek_id] * len(users)))
         check_key_ids(conn, keys)
-        return _read(conn, users)  # ours, or those of a transaction that won a race
+        return _read(conn, users, keys)  # ours, or those of a transaction that won a race
 
 
-def _read(conn: psycopg.Connection, users: list[str]) -> dict[str, bytes]:
-    return {str(u): bytes(w) for u, w in conn.execute(_SELECT, (users,)).fetchall()}
+def _read(conn: psycopg.Connection, users: list[str], keys: Keys) -> dict[str, bytes]:
+    """The wrapped keys of ``users`` that have one.
+
+    Raises:
+        KeyMissing: one was wrapped by another KEK than ``keys.kek`` (this process missed a
+            rotation: it must be restarted with the deployment's key).
+    """
+    found = {}
+    for user, wrapped, kek_id in conn.execute(_SELECT, (users,)).fetchall():
+        if kek_id != keys.kek_id:
+            raise KeyMissing(
+                f"a data key was wrapped by the key-encryption key {kek_id}, and this process "
+                f"has {keys.kek_id}: restart it with the deployment's key"
+            )
+        found[str(user)] = bytes(wrapped)
+    return found
 
 
 def destroy_data_key(cur: psycopg.Cursor, user_id: str) -> bool:

@@ -37,6 +37,7 @@ from processor.applying import checkpoint
 from processor.applying.decode import erased_key_reason
 from processor.privacy.crypto import envelope_of
 from processor.privacy.data_keys import destroy_data_key
+from processor.privacy.key_ids import check_key_ids
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
 from projections.tables import REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX
@@ -128,7 +129,11 @@ def erase_rows(cur: psycopg.Cursor, user_id: str, schema: str | None = None) -> 
 
 def _redact_routing_key(cur: psycopg.Cursor, routing_key: str, schema: str | None) -> int:
     """Take ``routing_key`` (an erased child's id) out of the dead letters of events published
-    with it as their routing key; returns how many there were."""
+    with it as their routing key; returns how many there were. A replay schema made before
+    migration 0007 has no ``routing_key`` column: its reasons are left as they are (the schema
+    is a snapshot a later swap or ``DROP SCHEMA`` removes)."""
+    if schema is not None and not _has_column(cur, schema, "dead_letters", "routing_key"):
+        return 0
     table = sql.Identifier(schema, "dead_letters") if schema else sql.Identifier("dead_letters")
     rows = cur.execute(
         sql.SQL("SELECT id, user_id FROM {} WHERE routing_key = %s").format(table),
@@ -140,6 +145,15 @@ def _redact_routing_key(cur: psycopg.Cursor, routing_key: str, schema: str | Non
             [(erased_key_reason(str(user or "")), row_id) for row_id, user in rows],
         )
     return len(rows)
+
+
+def _has_column(cur: psycopg.Cursor, schema: str, table: str, column: str) -> bool:
+    row = cur.execute(
+        "SELECT 1 FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        (schema, table, column),
+    ).fetchone()
+    return row is not None
 
 
 def replay_schemas_with_tables(cur: psycopg.Cursor) -> list[str]:
@@ -159,10 +173,13 @@ def erase_user(conn: psycopg.Connection, user_id: str, keys: Keys) -> ErasureRep
         The report; erasing an erased child again removes nothing and says so.
 
     Raises:
+        KeyMissing: this process's hash key or KEK is not the deployment's (an erasure recorded
+            under another hash key would never be found); nothing was erased.
         psycopg.Error: the database failed; nothing was erased.
     """
     digest = keys.user_digest(user_id)
     with conn.transaction(), conn.cursor() as cur:
+        check_key_ids(conn, keys)
         checkpoint.lock_all(cur)
         cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (CHILD_CLASS, child_lock_key(digest)))
         before = cur.execute(

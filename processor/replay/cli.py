@@ -14,6 +14,7 @@ from rich.console import Console
 
 from processor import tuning
 from processor.privacy.data_keys import erased_users
+from processor.privacy.key_ids import check_key_ids
 from processor.privacy.keys import load_keys
 from processor.replay.history import read_user_history, user_partitions
 from processor.replay.options import ReplayOptions
@@ -56,6 +57,7 @@ def _live_friendship(settings: Settings, user_id: str) -> tuple[Friendship | Non
 def _user_history(settings: Settings, user_id: str, options: ReplayOptions, out: Console) -> int:
     keys = load_keys(settings)
     with connect(settings.database_url) as conn:
+        check_key_ids(conn, keys)  # with another hash key the erasure would not be found
         erased = erased_users(conn, [user_id], keys)
     if erased:
         out.print(

@@ -23,6 +23,7 @@ import psycopg
 from processor import tuning
 from processor.applying.postgres import PostgresStore
 from processor.privacy.data_keys import erased_users
+from processor.privacy.key_ids import check_key_ids
 from processor.privacy.keys import Keys
 from processor.privacy.opening import open_batch
 from processor.reading.log_record import LogRecord
@@ -211,6 +212,7 @@ def read_user_history(
 
     Raises:
         LogTruncated: a partition's log is truncated (the history would be partial).
+        KeyMissing: this process's keys are not the deployment's.
     """
     chosen = sorted(set(partitions))
     tails: Mapping[int, int] = asyncio.run(read_tail_offsets(settings, chosen))
@@ -218,6 +220,7 @@ def read_user_history(
     ranges = [LogRange(p, 0, tail) for p, tail in sorted(tails.items()) if tail >= 0]
     size = tuning.HISTORY_BATCH_SIZE
     with connect(settings.database_url) as conn:
+        check_key_ids(conn, keys)  # another hash key would miss the erasures
         store = PostgresStore(conn)
         judge = PartitionJudge(
             lambda records: open_batch(store, records, keys),

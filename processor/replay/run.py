@@ -88,6 +88,13 @@ from projections.tables import REPLACED_SUFFIX
 log = logging.getLogger(__name__)
 
 
+#: A check of the rebuilt shadow before it is swapped in: ``(settings, shadow schema, its
+#: checkpoints, the rule it was built with)``; it raises to refuse the swap.
+ShadowCheck = Callable[[Settings, str, Mapping[int, int], FoldRules], None]
+#: Statements to commit with the swap itself (a cursor in its transaction).
+InSwap = Callable[[psycopg.Cursor], None]
+
+
 class _Run:
     """One replay's shadow schema, its checkpoints and the steps on it (see the module doc)."""
 
@@ -297,8 +304,9 @@ class _Run:
         finally:
             conn.close()
 
-    def swap_in(self) -> None:
-        """The final swap step, retried when a reader holds a table too long."""
+    def swap_in(self, in_swap: InSwap | None = None) -> None:
+        """The final swap step, retried when a reader holds a table too long; ``in_swap`` runs
+        inside its transaction, after the swap."""
         analyze(self.settings.database_url, self.shadow)
         conn = connect_shadow(self.settings.database_url, self.shadow, self.live)
         conn.execute("SET synchronous_commit TO on")
@@ -322,6 +330,8 @@ class _Run:
                         )
                         with conn.cursor() as cur:  # the rows are locked: batches of the old
                             set_fold_version(cur, self.live, self.rules.version)  # rule stop
+                            if in_swap is not None:
+                                in_swap(cur)
                     self.report.paused_s = time.monotonic() - locked_at
                     self.report.checkpoints = live
                     self.report.replaced_schema = replaced
@@ -403,16 +413,12 @@ def verify(settings: Settings, options: ReplayOptions, progress: ReplayProgress)
     return run.report
 
 
-#: A check of the rebuilt shadow before it is swapped in: ``(settings, shadow schema, its
-#: checkpoints, the rule it was built with)``; it raises to refuse the swap.
-ShadowCheck = Callable[[Settings, str, Mapping[int, int], FoldRules], None]
-
-
 def swap(
     settings: Settings,
     options: ReplayOptions,
     progress: ReplayProgress,
     check: ShadowCheck | None = None,
+    in_swap: InSwap | None = None,
 ) -> ReplayReport:
     """Rebuild into a shadow schema, catch up with live and swap it in (see the module doc).
     The live checkpoints then carry the rebuild's fold version (``options.rules``, or the
@@ -424,6 +430,8 @@ def swap(
         progress: where the bars go.
         check: run on the rebuilt shadow after the catch-up, before the swap (a new fold
             version is checked against the pure fold of the log, ``processor.versions``).
+        in_swap: run inside the swap's transaction (a build records that it is live, so the
+            record and the swap commit together).
 
     Raises:
         LogTruncated, SchemaDrift, SwapRefused, ReplayError: nothing was changed.
@@ -439,7 +447,7 @@ def swap(
         run.rebuild(live0)
         if check is not None:
             check(settings, run.shadow, dict(run.checkpoints), run.rules)
-        run.swap_in()
+        run.swap_in(in_swap)
     if options.drop_replaced and run.report.replaced_schema is not None:
         drop_schema(settings.database_url, run.report.replaced_schema)
         run.report.replaced_schema = None

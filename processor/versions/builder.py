@@ -109,13 +109,20 @@ class ProjectionBuilder:
                 check_against_pure_fold(s, shadow, checkpoints, rules)
                 update_build(conn, build_id, "swapping", message="checked against the pure fold")
 
+            def went_live(cur: psycopg.Cursor) -> None:  # commits with the swap
+                cur.execute(
+                    "UPDATE projection_builds SET state = 'live', updated_at = now(), "
+                    "finished_at = now(), message = 'swapped in' WHERE id = %s",
+                    (build_id,),
+                )
+
             reporter.start()
             try:
                 with progress:
                     options = ReplayOptions(
                         rules=self.rules, measure_read=False, drop_replaced=True
                     )
-                    report = swap(settings, options, progress, check=check)
+                    report = swap(settings, options, progress, check=check, in_swap=went_live)
             except BaseException as exc:
                 reporting.set()
                 reporter.join()
@@ -128,7 +135,7 @@ class ProjectionBuilder:
             update_build(
                 conn,
                 build_id,
-                "live",
+                None,
                 done=done,
                 message=f"swapped in; live writes paused {paused:.3f} s",
             )

@@ -7,8 +7,9 @@
 - Dead letters of a reused event id named the first user (``... another user ('kid-x',
   partition P, offset O)``); the reason now says where, not whose (an erasure of that child
   must not leave its id in another child's row, and a replay writes today's reason).
-- Dead letters whose body is not JSON get the first ``"user_id": "..."`` of the body as their
-  ``user_id`` (``processor.applying.decode.readable_ids``), so an erasure finds them too.
+- Dead letters without a ``user_id`` get the one ``processor.applying.decode.readable_ids``
+  reads from their body today (a body msgspec refuses is searched for the first
+  ``"user_id": "..."``), so an erasure finds them too.
 
 Revision ID: 0008
 Revises: 0007
@@ -17,9 +18,10 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-import json
 import re
+from typing import Final
 
+import msgspec
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,6 +30,8 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
+_OBJECT: Final = msgspec.json.Decoder(dict[str, object])
+_STRING: Final = msgspec.json.Decoder(str)
 #: ``processor.applying.decode._string_member`` for ``user_id``.
 _USER_ID_MEMBER = re.compile(rb'"user_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 #: A user id matches ``[A-Za-z0-9._:@-]`` (docs/contract.md), so it holds no ", partition".
@@ -36,18 +40,22 @@ _NEW_REUSED = r"event_id already applied for another user (partition \1, offset 
 
 
 def _broken_body_user(raw: bytes) -> str | None:
+    """The ``user_id`` ``processor.applying.decode.readable_ids`` reads from ``raw`` today: an
+    object's own, or, from a body msgspec refuses (cut short, an array, NaN), the first
+    ``"user_id": "..."`` in it."""
     try:
-        json.loads(raw)
-    except (ValueError, RecursionError):
+        decoded = _OBJECT.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
         found = _USER_ID_MEMBER.search(raw)
         if found is None:
             return None
         try:
-            user = json.loads(found.group(1))
-        except ValueError:
+            user = _STRING.decode(found.group(1))
+        except msgspec.DecodeError:
             return None
-        return user.replace("\x00", "\\u0000") if isinstance(user, str) else None
-    return None  # a JSON body: 0005 read its user_id already
+        return user.replace("\x00", "\\u0000")
+    member = decoded.get("user_id")
+    return member.replace("\x00", "\\u0000") if isinstance(member, str) else None
 
 
 def upgrade() -> None:

@@ -6,6 +6,8 @@
   built by version 1.
 - ``projection_builds``: each build of a new fold version (``processor.versions``) with its
   state and progress, for ``just status`` and ``GET /v1/stats``.
+- a partial index on ``dead_letters.routing_key``: an erasure looks the child's id up there
+  while every partition waits for it.
 
 Revision ID: 0009
 Revises: 0008
@@ -24,6 +26,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index(
+        "dead_letters_routing_key_idx",
+        "dead_letters",
+        ["routing_key"],
+        postgresql_where=sa.text("routing_key IS NOT NULL"),
+    )
     op.add_column(
         "checkpoints", sa.Column("fold_version", sa.Integer, nullable=False, server_default="1")
     )
@@ -51,5 +59,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("dead_letters_routing_key_idx", table_name="dead_letters")
     op.drop_table("projection_builds")
     op.drop_column("checkpoints", "fold_version")

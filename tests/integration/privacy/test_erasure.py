@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 from processor.api import create_app
 from processor.applying.postgres import PostgresStore
 from processor.privacy.crypto import envelope_of
+from processor.privacy.erasure import erase_user
 from processor.privacy.keys import load_keys
 from processor.privacy.opening import NO_DATA_KEY, open_batch
 from processor.publishing.publisher import OutgoingEvent
@@ -301,3 +302,28 @@ def test_an_erased_childs_id_as_another_events_routing_key_is_taken_out_live_and
     history = run_command(["replay", "--user", "kid-sender"], settings_env(settings))
     assert history.returncode == 0, history.stderr
     assert "an erased child's id" in history.stdout and CHILD not in history.stdout
+
+
+def test_an_erasure_works_beside_a_snapshot_kept_by_an_older_version(settings: Settings) -> None:
+    """A swap's snapshot made before dead letters had ``routing_key`` must not stop erasures."""
+    with connect(settings.database_url) as conn:
+        conn.execute("CREATE SCHEMA replay_old_replaced")
+        for table in ("friendships", "topic_metrics", "applied_events", "dead_letters"):
+            conn.execute(
+                f"CREATE TABLE replay_old_replaced.{table} (LIKE public.{table} INCLUDING ALL)"
+            )
+        conn.execute("ALTER TABLE replay_old_replaced.dead_letters DROP COLUMN routing_key")
+        conn.execute(
+            "CREATE TABLE replay_old_replaced.checkpoints AS SELECT * FROM public.checkpoints"
+        )
+        conn.execute(
+            "INSERT INTO replay_old_replaced.friendships (user_id, score, events_applied) "
+            "VALUES (%s, 5, 1)",
+            (CHILD,),
+        )
+        report = erase_user(conn, CHILD, load_keys(settings))
+        left = conn.execute(
+            "SELECT count(*) FROM replay_old_replaced.friendships WHERE user_id = %s", (CHILD,)
+        ).fetchone()
+    assert report.removed.redacted_dead_letters == 0
+    assert left == (0,), "the snapshot still names the erased child"

@@ -12,7 +12,7 @@ from processor.api import create_app
 from processor.privacy.crypto import decrypt_event
 from processor.privacy.data_keys import ensure_data_keys, rewrap_data_keys, seal_events
 from processor.privacy.errors import KeyMissing, UserErased
-from processor.privacy.key_ids import record_kek
+from processor.privacy.key_ids import check_keys, record_kek
 from processor.privacy.keys import init_keys, load_keys, new_key, read_key_file, write_new_key
 from processor.settings import Settings
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
@@ -215,3 +215,32 @@ def test_an_api_left_running_across_a_rotation_answers_503_for_a_new_child(
     with connect(settings.database_url) as conn:
         made = conn.execute("SELECT count(*) FROM data_keys WHERE user_id = 'kid-after'")
         assert made.fetchone() == (0,)
+
+
+def test_a_refused_process_records_nothing(settings: Settings) -> None:
+    """A process with the wrong keys must not leave its ids behind: the right ones would be
+    refused afterwards."""
+    keys = load_keys(settings)
+    with connect(settings.database_url) as conn:
+        ensure_data_keys(conn, ["kid-1"], keys)
+        conn.execute("DELETE FROM deployment_keys WHERE name = 'hash_key'")  # as after 0008
+        wrong = load_keys(settings.with_overrides(hash_key=new_key(), key_encryption_key=new_key()))
+        with pytest.raises(KeyMissing):
+            check_keys(conn, wrong)
+        names = conn.execute("SELECT name FROM deployment_keys ORDER BY name").fetchall()
+        assert names == [("kek",)]
+        check_keys(conn, keys)  # the deployment's own keys still start
+        names = conn.execute("SELECT name FROM deployment_keys ORDER BY name").fetchall()
+        assert names == [("hash_key",), ("kek",)]
+
+
+def test_an_erasure_with_another_hash_key_is_refused(settings: Settings) -> None:
+    with connect(settings.database_url) as conn:
+        ensure_data_keys(conn, ["kid-1"], load_keys(settings))
+    other = settings.with_overrides(hash_key=new_key())
+    result = run_command(["erase", "kid-1"], settings_env(other))
+    assert result.returncode == 2, result.stderr
+    assert "hash key" in result.stderr
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM erasures").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM data_keys").fetchone() == (1,)

@@ -48,16 +48,15 @@ SWITCH_TIMEOUT_S = 240.0
 
 
 def _snapshot(conn: psycopg.Connection) -> tuple[dict[int, tuple[int, int]], dict[str, int]]:
-    """One repeatable-read view: ``{partition: (checkpoint, fold version)}``, ``{user: score}``."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        checkpoints = {
-            int(p): (int(o), int(v))
-            for p, o, v in conn.execute(
-                "SELECT partition, committed_offset, fold_version FROM checkpoints"
-            )
-        }
-        scores = {str(u): int(s) for u, s in conn.execute("SELECT user_id, score FROM friendships")}
+    """One view of live, in one statement (one snapshot, and the table names resolved once: a
+    swap between two statements would show the old checkpoints beside the new tables):
+    ``{partition: (checkpoint, fold version)}``, ``{user: score}``."""
+    rows = conn.execute(
+        "SELECT 'c', partition::text, committed_offset, fold_version FROM checkpoints "
+        "UNION ALL SELECT 'f', user_id, score, 0 FROM friendships"
+    ).fetchall()
+    checkpoints = {int(key): (int(a), int(b)) for kind, key, a, b in rows if kind == "c"}
+    scores = {str(key): int(a) for kind, key, a, _ in rows if kind == "f"}
     return checkpoints, scores
 
 
