@@ -89,7 +89,7 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 10 min here): short fault suite, integration, unit; real broker and database
+# every test (11-15 min here): short fault suite, integration, unit; real broker and database
 [group('quality')]
 test *ARGS: services
     {{python}} -m pytest "$@"
