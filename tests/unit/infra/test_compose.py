@@ -427,6 +427,25 @@ def test_the_dashboard_uses_the_provisioned_prometheus_datasource(
     assert used == {source["uid"]}
 
 
+def test_the_dashboards_panels_have_unique_ids_places_and_queries() -> None:
+    panels = list(walk_panels(dashboard()["panels"]))
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), f"panel ids repeat: {ids}"
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        place = panel["gridPos"]
+        assert place["x"] + place["w"] <= 24, panel["title"]
+        covered = {
+            (x, y)
+            for x in range(place["x"], place["x"] + place["w"])
+            for y in range(place["y"], place["y"] + place["h"])
+        }
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        if panel["type"] != "row":
+            assert [t["expr"] for t in panel["targets"] if t.get("expr")], panel["title"]
+
+
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGES = re.compile(r"\[[^\]]*\]")
