@@ -17,13 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from demo import background
@@ -36,10 +36,11 @@ from processor.applying.checkpoint import consumed_records
 from processor.privacy.data_keys import seal_events
 from processor.privacy.errors import UserErased
 from processor.privacy.keys import load_keys
+from processor.progress import CountBar
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
-from processor.status import read_partition_status
+from processor.status import PartitionStatus, read_partition_status
 from projections.database import connect, migrate
 from projections.fold import LEVELS, level_of
 
@@ -131,25 +132,15 @@ class DrainMeasurement:
 async def _publish(settings: Settings, events: list[OutgoingEvent], console: Console) -> float:
     publisher = AsyncPublisher(settings)
     await publisher.connect()
-    started = time.perf_counter()
     try:
-        with Progress(
-            TextColumn("publishing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>8.0f} events/s"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("publish", total=len(events), rate=0.0)
+        with CountBar(console, "publishing", len(events)) as bar:
             done = 0
             for start in range(0, len(events), tuning.PUBLISH_CHUNK):
                 done += await publisher.publish(events[start : start + tuning.PUBLISH_CHUNK])
-                elapsed = time.perf_counter() - started
-                progress.update(task, completed=done, rate=done / elapsed if elapsed else 0.0)
+                bar.update(done)
     finally:
         await publisher.close()
-    return time.perf_counter() - started
+    return bar.seconds
 
 
 def _sealed(settings: Settings, events: list[OutgoingEvent]) -> tuple[list[OutgoingEvent], int]:
@@ -185,6 +176,24 @@ def _read_progress(settings: Settings) -> Counters:
     return Counters(consumed, int(applied), int(dead))
 
 
+def drain_progress(statuses: Sequence[PartitionStatus], consumed_before: int) -> tuple[int, int]:
+    """How far the processor is through the demo's backlog, for the processing bar.
+
+    Args:
+        statuses: every partition's checkpoint, tail and lag, just read.
+        consumed_before: ``Counters.consumed`` before the demo published (the sum over
+            partitions of checkpoint + 1).
+
+    Returns:
+        ``(done, total)`` in log offsets: the offsets consumed since ``consumed_before``, and
+        those plus the lag still to go. Offsets may have holes (segment header chunks), so both
+        may exceed the events by a few; ``done == total`` exactly when the lag is zero.
+    """
+    consumed = sum(s.checkpoint + 1 for s in statuses)
+    done = max(0, consumed - consumed_before)
+    return done, done + sum(max(0, s.lag) for s in statuses)
+
+
 def _drain(
     settings: Settings, console: Console, before: Counters, publish_started: float
 ) -> DrainMeasurement:
@@ -199,14 +208,18 @@ def _drain(
     processor = existing or background.start(
         "processor", ["run"], _environment_of(settings, "processor")
     )
-    with connect(settings.database_url) as conn, console.status("processing") as status:
+    with (
+        connect(settings.database_url) as conn,
+        CountBar(console, "processing", 0) as bar,
+    ):
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
             if not processor.alive():
                 raise DemoError(processor.death_report())
             statuses = asyncio.run(read_partition_status(settings, conn))
             lag = sum(s.lag for s in statuses)
-            status.update(f"processing: consumer lag {lag} events")
+            done, total = drain_progress(statuses, before.consumed)
+            bar.update(done, total)
             if lag == 0:
                 break
             if time.monotonic() > deadline:

@@ -62,6 +62,9 @@ def _topology(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+
+    from processor.progress import CountBar, rate  # noqa: PLC0415
     from processor.publishing.publish_file import (  # noqa: PLC0415
         check_readable,
         describe_invalid,
@@ -75,11 +78,17 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     check_readable(path)
     contents = seal_file_events(settings, path, read_events(path, allow_invalid=args.allow_invalid))
     declare_topology(settings)
-    count = asyncio.run(publish_events_of(settings, contents))
+    # The bar on a terminal only: in a pipe or a log the line below says it all.
+    console = Console(stderr=True)
+    with CountBar(console, "publishing", len(contents.events), enabled=console.is_terminal) as bar:
+        count = asyncio.run(publish_events_of(settings, contents, bar.update))
     log.info(
-        "published %d events from %s, their data encrypted (all confirmed by the broker)",
+        "published %d events from %s in %.2f s (%s), their data encrypted (all confirmed by "
+        "the broker)",
         count,
         path,
+        bar.seconds,
+        rate(count, bar.seconds),
     )
     if contents.invalid:
         log.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -204,8 +205,18 @@ async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = 
     return await publish_events_of(settings, read_events(path, allow_invalid=allow_invalid))
 
 
-async def publish_events_of(settings: Settings, contents: FileEvents) -> int:
+async def publish_events_of(
+    settings: Settings,
+    contents: FileEvents,
+    on_confirmed: Callable[[int], None] | None = None,
+) -> int:
     """Publish ``contents.events`` with confirms (see ``publish_file``); returns the count.
+
+    Args:
+        settings: the broker.
+        contents: the events, in file order.
+        on_confirmed: called after each chunk the broker confirmed, with the number of events
+            confirmed so far (``just publish`` moves its progress bar with it).
 
     Raises:
         PublishError: a chunk still failed after the retries.
@@ -227,6 +238,8 @@ async def publish_events_of(settings: Settings, contents: FileEvents) -> int:
                         log.warning("re-publishing a chunk of %d events", len(chunk))
                         await publisher.close()
                     published += await publisher.publish(chunk)
+            if on_confirmed is not None:
+                on_confirmed(published)
     finally:
         await publisher.close()
     return published

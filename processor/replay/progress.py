@@ -1,5 +1,7 @@
 """Replay progress: one rich progress bar per phase (events, events/s, ETA) and the rate lines.
 
+The bars have the layout of every long command (``processor.progress.new_progress``).
+
 Bars go to stderr so that stdout carries only the report. Rates are events per second measured
 on the monotonic clock; nothing here reads the wall clock.
 """
@@ -13,29 +15,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import Progress, TaskID
+
+from processor.progress import new_progress
 
 if TYPE_CHECKING:
     from processor.applying.batch import BatchResult
-
-
-class _RateColumn(ProgressColumn):
-    """``12,345 events/s``: the phase's records over its elapsed time (``rate`` field)."""
-
-    def render(self, task: Task) -> Text:
-        value = float(task.fields.get("rate", 0.0))
-        return Text(f"{value:>8,.0f} events/s", style="progress.data.speed")
 
 
 @dataclass
@@ -72,17 +57,7 @@ class ReplayProgress:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> ReplayProgress:
-        self._progress = Progress(
-            TextColumn("{task.description:<17}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            speed_estimate_period=5.0,
-        )
+        self._progress = new_progress(self.console)
         self._progress.start()
         return self
 
@@ -139,10 +114,3 @@ class PhaseBar:
         self.phase.seconds = time.monotonic() - self.started
         self.owner._finish(self.task, self.phase.records)
         return self.phase
-
-
-def rate(records: int, seconds: float) -> str:
-    """``"12,345 events/s"`` (``"-"`` when nothing was timed)."""
-    if seconds <= 0 or records == 0:
-        return "-"
-    return f"{records / seconds:,.0f} events/s"

@@ -12,10 +12,10 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from processor.progress import rate
 from processor.replay.compare import Comparison, RowDiff
 from processor.replay.history import History
 from processor.replay.options import ReplayReport
-from processor.replay.progress import rate
 from projections.fold import Friendship, level_of
 
 #: Differing users printed by default; the count of all differing rows is printed too.
