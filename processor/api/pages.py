@@ -13,7 +13,7 @@ from string import Template
 from typing import Final
 
 #: Headers of every HTML answer: no framing, no inline or foreign script, no caching (the page
-#: holds the session's CSRF token), no referrer.
+#: holds the session's CSRF token), no referrer to other sites.
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -21,7 +21,7 @@ SECURITY_HEADERS: Final = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form posts say Origin: null
     "Cache-Control": "no-store",
 }
 
@@ -32,6 +32,7 @@ _HEAD: Final = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$title · friendship-stream</title>
 <link rel="stylesheet" href="/static/dashboard.css">
+<link rel="icon" href="data:,">
 """
 
 _SIGN_IN: Final = Template(
@@ -71,7 +72,7 @@ $sign_out
 <section id="totals" aria-label="totals">
 <div><span class="label">events applied</span><span id="events-applied" class="value">…</span></div>
 <div><span class="label">dead letters</span><span id="dead-lettered" class="value">…</span></div>
-<div><span class="label">events/s now</span><span id="rate-now" class="value">…</span></div>
+<div><span class="label">events/s, last 10 s</span><span id="rate-now" class="value">…</span></div>
 <div><span class="label">fold version</span><span id="fold-version" class="value">…</span></div>
 <div><span class="label">updated</span><span id="updated-at" class="value small">…</span></div>
 </section>

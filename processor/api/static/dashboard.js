@@ -12,6 +12,7 @@
   const admin = document.body.dataset.admin === "true";
   const byId = (id) => document.getElementById(id);
   const number = new Intl.NumberFormat("en");
+  const rate = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
 
   class SignedOut extends Error {}
 
@@ -90,7 +91,7 @@
     const labels = answer.intervals.map((i) => new Date(i.start).toISOString().slice(11, 19));
     const values = answer.intervals.map((i) => i.per_s);
     const last = answer.intervals[answer.intervals.length - 1];
-    byId("rate-now").textContent = last ? number.format(last.per_s) : "—";
+    byId("rate-now").textContent = last ? rate.format(last.per_s) : "—";
     if (throughputChart === null) {
       throughputChart = new Chart(byId("throughput-chart"), {
         type: "line",
