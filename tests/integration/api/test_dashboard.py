@@ -275,3 +275,14 @@ def test_throughput_sums_the_committed_batches_per_interval(
     too_many = browser.get("/v1/stats/throughput?minutes=60&step_s=1", headers=bearer(token))
     error_of(too_many, 400, "invalid_parameters")
     error_of(browser.get("/v1/stats/throughput"), 401, "unauthorized")
+
+
+def test_a_bearer_token_gets_the_page_too_without_a_session(
+    settings: Settings, browser: TestClient[Any]
+) -> None:
+    page = browser.get("/", headers=bearer(make_token(settings, "admin", "dash-bearer")))
+    assert page.status_code == 200 and "dash-bearer" in page.text
+    assert csrf_of(page.text) == "" and "Sign out" not in page.text
+    assert "set-cookie" not in page.headers
+    ingest = browser.get("/", headers=bearer(make_token(settings, "ingest")))
+    error_of(ingest, 403, "forbidden")
