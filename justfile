@@ -20,6 +20,11 @@ services:
     bash infra/services.sh
     {{python}} -m processor keys init
 
+# make sure Debian's Chromium is here for the dashboard's browser test (apt-get when missing); safe to run twice
+[group('services')]
+browser:
+    bash infra/browser.sh
+
 # create the database if missing and apply the migrations
 [group('services')]
 migrate: services
@@ -89,9 +94,9 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (11-15 min here): short fault suite, integration, unit; real broker and database
+# every test (11-15 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database
 [group('quality')]
-test *ARGS: services
+test *ARGS: services browser
     {{python}} -m pytest "$@"
 
 # unit tests only (no services needed)

@@ -340,7 +340,8 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
         console.print(f"  curl {auth} {base_url}{path}", highlight=False, soft_wrap=True)
     console.print(
         f"  curl {base_url}/schema/openapi.json   (open: the API's description)\n"
-        "USER_ID: the demo's children are child-NNN, NNN from 000 to 199.",
+        "USER_ID: the demo's children are child-NNN, NNN from 000 to 199.\n"
+        f"The dashboard: open {base_url}/ in a browser and sign in with the token.",
         highlight=False,
         soft_wrap=True,
     )

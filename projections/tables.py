@@ -72,6 +72,8 @@ checkpoint_log: Final = Table(
     Column("dead_lettered", Integer, nullable=False),
     Column("committed_at", DateTime(timezone=True), nullable=False),
     Index("checkpoint_log_partition_idx", "partition", "id"),
+    # Events per second over the last minutes (projections.throughput).
+    Index("checkpoint_log_committed_at_idx", "committed_at"),
 )
 
 #: Processor processes that share the partitions, with their last heartbeat (database time).

@@ -74,6 +74,7 @@ _API_GRANTS: Final = (
             "member_backends",
             "alembic_version",
             "projection_builds",
+            "checkpoint_log",  # the dashboard's events per second
         ),
     ),
     ("SELECT, UPDATE", ("checkpoints",)),

@@ -59,6 +59,16 @@ def _parse(token: str) -> tuple[str, str] | None:
     return body[:_ID_HEX], body[_ID_HEX:]
 
 
+def token_id_of(token: str) -> str | None:
+    """The public id in ``token`` (16 hex digits; not a secret), None when it is not a token.
+
+    A browser session names its token by this id (``processor.api.sessions``), never by the
+    secret.
+    """
+    parsed = _parse(token)
+    return None if parsed is None else parsed[0]
+
+
 def create_token(
     conn: psycopg.Connection,
     keys: Keys,
@@ -130,6 +140,30 @@ def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo 
     name, scope, created_at, expires_at, revoked_at, stored, expired = row
     if not hmac.compare_digest(bytes(stored), keys.keyed_hash(_PURPOSE, secret)):
         return None
+    if revoked_at is not None or expired:
+        return None
+    return TokenInfo(name, scope, created_at, expires_at, revoked_at)
+
+
+def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None:
+    """The info of the token with this id when it is valid now: known, not revoked, not expired.
+
+    A browser session holds the id of the token it was opened with (its secret was checked at
+    sign-in, ``verify_token``); every request of the session calls this, so revoking or expiring
+    the token ends its sessions at once.
+
+    Returns:
+        None for a token id that must be refused.
+    """
+    row = conn.execute(
+        "SELECT name, scope, created_at, expires_at, revoked_at, "
+        "(expires_at IS NOT NULL AND expires_at <= now()) AS expired "
+        "FROM api_tokens WHERE token_id = %s",
+        (token_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    name, scope, created_at, expires_at, revoked_at, expired = row
     if revoked_at is not None or expired:
         return None
     return TokenInfo(name, scope, created_at, expires_at, revoked_at)

@@ -1,9 +1,13 @@
 """The HTTP app: ``create_app(settings)`` builds it, ``serve(settings)`` runs it with uvicorn.
 
 Routes (docs/contract.md §5, §6): ``POST /v1/events``; ``GET /v1/users/{user_id}/friendship``,
-``/v1/users/{user_id}/topics``, ``/v1/events/{event_id}``, ``/v1/stats``, ``/v1/dead-letters``;
-``GET /healthz``, ``/readyz``, ``/metrics``; the OpenAPI document at ``/schema/openapi.json``.
-Every error answers ``{"error": {"code", "message"}}`` (see ``processor.api.errors``).
+``/v1/users/{user_id}/topics``, ``/v1/events/{event_id}``, ``/v1/stats``,
+``/v1/stats/throughput``, ``/v1/dead-letters``; ``GET /healthz``, ``/readyz``, ``/metrics``;
+the OpenAPI document at ``/schema/openapi.json``. Every error of the JSON API answers
+``{"error": {"code", "message"}}`` (see ``processor.api.errors``). The dashboard
+(``processor.api.dashboard``): ``GET /``, ``GET``/``POST /sign-in``, ``POST /sign-out`` and
+``/static/``, left out of the OpenAPI document; a browser signs in for a session cookie
+(``processor.api.sessions``).
 
 Nothing connects when the app is built: the database pool connects on first use and the shared
 publisher opens in the lifespan (and again on demand after the broker dropped it).
@@ -17,16 +21,18 @@ from contextlib import asynccontextmanager
 
 import psycopg
 from litestar import Litestar
+from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from processor import tuning
-from processor.api import erasure, ingest, probes, reads
+from processor.api import dashboard, erasure, ingest, probes, reads, throughput
 from processor.api.auth import BearerTokenAuth
 from processor.api.context import ApiContext
 from processor.api.errors import exception_handlers
 from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
+from processor.api.sessions import clearing_cookie, csrf_guard, session_config
 from processor.errors import loggable
 from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
@@ -65,8 +71,17 @@ def create_app(settings: Settings) -> Litestar:
     open_paths = ["/metrics"] if settings.metrics_public else []
     auth = BearerTokenAuth(
         retrieve_user_handler=ctx.check_token,
+        check_session=ctx.check_session_token,
         exclude=["^/schema", *(f"^{path}$" for path in open_paths)],
     )
+    sessions = session_config(ctx.keys)
+
+    def with_sessions(app_config: AppConfig) -> AppConfig:
+        # After the auth config put its middleware first: the session middleware goes before
+        # it, so the auth middleware finds the session loaded.
+        app_config.middleware.insert(0, sessions.middleware)
+        return app_config
+
     return Litestar(
         route_handlers=[
             ingest.post_events,
@@ -74,16 +89,23 @@ def create_app(settings: Settings) -> Litestar:
             reads.get_topics,
             reads.get_event,
             reads.get_stats,
+            throughput.get_throughput,
             reads.get_dead_letters,
             erasure.delete_user,
             probes.healthz,
             probes.readyz,
             probes.metrics,
+            dashboard.dashboard,
+            dashboard.sign_in_form,
+            dashboard.sign_in,
+            dashboard.sign_out,
+            dashboard.static_files(),
         ],
-        on_app_init=[auth.on_app_init],
+        on_app_init=[auth.on_app_init, with_sessions],
+        guards=[csrf_guard],
         state=State({"open_paths": frozenset(open_paths)}),
         dependencies={"ctx": Provide(provide_context, sync_to_thread=False)},
-        exception_handlers=exception_handlers(ctx.metrics.record_unmatched),
+        exception_handlers=exception_handlers(ctx.metrics.record_unmatched, clearing_cookie()),
         middleware=[RequestMetricsMiddleware(ctx.metrics)],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

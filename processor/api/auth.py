@@ -8,6 +8,12 @@ use) and puts the token's ``TokenInfo`` on the connection; each route's guard (`
 checks the scope. Without a valid token the answer is ``401`` (with ``WWW-Authenticate:
 Bearer``), without the scope ``403``, both in the API's error shape; the OpenAPI document
 declares the scheme (``BearerToken``).
+
+A browser signed in at ``/sign-in`` has no header but a session cookie
+(``processor.api.sessions``): without an ``Authorization`` header the middleware takes the
+session's token id and checks that token in ``api_tokens`` the same way (``SessionCheck``). The
+auth value is then ``SessionCredentials`` (a bearer call's is the token), which the app-wide
+``sessions.csrf_guard`` uses to ask cookie calls that change state for the CSRF token.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from litestar.types import (
 )
 
 from processor.access.tokens import TokenInfo
+from processor.api.sessions import session_credentials
 
 #: The OpenAPI name of the scheme.
 SCHEME: Final = "BearerToken"
@@ -47,6 +54,8 @@ CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="friendship-stream"'}
 #: Checks a token against ``api_tokens`` (``None``: refuse it); Litestar's
 #: ``retrieve_user_handler`` signature, ``(token, connection)``.
 TokenCheck = Callable[[str, ASGIConnection[Any, Any, Any, Any]], Awaitable[TokenInfo | None]]
+#: Checks the token a session names by its id (``None``: refuse it).
+SessionCheck = Callable[[str], Awaitable[TokenInfo | None]]
 
 
 def _unauthorized(message: str) -> NotAuthorizedException:
@@ -54,26 +63,44 @@ def _unauthorized(message: str) -> NotAuthorizedException:
 
 
 class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
-    """Reads ``Authorization: Bearer TOKEN`` and checks the token.
+    """Reads ``Authorization: Bearer TOKEN`` (or, without that header, the session cookie) and
+    checks the token.
 
     Args:
         app: the next ASGI app.
         check: the config's ``retrieve_user_handler``.
+        check_session: checks the token a session names by its id; None: no sessions.
         **options: ``AbstractAuthenticationMiddleware``'s (exclusions, scopes).
     """
 
-    def __init__(self, app: ASGIApp, check: TokenCheck, **options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        check: TokenCheck,
+        check_session: SessionCheck | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(app, **options)
         self.check = check
+        self.check_session = check_session
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        """The token's ``TokenInfo`` as the user, the token as the auth value.
+        """The token's ``TokenInfo`` as the user; the token (bearer) or the session's
+        ``SessionCredentials`` (cookie) as the auth value.
 
         Raises:
-            NotAuthorizedException: no bearer token, or one that is unknown, revoked or expired.
+            NotAuthorizedException: no bearer token and no session, or a token that is unknown,
+                revoked or expired.
         """
+        if "authorization" not in connection.headers and self.check_session is not None:
+            credentials = session_credentials(connection.scope.get("session"))
+            if credentials is not None:
+                info = await self.check_session(credentials.token_id)
+                if info is None:
+                    raise _unauthorized("the session's token is revoked or expired: sign in again")
+                return AuthenticationResult(user=info, auth=credentials)
         kind, _, token = connection.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if kind.lower() != "bearer" or not token:
@@ -90,10 +117,13 @@ class BearerTokenAuth(AbstractSecurityConfig[TokenInfo, str]):
 
     Attributes:
         retrieve_user_handler: checks a token (``TokenCheck``).
+        check_session: checks a session's token by its id (``SessionCheck``); None: the
+            middleware ignores session cookies.
         exclude: path patterns that need no token (the health probes).
     """
 
     retrieve_user_handler: TokenCheck
+    check_session: SessionCheck | None = None
     exclude: str | list[str] | None = None
     authentication_middleware_class: type[AbstractAuthenticationMiddleware] = field(
         default=BearerTokenMiddleware
@@ -133,6 +163,7 @@ class BearerTokenAuth(AbstractSecurityConfig[TokenInfo, str]):
         return DefineMiddleware(
             BearerTokenMiddleware,
             check=self.retrieve_user_handler,
+            check_session=self.check_session,
             exclude=self.exclude,
             exclude_from_auth_key=self.exclude_opt_key,
             exclude_http_methods=self.exclude_http_methods,

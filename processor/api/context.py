@@ -17,7 +17,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from processor import tuning
-from processor.access.tokens import TokenInfo, verify_token
+from processor.access.tokens import TokenInfo, verify_token, verify_token_id
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.applying.checkpoint import read_totals
@@ -109,6 +109,12 @@ class ApiContext:
         """``access.tokens.verify_token`` off the event loop (the auth middleware's check)."""
         return await asyncio.to_thread(
             self.with_driver, lambda conn: verify_token(conn, self.keys, token)
+        )
+
+    async def check_session_token(self, token_id: str) -> TokenInfo | None:
+        """``access.tokens.verify_token_id`` off the event loop (a session's check)."""
+        return await asyncio.to_thread(
+            self.with_driver, lambda conn: verify_token_id(conn, token_id)
         )
 
     def run_query(

@@ -1,8 +1,11 @@
 """The one error shape of the API, ``{"error": {"code", "message"}}``, and its exception handlers.
 
-Every failure answers this shape: errors raised on purpose (``ApiError``), Litestar's own
-(unknown route 404, 405, 413, query parameter validation 400), an unreachable database (503) and
-anything unexpected (500, logged with its traceback; the message does not leak internals).
+Every failure of the JSON API answers this shape: errors raised on purpose (``ApiError``),
+Litestar's own (unknown route 404, 405, 413, query parameter validation 400), an unreachable
+database (503) and anything unexpected (500, logged with its traceback; the message does not
+leak internals).
+A browser page (a route with the ``SIGN_IN_REDIRECT_OPT`` option, the dashboard) answers a
+missing or refused token with a redirect to the sign-in form instead of a 401.
 
 A value taken from the request is never echoed whole: ``shortened`` and ``quoted`` cut it to
 ``ECHO_CHARS`` characters. Logs name the route template, never the path (it may hold a user id),
@@ -19,9 +22,13 @@ import msgspec
 import psycopg
 import sqlalchemy.exc
 from litestar import MediaType, Request, Response
+from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Redirect
 from litestar.status_codes import (
+    HTTP_303_SEE_OTHER,
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_500_INTERNAL_SERVER_ERROR,
@@ -39,6 +46,11 @@ DATABASE_ERRORS: Final = (sqlalchemy.exc.SQLAlchemyError, psycopg.Error)
 
 #: Most characters of a request value (path, id, cursor) echoed back in an error message.
 ECHO_CHARS: Final = 64
+
+#: Route option: a 401 on this route (a browser page) redirects to the sign-in form instead.
+SIGN_IN_REDIRECT_OPT: Final = "sign_in_redirect"
+#: Where that redirect goes.
+SIGN_IN_PATH: Final = "/sign-in"
 
 #: Error code of each HTTP status Litestar raises by itself.
 _CODES: Final = {
@@ -155,7 +167,13 @@ def _validation_details(exc: ValidationException) -> list[dict[str, Any]] | None
     return details or None
 
 
-def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if (
+        exc.status_code == HTTP_401_UNAUTHORIZED
+        and "route_handler" in request.scope
+        and request.route_handler.opt.get(SIGN_IN_REDIRECT_OPT)
+    ):
+        return Redirect(SIGN_IN_PATH, status_code=HTTP_303_SEE_OTHER)
     if isinstance(exc, ValidationException):
         return error_response(
             exc.status_code,
@@ -210,18 +228,28 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
 
 def exception_handlers(
     on_unmatched: Callable[[str, int], None] | None = None,
+    session_cookie: Cookie | None = None,
 ) -> ExceptionHandlersMap:
     """The app-level handlers that turn every exception into the error shape.
 
     Args:
         on_unmatched: called with ``(method, status)`` for a request no route matched (404, 405),
             which never reaches route middleware; the metrics count it there.
+        session_cookie: the cookie that clears the browser session; a 401 to a request that
+            sent a session cookie (its token was revoked or expired) sets it.
     """
 
-    def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    def http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         if on_unmatched is not None and "route_handler" not in request.scope:
             on_unmatched(request.method, exc.status_code)
-        return _http_exception(request, exc)
+        response = _http_exception(request, exc)
+        if (
+            session_cookie is not None
+            and exc.status_code == HTTP_401_UNAUTHORIZED
+            and session_cookie.key in request.cookies
+        ):
+            response.set_cookie(session_cookie)
+        return response
 
     return {
         ApiError: _api_error,
