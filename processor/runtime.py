@@ -92,7 +92,8 @@ class Processor:
             batch_committed=self.metrics.batch_committed,
             lease_released=lambda lost: self.metrics.lease_released(lost=lost),
         )
-        # The owned partitions' stream tails, for the lag gauges (one stream connection).
+        # The owned partitions' stream tails, for the lag gauges (one stream connection, opened
+        # only when the metrics are served).
         self._tails = TailCache(
             settings,
             self._coordinator.owned_partitions,
@@ -159,7 +160,8 @@ class Processor:
             self._stop_metrics()
             raise
         self._reader.start()
-        self._tails.start()
+        if self._metrics_server is not None:
+            self._tails.start()  # only the lag gauges need it
         self._pool.start()
         if self.versions is not None and self.versions.build is not None:
             ProjectionBuilder(self.settings, self.versions.build, self.member, self._stop).start()

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from processor.ownership.membership import OWNER_APPLICATION_PREFIX
 from processor.publishing.publisher import OutgoingEvent
 from processor.settings import Settings
+from projections.database import connect
 from tests.integration.support import (
     drain,
     outgoing,
@@ -168,6 +170,34 @@ def test_a_second_process_takes_half_and_the_first_hands_off(
             # The released partitions' gauges are gone from the first process.
             assert len(lags(first)) == 8
             assert set(lags(first)).isdisjoint(lags(second))
+
+
+def test_a_lease_lost_with_its_connection_is_counted_and_retaken(
+    settings: Settings, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "processor.log"
+    with processor_process(settings, log_path):
+        url, _ = metrics_url(log_path)
+        wait_until(lambda: scrape(url)["friendship_processor_owned_partitions"] == 16, "16 owned")
+        with connect(settings.database_url) as conn:
+            (terminated,) = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE %s "
+                "ORDER BY pid LIMIT 1",
+                (f"{OWNER_APPLICATION_PREFIX}%",),
+            ).fetchone() or (False,)
+        assert terminated
+
+        def retaken() -> bool:
+            samples = scrape(url)
+            return (
+                samples["friendship_processor_leases_lost_total"] == 1
+                and samples["friendship_processor_lease_takes_total"] == 17
+                and samples["friendship_processor_owned_partitions"] == 16
+            )
+
+        wait_until(retaken, "the lost lease counted and the partition taken again")
+        assert scrape(url)["friendship_processor_lease_handoffs_total"] == 0
 
 
 def test_a_token_protects_the_metrics(settings: Settings, tmp_path: Path) -> None:
