@@ -193,10 +193,12 @@ class ApiContext:
         )
 
     async def wait_for_tails(self) -> None:
-        """Right after start, wait (at most ``tuning.TAILS_FIRST_READ_WAIT_S``) for the cache's
-        first read of the tails; at once afterwards."""
-        if not self.tails.wait_first(0):
-            await asyncio.to_thread(self.tails.wait_first, tuning.TAILS_FIRST_READ_WAIT_S)
+        """In the first ``tuning.TAILS_FIRST_READ_WAIT_S`` seconds after start, wait for the
+        cache's first read of the tails (until then at most); never later: a broker that never
+        answered makes the call fail at once instead."""
+        remaining = tuning.TAILS_FIRST_READ_WAIT_S - self.tails.running_for_s()
+        if remaining > 0 and not self.tails.wait_first(0):
+            await asyncio.to_thread(self.tails.wait_first, remaining)
 
     def _known_tails(self) -> Tails:
         tails = self.tails.snapshot()

@@ -25,20 +25,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from struct import error as struct_error
 
 from processor import tuning
 from processor.errors import loggable
 from processor.reading.chunks import ChunkEntry, chunk_span
 from processor.reading.client import MAX_SUBSCRIPTIONS, OffsetSpec, StreamConnection
 from processor.reading.client import stream_connection as open_stream_connection
-from processor.reading.errors import ReadError
 from processor.settings import Settings, stream_name
 
 log = logging.getLogger(__name__)
-
-#: Failures of one round that mean: drop the connection and try again later.
-_ROUND_ERRORS = (ReadError, OSError, TimeoutError, ConnectionError, struct_error)
 
 
 @dataclass(frozen=True)
@@ -96,6 +91,7 @@ class TailCache:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
+        self._started_at: float | None = None
         self.connections_opened = 0
         self.rounds = 0
 
@@ -105,6 +101,7 @@ class TailCache:
         """Start the background thread (returns at once; the first round follows)."""
         if self._thread is not None:
             return
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="stream-tails", daemon=True)
         self._thread.start()
         self._started.wait(tuning.READER_START_TIMEOUT_S)
@@ -132,6 +129,10 @@ class TailCache:
         """Wait up to ``timeout_s`` seconds for the first successful round; True once done."""
         return self._first.wait(timeout_s)
 
+    def running_for_s(self) -> float:
+        """Seconds since ``start`` (0 before it)."""
+        return 0.0 if self._started_at is None else time.monotonic() - self._started_at
+
     # -- the cache's thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -157,7 +158,7 @@ class TailCache:
                     delay = self._refresh_s
                 except asyncio.CancelledError:
                     raise
-                except _ROUND_ERRORS as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure: reconnect and try again
                     failures += 1
                     self._failed(exc, first_failure=failures == 1)
                     if connection is not None:
@@ -171,8 +172,8 @@ class TailCache:
             if connection is not None:
                 await _close(connection)
 
-    def _failed(self, exc: BaseException, *, first_failure: bool) -> None:
-        reason = loggable(exc) if isinstance(exc, Exception) else type(exc).__name__
+    def _failed(self, exc: Exception, *, first_failure: bool) -> None:
+        reason = loggable(exc)
         with self._lock:
             previous = self._tails
             self._tails = Tails(
