@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -59,6 +60,9 @@ MAPPING_SUMMARY: Final = (
 PIPE_WIDTH: Final = 120
 #: Seconds the demo waits for zero lag before giving up.
 DRAIN_TIMEOUT_S: Final = 600.0
+#: The line a processor logs at start when it serves its metrics.
+_METRICS_URL: Final = re.compile(r"processor metrics at (http://\S+/metrics)")
+_STARTED: Final = re.compile(r"processor \S+ started: ")
 #: Seconds the demo waits for the API's ``/healthz`` to answer.
 API_START_TIMEOUT_S: Final = 30.0
 _POLL_S: Final = 0.2
@@ -339,12 +343,41 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
     ):
         console.print(f"  curl {auth} {base_url}{path}", highlight=False, soft_wrap=True)
     console.print(
-        f"  curl {base_url}/schema/openapi.json   (open: the API's description)\n"
+        f"  curl {base_url}/schema/openapi.json   (open: the API's description)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    metrics_url = processor_metrics_url(background.log_tail("processor", lines=100_000))
+    if metrics_url is not None:
+        metrics_auth = (
+            ' -H "Authorization: Bearer $PROCESSOR_METRICS_TOKEN"' if settings.metrics_token else ""
+        )
+        console.print(
+            f"  curl{metrics_auth} {metrics_url}   (the processor's own metrics: "
+            "friendship_processor_*)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
         "USER_ID: the demo's children are child-NNN, NNN from 000 to 199.\n"
         f"The dashboard: open {base_url}/ in a browser and sign in with the token.",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def processor_metrics_url(log_lines: list[str]) -> str | None:
+    """The metrics URL the running processor logged at its start (its last start in the log),
+    None when it serves none (``PROCESSOR_METRICS_PORT=off``)."""
+    current: str | None = None
+    pending: str | None = None
+    for line in log_lines:
+        match = _METRICS_URL.search(line)
+        if match:
+            pending = match.group(1)
+        elif _STARTED.search(line):
+            current, pending = pending, None
+    return current
 
 
 def _read_token(settings: Settings) -> str:

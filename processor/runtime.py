@@ -29,6 +29,8 @@ from processor import tuning
 from processor.applying.applier import PartitionApplier
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.applying.engine import WorkerPool
+from processor.monitoring.metrics import PartitionView, ProcessorMetrics, Totals
+from processor.monitoring.server import MetricsServer
 from processor.ownership.coordinator import Coordinator
 from processor.ownership.membership import member_id
 from processor.ownership.owner import ApplyCounters, OwnerLinks, PartitionOwner
@@ -37,6 +39,7 @@ from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.reading.feed import PartitionFeed
 from processor.reading.reader import StreamReader
+from processor.reading.tails import TailCache
 from processor.settings import Settings, SettingsError
 from processor.versions.builder import ProjectionBuilder
 from processor.versions.builds import VersionPlan, live_fold_version, plan
@@ -75,7 +78,10 @@ class Processor:
         self._pool: WorkerPool[None] = WorkerPool(
             settings.threads, name="worker", context_factory=lambda: None
         )
-        self._coordinator = Coordinator(settings, self.member, self._make_owner)
+        self.metrics = ProcessorMetrics(self._totals, self._partition_views)
+        self._coordinator = Coordinator(
+            settings, self.member, self._make_owner, on_take=self.metrics.lease_takes.inc
+        )
         self._links = OwnerLinks(
             wake=self._pool.wake,
             subscribe=self._reader.subscribe,
@@ -83,7 +89,24 @@ class Processor:
             released=self._coordinator.forget,
             stopped=self._coordinator.stopped,
             counters=self.counters,
+            batch_committed=self.metrics.batch_committed,
+            lease_released=lambda lost: self.metrics.lease_released(lost=lost),
         )
+        # The owned partitions' stream tails, for the lag gauges (one stream connection, opened
+        # only when the metrics are served).
+        self._tails = TailCache(
+            settings,
+            self._coordinator.owned_partitions,
+            name=f"friendship-stream tails {self.member}",
+        )
+        self._metrics_server: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.metrics.registry,
+                settings.metrics_host,
+                settings.metrics_port,
+                settings.metrics_token,
+            )
 
     def prepare(self) -> None:
         """Migrate the database, declare the topology, create the checkpoint rows, check the
@@ -118,13 +141,27 @@ class Processor:
         dropped and read again by the next owner from the checkpoint.
 
         Raises:
+            SettingsError: the metrics port is in use (``PROCESSOR_METRICS_PORT``).
             MemberIdInUse: another live process joined with this member id.
             psycopg.Error: the database cannot be reached at the start.
             FoldVersionUnknown: a partition's projections moved to a fold version this code
                 does not know (a newer processor swapped it in): this one stopped writing.
         """
-        self._coordinator.join()
+        if self._metrics_server is not None:
+            self._metrics_server.start()  # first: a port in use stops the process before it joins
+            log.info(
+                "processor metrics at %s%s",
+                self._metrics_server.url,
+                " (bearer token required)" if self.settings.metrics_token else "",
+            )
+        try:
+            self._coordinator.join()
+        except BaseException:
+            self._stop_metrics()
+            raise
         self._reader.start()
+        if self._metrics_server is not None:
+            self._tails.start()  # only the lag gauges need it
         self._pool.start()
         if self.versions is not None and self.versions.build is not None:
             ProjectionBuilder(self.settings, self.versions.build, self.member, self._stop).start()
@@ -167,6 +204,33 @@ class Processor:
                 last_progress = now
             self._stop.wait(self.settings.lease_interval_s)
 
+    def _totals(self) -> Totals:
+        counters = self.counters
+        return Totals(
+            applied=counters.applied,
+            duplicates=counters.duplicates,
+            dead_lettered=counters.dead_lettered,
+            erased_skipped=counters.erased_skipped,
+            reconnects=self._reader.reconnects,
+        )
+
+    def _partition_views(self) -> list[PartitionView]:
+        """The owned partitions' checkpoints and tails, from memory (no I/O)."""
+        views = []
+        for owner in self._coordinator.owners():
+            checkpoint = owner.applier.checkpoint
+            received = self._reader.received_tail(owner.partition)
+            read = self._tails.tail(owner.partition)
+            tail = max(
+                checkpoint, -1 if received is None else received, -1 if read is None else read
+            )
+            views.append(PartitionView(owner.partition, checkpoint, tail))
+        return views
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+
     def _make_owner(
         self, partition: int, conn: psycopg.Connection, checkpoint: int, epoch: int, version: int
     ) -> PartitionOwner | None:
@@ -200,7 +264,13 @@ class Processor:
             first_offset_probe=self._reader.first_offset,
         )
         applier = PartitionApplier(
-            partition, checkpoint, self.member, self.keys, lease_epoch=epoch, rules=rules
+            partition,
+            checkpoint,
+            self.member,
+            self.keys,
+            lease_epoch=epoch,
+            rules=rules,
+            on_retry=self.metrics.batch_retries.inc,
         )
         owner = PartitionOwner(
             conn, applier, feed, batch_size=settings.batch_size, links=self._links
@@ -209,6 +279,7 @@ class Processor:
 
     def _shutdown(self) -> None:
         log.info("processor %s stopping: finishing batches in flight", self.member)
+        self._tails.stop()
         self._reader.stop()
         for name in self._pool.stop(tuning.SHUTDOWN_TIMEOUT_S):
             log.error(
@@ -226,6 +297,7 @@ class Processor:
             self.counters.dead_lettered,
             self.counters.erased_skipped,
         )
+        self._stop_metrics()
 
     def _log_progress(self, elapsed_s: float, applied_before: int) -> None:
         rate = (self.counters.applied - applied_before) / elapsed_s if elapsed_s > 0 else 0.0

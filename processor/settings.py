@@ -38,6 +38,15 @@ ENV_HASH_KEY: Final = "HASH_KEY"
 ENV_KEY_ENCRYPTION_KEY: Final = "KEY_ENCRYPTION_KEY"
 ENV_METRICS_PUBLIC: Final = "METRICS_PUBLIC"
 ENV_FOLD_RULES: Final = "FOLD_RULES"
+ENV_METRICS_PORT: Final = "PROCESSOR_METRICS_PORT"
+ENV_METRICS_HOST: Final = "PROCESSOR_METRICS_HOST"
+ENV_METRICS_TOKEN: Final = "PROCESSOR_METRICS_TOKEN"  # noqa: S105 - the variable's name
+
+#: The processor's metrics port when ``PROCESSOR_METRICS_PORT`` is unset (the port commonly
+#: used by OpenTelemetry's Prometheus exporter).
+DEFAULT_METRICS_PORT: Final = 9464
+#: ``PROCESSOR_METRICS_PORT`` values that turn the processor's metrics server off.
+METRICS_OFF: Final = frozenset({"off", "none", "disabled"})
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -114,6 +123,30 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def parse_metrics_port(raw: str | None) -> int | None:
+    """``PROCESSOR_METRICS_PORT``: unset or empty = ``DEFAULT_METRICS_PORT``; ``off`` (or
+    ``none``, ``disabled``) = no metrics server (None); ``0`` = an ephemeral port the processor
+    logs at start; else a TCP port 1..65535.
+
+    Raises:
+        SettingsError: anything else (the message names the variable).
+    """
+    text = (raw or "").strip().lower()
+    if not text:
+        return DEFAULT_METRICS_PORT
+    if text in METRICS_OFF:
+        return None
+    try:
+        port = int(text)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{ENV_METRICS_PORT}={raw!r} is not a port (0..65535, 0 = any free port, or off)"
+        ) from exc
+    if not 0 <= port <= 65535:  # noqa: PLR2004 - the TCP port range
+        raise SettingsError(f"{ENV_METRICS_PORT}={port} must be in 0..65535 (or off)")
+    return port
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -178,6 +211,14 @@ class Settings:
         stream_username, stream_password: credentials for the stream protocol when they differ
             from ``amqp_url``'s (the API publishes as one broker user and reads the log's tails
             as another; empty: ``amqp_url``'s).
+        metrics_port: the TCP port of a processor's own Prometheus metrics (``GET /metrics``);
+            0 = an ephemeral port (logged at start), None = no metrics server. Two processors
+            on one machine need different ports (or 0): a port in use stops the processor at
+            start with exit code 2.
+        metrics_host: the address the processor's metrics server binds (``127.0.0.1``: this
+            machine only; ``0.0.0.0`` for a Prometheus elsewhere).
+        metrics_token: when set, a scrape of the processor's metrics needs
+            ``Authorization: Bearer <token>`` (401 otherwise).
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -202,6 +243,9 @@ class Settings:
     fold_rules: str = ""
     stream_username: str = ""
     stream_password: str = field(default="", repr=False)
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str = field(default="", repr=False)
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -246,6 +290,9 @@ class Settings:
             fold_rules=source.get(ENV_FOLD_RULES, ""),
             stream_username=source.get(ENV_STREAM_USERNAME, ""),
             stream_password=source.get(ENV_STREAM_PASSWORD, ""),
+            metrics_port=parse_metrics_port(source.get(ENV_METRICS_PORT)),
+            metrics_host=(source.get(ENV_METRICS_HOST) or "").strip() or defaults.metrics_host,
+            metrics_token=(source.get(ENV_METRICS_TOKEN) or "").strip(),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -11,7 +12,7 @@ import psycopg
 from processor import tuning
 from processor.applying.checkpoint import read_checkpoints
 from processor.errors import LagNotZero
-from processor.ownership.leases import current_lease_holders
+from processor.ownership.leases import LeaseHolder, current_lease_holders
 from processor.reading.probes import read_tail_offsets
 from processor.settings import Settings
 
@@ -34,12 +35,31 @@ class PartitionStatus:
 async def read_partition_status(
     settings: Settings, conn: psycopg.Connection
 ) -> list[PartitionStatus]:
-    """The status of partitions 0..PARTITIONS-1, in order (reads the database and the broker)."""
+    """The status of partitions 0..PARTITIONS-1, in order (reads the database and the broker:
+    a probe of its own, for one-off callers such as ``just status``; the API uses a
+    ``TailCache`` instead)."""
     checkpoints = read_checkpoints(conn)
     holders = current_lease_holders(conn)
     tails = await read_tail_offsets(settings)
+    return combine_status(settings.partitions, checkpoints, holders, tails)
+
+
+def read_partition_rows(conn: psycopg.Connection) -> tuple[dict[int, int], dict[int, LeaseHolder]]:
+    """``({partition: checkpoint}, {partition: lease holder})`` from the database (two small
+    queries: the checkpoint rows and ``pg_locks``)."""
+    return read_checkpoints(conn), current_lease_holders(conn)
+
+
+def combine_status(
+    partitions: int,
+    checkpoints: Mapping[int, int],
+    holders: Mapping[int, LeaseHolder],
+    tails: Mapping[int, int],
+) -> list[PartitionStatus]:
+    """The status of partitions 0..``partitions``-1, in order, from checkpoints, lease holders
+    and stream tails (offsets; a missing one counts as -1: none)."""
     statuses = []
-    for partition in range(settings.partitions):
+    for partition in range(partitions):
         checkpoint = checkpoints.get(partition, -1)
         tail = tails.get(partition, -1)
         holder = holders.get(partition)

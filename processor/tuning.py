@@ -25,6 +25,11 @@ RANGE_READ_STALL_S: Final = 60.0
 #: Live reader reconnect back-off bounds, in seconds (full jitter between them).
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
+#: Seconds between two reads of the streams' tails by a ``TailCache`` (the API's stats and
+#: metrics, a processor's lag gauges): how stale a tail may be, plus the read's own time.
+TAILS_REFRESH_S: Final = 1.0
+#: Most seconds a request waits for the first read of the tails after the API started.
+TAILS_FIRST_READ_WAIT_S: Final = 5.0
 #: Seconds allowed to open a stream connection and for each request's answer.
 STREAM_REQUEST_TIMEOUT_S: Final = 10.0
 #: Batches of records a live feed holds before the reader waits (back-pressure).
@@ -108,6 +113,8 @@ API_PUBLISH_TIMEOUT_S: Final = 30.0
 API_DB_CONNECT_TIMEOUT_S: Final = 5
 #: Longest a read query may run, in milliseconds.
 API_STATEMENT_TIMEOUT_MS: Final = 15_000
+#: Seconds allowed for the API's tail cache (and a processor's metrics server) to stop.
+TAILS_STOP_TIMEOUT_S: Final = 5.0
 #: Seconds uvicorn gives requests in flight at shutdown.
 API_SHUTDOWN_GRACE_S: Final = 10
 

@@ -107,7 +107,11 @@ def _management(services: Services, method: str, path: str, body: object | None 
 
 @contextmanager
 def isolated_settings(services: Services, **overrides: object) -> Iterator[Settings]:
-    """A fresh vhost and database, migrated, as ``Settings``; both are deleted afterwards."""
+    """A fresh vhost and database, migrated, as ``Settings``; both are deleted afterwards.
+
+    Processors started with them serve their metrics on an ephemeral port
+    (``PROCESSOR_METRICS_PORT=0``), so tests in parallel never collide.
+    """
     name = f"fs_test_{uuid.uuid4().hex[:10]}"
     vhost = urllib.parse.quote(name, safe="")
     _management(services, "PUT", f"vhosts/{vhost}", {})
@@ -123,6 +127,7 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
         database_url=f"{services.postgres_url}/{name}",
         hash_key=new_key(),
         key_encryption_key=new_key(),
+        metrics_port=0,  # processors of parallel tests never share a metrics port
     ).with_overrides(**overrides)
     try:
         migrate(settings.database_url)
@@ -159,6 +164,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FOLD_RULES": settings.fold_rules,
             "STREAM_USERNAME": settings.stream_username,
             "STREAM_PASSWORD": settings.stream_password,
+            "PROCESSOR_METRICS_PORT": (
+                "off" if settings.metrics_port is None else str(settings.metrics_port)
+            ),
+            "PROCESSOR_METRICS_HOST": settings.metrics_host,
+            "PROCESSOR_METRICS_TOKEN": settings.metrics_token,
         }
     )
     return env

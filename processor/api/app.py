@@ -15,6 +15,7 @@ publisher opens in the lifespan (and again on demand after the broker dropped it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,23 +49,29 @@ def create_app(settings: Settings) -> Litestar:
     """Build the API app for ``settings`` (broker and database taken from their URLs).
 
     Returns:
-        A Litestar ASGI app; its lifespan opens the publisher and closes it and the database
-        pool at shutdown.
+        A Litestar ASGI app; its lifespan opens the publisher and starts the tail cache, and
+        at shutdown stops both and closes the database pool.
     """
     ctx = ApiContext.create(settings)
-    ctx.metrics.add_collector(ProjectionCollector(ctx.read_totals, ctx.read_partitions))
+    ctx.metrics.add_collector(
+        ProjectionCollector(ctx.read_totals, ctx.read_partitions, ctx.tails.snapshot)
+    )
 
     def provide_context() -> ApiContext:
         return ctx
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        problem = await ctx.broker.check()
-        if problem is not None:
-            log.warning("broker not reachable at start (%s); publishing will reconnect", problem)
+        ctx.tails.start()  # reads the streams' tails in the background from now on
         try:
+            problem = await ctx.broker.check()
+            if problem is not None:
+                log.warning(
+                    "broker not reachable at start (%s); publishing will reconnect", problem
+                )
             yield
         finally:
+            await asyncio.to_thread(ctx.tails.stop)
             await ctx.broker.close()
             ctx.engine.dispose()
 

@@ -1,8 +1,10 @@
-"""What the API's handlers share: settings, the database pool, the publisher and the metrics.
+"""What the API's handlers share: settings, the database pool, the publisher, the metrics and
+the stream tails.
 
-Built by ``create_app`` without touching the network: the SQLAlchemy engine connects on first use
-and the publisher in the app's lifespan. Database calls are blocking (psycopg 3, sync) and run in
-worker threads, so the event loop never waits on PostgreSQL.
+Built by ``create_app`` without touching the network: the SQLAlchemy engine connects on first use,
+the publisher and the tail cache (``processor.reading.tails``) in the app's lifespan. Database
+calls are blocking (psycopg 3, sync) and run in worker threads, so the event loop never waits on
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.applying.checkpoint import read_totals
 from processor.privacy.keys import Keys, load_keys
+from processor.reading.errors import ReadError
+from processor.reading.tails import TailCache, Tails
 from processor.settings import Settings
-from processor.status import PartitionStatus, read_partition_status
+from processor.status import PartitionStatus, combine_status, read_partition_rows
+from processor.versions.builds import VersionStatus, read_version_status
 from projections.database import sqlalchemy_url
 from projections.queries import Totals
 
@@ -53,6 +58,21 @@ def create_db_engine(database_url: str) -> Engine:
     )
 
 
+class TailsUnknown(ReadError):
+    """The stream tails were never read since the API started (the broker did not answer)."""
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """What ``GET /v1/stats`` answers: totals, fold versions and partition status, with the
+    tails the lags were computed from (``tails.read_at``, ``tails.age_s()``)."""
+
+    totals: Totals
+    versions: VersionStatus
+    statuses: list[PartitionStatus]
+    tails: Tails
+
+
 @dataclass(frozen=True)
 class ApiContext:
     """The shared parts of one app.
@@ -63,6 +83,8 @@ class ApiContext:
         broker: the shared publisher.
         metrics: the app's Prometheus registry and request metrics.
         keys: the hash key (tokens, erasures) and the key-encryption key (children's data keys).
+        tails: the partition streams' tails, read in the background (started and stopped by
+            the app's lifespan); no request opens a broker connection for them.
     """
 
     settings: Settings
@@ -70,6 +92,7 @@ class ApiContext:
     broker: BrokerLink
     metrics: ApiMetrics
     keys: Keys
+    tails: TailCache
 
     @classmethod
     def create(cls, settings: Settings) -> ApiContext:
@@ -84,6 +107,7 @@ class ApiContext:
             broker=BrokerLink(settings),
             metrics=ApiMetrics(),
             keys=load_keys(settings),
+            tails=TailCache(settings, name="friendship-stream api tails"),
         )
 
     def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:
@@ -140,15 +164,56 @@ class ApiContext:
         return Totals(events_applied=applied, dead_lettered=dead_lettered)
 
     def read_partitions(self) -> list[PartitionStatus]:
-        """Checkpoint, tail, lag and owner of every partition (blocking, ~0.25 s broker probe).
+        """Checkpoint, tail, lag and owner of every partition (blocking; the database, and the
+        tails as the cache last read them: no broker call).
 
         Raises:
             sqlalchemy.exc.OperationalError, psycopg.OperationalError: the database failed.
-            ReadError, OSError: the broker or a stream cannot be reached or refused.
+            TailsUnknown: the tails were never read (the broker did not answer since start).
         """
-        return self.with_driver(
-            lambda conn: asyncio.run(read_partition_status(self.settings, conn))
+        tails = self._known_tails()
+        checkpoints, holders = self.with_driver(read_partition_rows)
+        return combine_status(self.settings.partitions, checkpoints, holders, tails.offsets)
+
+    def read_stats(self) -> StatsSnapshot:
+        """Everything ``GET /v1/stats`` answers, on one pooled connection (blocking; a handful
+        of small queries: sums over the checkpoint rows, ``pg_locks``, the newest build).
+
+        Raises:
+            sqlalchemy.exc.OperationalError, psycopg.OperationalError: the database failed.
+            TailsUnknown: the tails were never read (the broker did not answer since start).
+        """
+        tails = self._known_tails()
+        with self.engine.connect() as conn:
+            applied, dead_lettered = read_totals(conn)
+            driver = conn.connection.driver_connection
+            if not isinstance(driver, psycopg.Connection):
+                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+            versions = read_version_status(driver)
+            checkpoints, holders = read_partition_rows(driver)
+        return StatsSnapshot(
+            totals=Totals(events_applied=applied, dead_lettered=dead_lettered),
+            versions=versions,
+            statuses=combine_status(self.settings.partitions, checkpoints, holders, tails.offsets),
+            tails=tails,
         )
+
+    async def wait_for_tails(self) -> None:
+        """In the first ``tuning.TAILS_FIRST_READ_WAIT_S`` seconds after start, wait for the
+        cache's first read of the tails (until then at most); never later: a broker that never
+        answered makes the call fail at once instead."""
+        remaining = tuning.TAILS_FIRST_READ_WAIT_S - self.tails.running_for_s()
+        if remaining > 0 and not self.tails.wait_first(0):
+            await asyncio.to_thread(self.tails.wait_first, remaining)
+
+    def _known_tails(self) -> Tails:
+        tails = self.tails.snapshot()
+        if tails.read_at is None:
+            raise TailsUnknown(
+                "the partition tails were never read since the API started"
+                + (f" ({tails.error})" if tails.error else "")
+            )
+        return tails
 
     def check_database(self) -> str | None:
         """Readiness of the database: None when ``SELECT 1`` answers, else why not (blocking)."""

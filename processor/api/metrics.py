@@ -2,8 +2,9 @@
 
 Each app has its own ``CollectorRegistry`` (no process-global state, so several apps, e.g. in
 tests, never clash). ``GET /metrics`` renders it in a worker thread: the ``ProjectionCollector``
-then reads the database (events applied, dead letters) and the partition status (checkpoint,
-tail, lag, owner) at that moment, so the numbers are never stale and nothing polls in between.
+then reads the database (events applied, dead letters, checkpoints, owners) at that moment, and
+takes the stream tails from the API's tail cache (``processor.reading.tails``: read in the
+background every ``tuning.TAILS_REFRESH_S``), so a scrape never opens a broker connection.
 
 Metric names:
 
@@ -17,7 +18,10 @@ Metric names:
 - ``friendship_partition_checkpoint{partition}``, ``friendship_partition_tail{partition}``:
   committed and last stream offsets (-1 = none); ``friendship_partition_lag{partition}``: events
   in the log not yet applied; ``friendship_partition_owned{partition}``: 1 when a process owns it.
-- ``friendship_api_scrape_source_up{source}``: 1 when ``database`` / ``broker`` answered the scrape.
+- ``friendship_api_scrape_source_up{source}``: 1 when ``database`` answered the scrape /
+  ``broker`` answered the tail cache's last read.
+- ``friendship_api_tails_age_seconds``: seconds since the tails were last read (absent before
+  the first read).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from prometheus_client.registry import Collector
 from processor.api.errors import DATABASE_ERRORS
 from processor.errors import loggable
 from processor.reading.errors import ReadError
+from processor.reading.tails import Tails
 from processor.status import PartitionStatus
 from projections.queries import Totals
 
@@ -47,7 +52,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE: Final = "text/plain; version=0.0.4"
 #: ``route`` label of requests no route matched.
 UNMATCHED_ROUTE: Final = "unmatched"
-#: Latency buckets in seconds (the stats and metrics routes probe the broker for ~0.25 s).
+#: Latency buckets in seconds.
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -56,7 +61,9 @@ class ProjectionCollector(Collector):
 
     Args:
         read_totals: blocking call answering the events applied and dead letters.
-        read_partitions: blocking call answering the status of every partition.
+        read_partitions: blocking call answering the status of every partition (the database
+            and the cached tails).
+        tails: the tail cache's last read (never waits).
 
     A source that fails is logged and reported as ``friendship_api_scrape_source_up 0``; the
     other metrics are still rendered.
@@ -66,9 +73,11 @@ class ProjectionCollector(Collector):
         self,
         read_totals: Callable[[], Totals],
         read_partitions: Callable[[], Sequence[PartitionStatus]],
+        tails: Callable[[], Tails],
     ) -> None:
         self._read_totals = read_totals
         self._read_partitions = read_partitions
+        self._tails = tails
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: registering must not touch the database or the broker."""
@@ -98,13 +107,20 @@ class ProjectionCollector(Collector):
                 "Invalid records dead-lettered",
                 value=totals.dead_lettered,
             )
+        tails = self._tails()
+        age = tails.age_s()
+        up.add_metric(["broker"], 1 if age is not None and tails.error is None else 0)
+        if age is not None:
+            yield GaugeMetricFamily(
+                "friendship_api_tails_age_seconds",
+                "Seconds since the stream tails behind the lag gauges were read",
+                value=age,
+            )
         try:
             statuses = self._read_partitions()
         except (ReadError, OSError, *DATABASE_ERRORS) as exc:
             log.warning("metrics: reading partition status failed: %s", loggable(exc))
-            up.add_metric(["broker"], 0)
         else:
-            up.add_metric(["broker"], 1)
             yield from _partition_families(statuses)
         yield up
 

@@ -69,9 +69,12 @@ async def readyz(ctx: NamedDependency[ApiContext]) -> Readiness:
     responses=error_responses(401, 403),
 )
 async def metrics(ctx: NamedDependency[ApiContext]) -> Response[bytes]:
-    """The Prometheus text format (0.0.4); reads the database and the broker at scrape time.
+    """The Prometheus text format (0.0.4); reads the database at scrape time and takes the
+    stream tails from the API's tail cache (no broker call; right after start, a scrape waits
+    for the cache's first read, at most ``tuning.TAILS_FIRST_READ_WAIT_S``).
 
     Needs a ``read`` (or ``admin``) token unless ``METRICS_PUBLIC`` is set.
     """
+    await ctx.wait_for_tails()
     payload = await asyncio.to_thread(ctx.metrics.render)
     return Response(payload, media_type=CONTENT_TYPE)

@@ -99,6 +99,7 @@ class PartitionApplier:
         lease_epoch: the live owner's fencing token; None for a replay shadow.
         attempts: tries of one batch on transient errors (``tuning.BATCH_ATTEMPTS``).
         rules: the fold version to fold with (``projections.rules``).
+        on_retry: called before each repeated attempt (the process's metrics).
 
     Attributes:
         checkpoint: the last committed offset, advanced by each batch.
@@ -114,6 +115,7 @@ class PartitionApplier:
         lease_epoch: int | None = None,
         attempts: int = tuning.BATCH_ATTEMPTS,
         rules: FoldRules = CONTRACT_RULES,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.partition = partition
         self.checkpoint = checkpoint
@@ -122,6 +124,7 @@ class PartitionApplier:
         self.lease_epoch = lease_epoch
         self._attempts = attempts
         self.rules = rules
+        self._on_retry = on_retry
 
     def apply(self, store: BatchStore, records: Sequence[LogRecord]) -> BatchResult:
         """Apply ``records`` (after the checkpoint, in log order) to ``store``.
@@ -172,6 +175,8 @@ class PartitionApplier:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 if number > 1:
+                    if self._on_retry is not None:
+                        self._on_retry()
                     log.warning(
                         "partition %d: retrying batch at offsets %d..%d (attempt %d)",
                         self.partition,

@@ -61,12 +61,20 @@ class Coordinator:
         settings: the partition count, database URL, lease interval and member timeout.
         member: this process's member id (``host:pid``).
         make_owner: builds the owner of a partition once its lease is taken.
+        on_take: called after each lease taken (the process's metrics).
     """
 
-    def __init__(self, settings: Settings, member: str, make_owner: MakeOwner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        member: str,
+        make_owner: MakeOwner,
+        on_take: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.member = member
         self._make_owner = make_owner
+        self._on_take = on_take
         self._control: psycopg.Connection | None = None
         self._owners: dict[int, PartitionOwner] = {}
         self._stopped: dict[int, Exception] = {}
@@ -78,6 +86,11 @@ class Coordinator:
         """The partitions this member owns now."""
         with self._lock:
             return sorted(self._owners)
+
+    def owners(self) -> list[PartitionOwner]:
+        """The owners of the partitions this member owns now, by partition."""
+        with self._lock:
+            return [self._owners[p] for p in sorted(self._owners)]
 
     def forget(self, owner: PartitionOwner) -> None:
         """``owner`` released its partition."""
@@ -223,7 +236,9 @@ class Coordinator:
         for partition, owner in owners.items():
             holder = holders.get(partition)
             if holder is None or holder.owner != self.member:
-                owner.hand_off("its lease was lost with its database connection", logging.WARNING)
+                owner.hand_off(
+                    "its lease was lost with its database connection", logging.WARNING, lost=True
+                )
 
     def _take(self, partition: int) -> None:
         """Try to take a free partition's lease and start its owner."""
@@ -253,6 +268,8 @@ class Coordinator:
         with self._lock:
             self._owners[partition] = owner
         owner.start()  # registered first: an owner that releases at once is forgotten
+        if self._on_take is not None:
+            self._on_take()
         log.info(
             "partition %d: lease taken (epoch %d), resuming after offset %d",
             partition,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -81,6 +82,10 @@ class OwnerLinks:
         released: the owner gave its partition up (its lease is gone).
         stopped: the owner stopped its partition on ``error`` and keeps the lease.
         counters: where committed batches are counted.
+        batch_committed: a batch of ``records`` committed ``seconds`` after it was taken off
+            the feed (the process's metrics).
+        lease_released: the owner let its lease go; ``lost`` when the lease was lost (its
+            connection died, a commit was fenced, a database error), else handed off.
     """
 
     wake: Callable[[PartitionOwner], None]
@@ -89,6 +94,8 @@ class OwnerLinks:
     released: Callable[[PartitionOwner], None]
     stopped: Callable[[PartitionOwner, Exception], None]
     counters: ApplyCounters
+    batch_committed: Callable[[int, float], None] = lambda _records, _seconds: None
+    lease_released: Callable[[bool], None] = lambda _lost: None
 
 
 class PartitionOwner:
@@ -122,6 +129,7 @@ class PartitionOwner:
         self._lock = threading.Lock()
         self._state = OwnerState.ACTIVE
         self._applying = False
+        self._lost = False
 
     @property
     def state(self) -> OwnerState:
@@ -178,7 +186,9 @@ class PartitionOwner:
             records = self.feed.take(self._batch_size)
             if not records:
                 return
+            started = time.perf_counter()
             result = self.applier.apply(self._store, records)
+            self._links.batch_committed(len(records), time.perf_counter() - started)
         except FoldVersionChanged as exc:
             # A rebuild with another rule is live: whoever takes the partition next folds
             # with the version it finds (processor.versions).
@@ -187,12 +197,15 @@ class PartitionOwner:
             )
             return
         except CheckpointConflict as exc:
-            self.release(f"fenced: {exc}")
+            self.release(f"fenced: {exc}", lost=True)
             return
         except LogTruncated as exc:
             self._stop(exc)
             return
-        except (psycopg.Error, ApplyError, ReadError) as exc:
+        except psycopg.Error as exc:
+            self.release(loggable(exc), lost=True)
+            return
+        except (ApplyError, ReadError) as exc:
             self.release(loggable(exc))
             return
         self._links.counters.add(result)
@@ -210,32 +223,39 @@ class PartitionOwner:
 
     # -- life cycle ------------------------------------------------------------------------------
 
-    def hand_off(self, reason: str, level: int = logging.INFO) -> None:
-        """Give the partition up gracefully: a batch in flight ends first (any thread)."""
+    def hand_off(self, reason: str, level: int = logging.INFO, *, lost: bool = False) -> None:
+        """Give the partition up gracefully: a batch in flight ends first (any thread).
+
+        ``lost``: the lease is already gone (counted as lost, not as handed off).
+        """
         with self._lock:
             if self._state in (OwnerState.RELEASED, OwnerState.DRAINING):
                 return
             busy = self._applying
             if busy:
                 self._state = OwnerState.DRAINING
+                self._lost = lost
         if busy:
             self._links.unsubscribe(self.partition)  # read no more; released after the batch
         else:
-            self.release(f"handed off ({reason})", level)
+            self.release(f"handed off ({reason})", level, lost=lost)
 
-    def release(self, reason: str, level: int = logging.WARNING) -> None:
+    def release(self, reason: str, level: int = logging.WARNING, *, lost: bool = False) -> None:
         """Give the partition up now: stop reading it and close the lease connection.
 
         Called by the owner itself (or by ``hand_off`` when no batch is in flight), never
-        while a batch runs on the connection from another thread.
+        while a batch runs on the connection from another thread. ``lost``: the lease was lost
+        rather than given back (the metrics count the two apart).
         """
         with self._lock:
             if self._state is OwnerState.RELEASED:
                 return
             self._state = OwnerState.RELEASED
+            lost = lost or self._lost
         self._links.unsubscribe(self.partition)
         self.conn.close()
         self._links.released(self)
+        self._links.lease_released(lost)
         log.log(level, "partition %d: released (%s)", self.partition, reason)
 
     def abandon(self) -> None:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from processor import tuning
 from processor.errors import loggable
-from processor.reading.chunks import ChunkEntry, chunk_records
+from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
 from processor.reading.client import MAX_SUBSCRIPTIONS, StreamConnection, stream_connection
 from processor.reading.log_record import LogRecord
 from processor.reading.probes import read_first_offset
@@ -83,6 +83,7 @@ class StreamReader:
         self._connection_lost = asyncio.Event()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._received: dict[int, int] = {}
         self.reconnects = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -107,6 +108,11 @@ class StreamReader:
     async def first_offset(self, partition: int) -> int | None:
         """``probes.read_first_offset`` on this reader's broker (a coroutine for its loop)."""
         return await read_first_offset(self._settings, partition)
+
+    def received_tail(self, partition: int) -> int | None:
+        """The last offset of the chunks received for ``partition`` so far (any thread); None
+        before the first. It trails the stream's tail while the partition's feed is full."""
+        return self._received.get(partition)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -266,6 +272,9 @@ class StreamReader:
         chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]] = asyncio.Queue()
 
         def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> None:
+            last = first_offset + chunk_span(entries) - 1
+            if last > self._received.get(partition, -1):
+                self._received[partition] = last
             chunks.put_nowait((first_offset, entries))
 
         await connection.subscribe(

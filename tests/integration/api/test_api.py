@@ -481,7 +481,11 @@ def test_stats(settings: Settings, seeded: Seeded, client: TestClient[Any]) -> N
         "partitions",
         "fold_version",
         "fold_build",
+        "tails_read_at",
+        "tails_age_s",
     }
+    assert stats["tails_read_at"].endswith("Z")
+    assert 0 <= stats["tails_age_s"] < 60
     assert (stats["fold_version"], stats["fold_build"]) == (1, None)
     assert (stats["events_applied"], stats["dead_lettered"]) == (5, seeded.dead_letter_count)
     partitions = stats["partitions"]

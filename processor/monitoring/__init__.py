@@ -1,0 +1,1 @@
+"""A processor process's own Prometheus metrics (``metrics``) and their server (``server``)."""
