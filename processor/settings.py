@@ -38,6 +38,7 @@ ENV_HASH_KEY: Final = "HASH_KEY"
 ENV_KEY_ENCRYPTION_KEY: Final = "KEY_ENCRYPTION_KEY"
 ENV_METRICS_PUBLIC: Final = "METRICS_PUBLIC"
 ENV_FOLD_RULES: Final = "FOLD_RULES"
+ENV_WRITE_TOKEN_TTL_S: Final = "WRITE_TOKEN_TTL_S"  # noqa: S105 - the variable's name
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -178,6 +179,8 @@ class Settings:
         stream_username, stream_password: credentials for the stream protocol when they differ
             from ``amqp_url``'s (the API publishes as one broker user and reads the log's tails
             as another; empty: ``amqp_url``'s).
+        write_token_ttl_s: how long, in seconds, the token ``POST /v1/events`` answers stays
+            usable as a read's ``after`` (read-your-writes); expired rows are deleted.
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -202,6 +205,7 @@ class Settings:
     fold_rules: str = ""
     stream_username: str = ""
     stream_password: str = field(default="", repr=False)
+    write_token_ttl_s: float = 600.0
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -246,6 +250,9 @@ class Settings:
             fold_rules=source.get(ENV_FOLD_RULES, ""),
             stream_username=source.get(ENV_STREAM_USERNAME, ""),
             stream_password=source.get(ENV_STREAM_PASSWORD, ""),
+            write_token_ttl_s=_float(
+                source, ENV_WRITE_TOKEN_TTL_S, defaults.write_token_ttl_s, 1.0
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -159,6 +159,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FOLD_RULES": settings.fold_rules,
             "STREAM_USERNAME": settings.stream_username,
             "STREAM_PASSWORD": settings.stream_password,
+            "WRITE_TOKEN_TTL_S": str(settings.write_token_ttl_s),
         }
     )
     return env
