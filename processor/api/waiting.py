@@ -80,6 +80,7 @@ class WaitRoom:
         self._waiters: set[_Waiter] = set()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._check_failing = False  # logged once per outage
         #: Whether the listener's ``LISTEN`` is in force now.
         self.listening = False
 
@@ -160,9 +161,12 @@ class WaitRoom:
         try:
             finished = await self._check(wanted, None)
         except Exception as exc:  # noqa: BLE001 - any failure: the waits end at their deadlines
-            log.warning("re-checking the waiting reads failed: %s", loggable(exc))
+            level = logging.DEBUG if self._check_failing else logging.WARNING
+            log.log(level, "re-checking the waiting reads failed: %s", loggable(exc))
+            self._check_failing = True
             await asyncio.sleep(tuning.WAIT_LISTENER_DOWN_POLL_S)
             return
+        self._check_failing = False
         for waiter in waiters:
             waiter.settle(finished)
 

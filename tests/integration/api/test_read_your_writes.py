@@ -11,6 +11,7 @@ being terminated.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -276,3 +277,16 @@ def test_waits_complete_after_the_listener_connection_is_terminated(
             # The listener is back, on a new connection.
             (new,) = wait_for(lambda: listener_backends(settings), "the listener back")
             assert new != old
+
+
+def test_openapi_documents_after_wait_s_and_their_errors(client: TestClient[Any]) -> None:
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    for path in ("/v1/users/{user_id}/friendship", "/v1/users/{user_id}/topics"):
+        operation = paths[path]["get"]
+        parameters = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+        assert {"after", "wait_s"} <= set(parameters), path
+        assert "not_yet_applied" in parameters["after"]["description"]
+        assert {"400", "503"} <= set(operation["responses"]), path
+    ingest = paths["/v1/events"]["post"]["responses"]["202"]["content"]["application/json"]
+    assert "token" in json.dumps(client.get("/schema/openapi.json").json()["components"])
+    assert ingest
