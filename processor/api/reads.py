@@ -166,15 +166,12 @@ async def wait_for_writes(
     started = asyncio.get_running_loop().time()
     try:
         timeout_s = wait_seconds(after, wait_s)
+    except AfterInvalid as exc:
+        raise _invalid_parameter("wait_s", exc) from exc
+    try:
         parsed = parse_after(after or "")
     except AfterInvalid as exc:
-        field = "wait_s" if after is None or str(exc).startswith("wait_s") else "after"
-        raise ApiError(
-            HTTP_400_BAD_REQUEST,
-            "invalid_parameters",
-            str(exc),
-            [{"field": field, "source": "query", "reason": str(exc)}],
-        ) from exc
+        raise _invalid_parameter("after", exc) from exc
     except TokenMalformed as exc:
         raise _invalid_token() from exc
     reader = ctx.keys.user_digest(user_id)
@@ -199,6 +196,16 @@ async def wait_for_writes(
             [{"pending": pending, "named": named}],
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+
+
+def _invalid_parameter(name: str, exc: AfterInvalid) -> ApiError:
+    """400 ``invalid_parameters`` in the shape Litestar's own parameter errors have."""
+    return ApiError(
+        HTTP_400_BAD_REQUEST,
+        "invalid_parameters",
+        str(exc),
+        [{"field": name, "source": "query", "reason": str(exc)}],
+    )
 
 
 def _invalid_token() -> ApiError:
