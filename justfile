@@ -124,6 +124,11 @@ check:
 bench-rule-change *ARGS: services
     {{python}} -m bench.rule_change "$@"
 
+# a read with after= (read-your-writes) timed at the light load (about 1 min): p50/p99
+[group('bench')]
+bench-read-your-writes *ARGS: services
+    {{python}} -m bench.read_your_writes "$@"
+
 # the benchmark (about 6 min; --quick: 1 min, README untouched): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services

@@ -47,6 +47,7 @@ ENV_METRICS_TOKEN: Final = "PROCESSOR_METRICS_TOKEN"  # noqa: S105 - the variabl
 DEFAULT_METRICS_PORT: Final = 9464
 #: ``PROCESSOR_METRICS_PORT`` values that turn the processor's metrics server off.
 METRICS_OFF: Final = frozenset({"off", "none", "disabled"})
+ENV_WRITE_TOKEN_TTL_S: Final = "WRITE_TOKEN_TTL_S"  # noqa: S105 - the variable's name
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -219,6 +220,8 @@ class Settings:
             machine only; ``0.0.0.0`` for a Prometheus elsewhere).
         metrics_token: when set, a scrape of the processor's metrics needs
             ``Authorization: Bearer <token>`` (401 otherwise).
+        write_token_ttl_s: how long, in seconds, the token ``POST /v1/events`` answers stays
+            usable as a read's ``after`` (read-your-writes); expired rows are deleted.
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -246,6 +249,7 @@ class Settings:
     metrics_port: int | None = DEFAULT_METRICS_PORT
     metrics_host: str = "127.0.0.1"
     metrics_token: str = field(default="", repr=False)
+    write_token_ttl_s: float = 600.0
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -293,6 +297,9 @@ class Settings:
             metrics_port=parse_metrics_port(source.get(ENV_METRICS_PORT)),
             metrics_host=(source.get(ENV_METRICS_HOST) or "").strip() or defaults.metrics_host,
             metrics_token=(source.get(ENV_METRICS_TOKEN) or "").strip(),
+            write_token_ttl_s=_float(
+                source, ENV_WRITE_TOKEN_TTL_S, defaults.write_token_ttl_s, 1.0
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

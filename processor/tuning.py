@@ -118,6 +118,19 @@ TAILS_STOP_TIMEOUT_S: Final = 5.0
 #: Seconds uvicorn gives requests in flight at shutdown.
 API_SHUTDOWN_GRACE_S: Final = 10
 
+# -- read-your-writes (processor.api.waiting) --------------------------------------------------
+
+#: Seconds between two re-checks of the waiting reads while the API's LISTEN connection is
+#: down (a notification may be missed then), and the longest pause between reconnects.
+WAIT_LISTENER_DOWN_POLL_S: Final = 0.5
+#: Seconds between two re-checks of the waiting reads while LISTEN works: a safety net only
+#: (a notification is never lost while connected); it bounds the harm of a silent bug.
+WAIT_SAFETY_POLL_S: Final = 5.0
+#: Seconds between two deletions of expired write tokens (by every API process; cheap, indexed).
+WRITE_TOKEN_CLEANUP_INTERVAL_S: Final = 60.0
+#: Most expired write tokens one cleanup deletes.
+WRITE_TOKEN_CLEANUP_BATCH: Final = 10_000
+
 # -- fold versions (processor.versions) ------------------------------------------------------
 
 #: Most children whose rebuilt rows are checked against the pure fold before a new fold version

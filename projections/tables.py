@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from schemas.events import SENTIMENTS
 
@@ -241,6 +242,21 @@ projection_builds: Final = Table(
     ),
 )
 
+#: The event ids behind each ingest's write token (read-your-writes, ``processor.api.waiting``):
+#: a read with ``after=<token>`` waits for them. ``user_digests`` gives each event's child as
+#: the keyed hash ``erasures`` keeps (no personal data), so a wait for an event of a child
+#: erased before it was applied ends. Rows expire; the API deletes expired ones.
+write_tokens: Final = Table(
+    "write_tokens",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("event_ids", ARRAY(Text), nullable=False),
+    Column("user_digests", ARRAY(LargeBinary), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("write_tokens_expires_at_idx", "expires_at"),
+)
+
 #: Prefix of every schema a replay creates (``processor.replay.shadow``): shadows
 #: ``replay_<id>`` and the snapshots ``replay_<id>_replaced`` a swap keeps.
 REPLAY_SCHEMA_PREFIX: Final = "replay_"
@@ -259,5 +275,6 @@ GLOBAL_TABLES: Final = frozenset(
         "members",
         "member_backends",
         "checkpoint_log",
+        "write_tokens",
     }
 )

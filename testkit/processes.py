@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +40,52 @@ def processor_process(settings: Settings, log_path: Path) -> Iterator[subprocess
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def api_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``python -m processor api`` process on ``API_HOST:API_PORT`` of ``settings``,
+    answering ``/healthz`` when the block starts; SIGTERMed (then killed) on exit.
+
+    Raises:
+        RuntimeError: it exited, or did not answer within 60 s (its log says why).
+    """
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "processor", "api"],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://{settings.api_host}:{settings.api_port}/healthz"
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API exited with {process.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the API did not answer at {url}") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for an API process of a test or the bench)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stored_projections(settings: Settings) -> dict[str, dict[str, Any]]:

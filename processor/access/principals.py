@@ -14,7 +14,8 @@ deployments on one server never share a principal.
 - ``PREFIX_api`` (database role): read the projections, checkpoints, leases and tokens; make
   data keys (ingest); erase (delete a child's rows and key, record the erasure and the event
   ids the child used, take its id out of other children's misrouted dead letters); see the
-  processors' sessions (``pg_read_all_stats``: who holds which lease).
+  processors' sessions (``pg_read_all_stats``: who holds which lease); store, read and expire
+  the write tokens of read-your-writes (the HTTP ingest runs in the API process).
 - ``PREFIX_ingest`` (database role): make and read data keys, read erasures (``just publish``).
 
 Neither database role may change the schema: migrations, topology and replay run as the
@@ -79,6 +80,8 @@ _API_GRANTS: Final = (
     ),
     ("SELECT, UPDATE", ("checkpoints",)),
     ("SELECT, INSERT", ("deployment_keys",)),
+    # read-your-writes: ingest stores a write token, reads look it up, expired ones go
+    ("SELECT, INSERT, DELETE", ("write_tokens",)),
 )
 _INGEST_GRANTS: Final = (
     ("SELECT, INSERT", ("data_keys", "deployment_keys")),

@@ -10,12 +10,15 @@ the OpenAPI document at ``/schema/openapi.json``. Every error of the JSON API an
 (``processor.api.sessions``).
 
 Nothing connects when the app is built: the database pool connects on first use and the shared
-publisher opens in the lifespan (and again on demand after the broker dropped it).
+publisher opens in the lifespan (and again on demand after the broker dropped it). The lifespan
+also starts the read-your-writes listener (``processor.api.waiting``) and the deletion of
+expired write tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +34,7 @@ from processor import tuning
 from processor.api import dashboard, erasure, ingest, probes, reads, throughput
 from processor.api.auth import BearerTokenAuth
 from processor.api.context import ApiContext
-from processor.api.errors import exception_handlers
+from processor.api.errors import DATABASE_ERRORS, exception_handlers
 from processor.api.metrics import ProjectionCollector, RequestMetricsMiddleware
 from processor.api.sessions import clearing_cookie, csrf_guard, session_config
 from processor.errors import loggable
@@ -39,6 +42,7 @@ from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
 from processor.settings import Settings
 from projections.database import connect
+from projections.write_tokens import delete_expired
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         ctx.tails.start()  # reads the streams' tails in the background from now on
+        ctx.waits.start()
+        expiry = asyncio.create_task(_expire_write_tokens(ctx), name="write-token-expiry")
         try:
             problem = await ctx.broker.check()
             if problem is not None:
@@ -71,6 +77,10 @@ def create_app(settings: Settings) -> Litestar:
                 )
             yield
         finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            await ctx.waits.stop()
             await asyncio.to_thread(ctx.tails.stop)
             await ctx.broker.close()
             ctx.engine.dispose()
@@ -123,6 +133,21 @@ def create_app(settings: Settings) -> Litestar:
         ),
         logging_config=None,
     )
+
+
+async def _expire_write_tokens(ctx: ApiContext) -> None:
+    """Delete expired write tokens every ``WRITE_TOKEN_CLEANUP_INTERVAL_S`` (each API process
+    does; the statement is indexed and bounded, so a second one finds little to do)."""
+    while True:
+        try:
+            deleted = await asyncio.to_thread(
+                ctx.with_driver,
+                lambda conn: delete_expired(conn, tuning.WRITE_TOKEN_CLEANUP_BATCH),
+            )
+            log.debug("deleted %d expired write tokens", deleted)
+        except DATABASE_ERRORS as exc:
+            log.debug("deleting expired write tokens failed: %s", loggable(exc))
+        await asyncio.sleep(tuning.WRITE_TOKEN_CLEANUP_INTERVAL_S)
 
 
 def serve(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from processor import tuning
 from processor.access.tokens import TokenInfo, verify_token, verify_token_id
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
+from processor.api.waiting import WaitRoom
 from processor.applying.checkpoint import read_totals
 from processor.privacy.keys import Keys, load_keys
 from processor.reading.errors import ReadError
@@ -31,6 +32,7 @@ from processor.status import PartitionStatus, combine_status, read_partition_row
 from processor.versions.builds import VersionStatus, read_version_status
 from projections.database import sqlalchemy_url
 from projections.queries import Totals
+from projections.write_tokens import WantedEvents, done_events
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -73,6 +75,29 @@ class StatsSnapshot:
     tails: Tails
 
 
+def with_driver(engine: Engine, action: Callable[[psycopg.Connection], T]) -> T:
+    """Run ``action`` on the psycopg connection under a connection of ``engine``'s pool
+    (blocking); what it wrote is committed when it returns and rolled back when it raises.
+
+    SQLAlchemy does not see statements sent to the driver directly, so the commit is the
+    driver's own: the pool would otherwise roll them back when the connection returns.
+
+    Raises:
+        TypeError: the pool's driver is not psycopg 3.
+    """
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        if not isinstance(driver, psycopg.Connection):
+            raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+        try:
+            result = action(driver)
+        except BaseException:
+            driver.rollback()
+            raise
+        driver.commit()
+        return result
+
+
 @dataclass(frozen=True)
 class ApiContext:
     """The shared parts of one app.
@@ -85,6 +110,8 @@ class ApiContext:
         keys: the hash key (tokens, erasures) and the key-encryption key (children's data keys).
         tails: the partition streams' tails, read in the background (started and stopped by
             the app's lifespan); no request opens a broker connection for them.
+        waits: the read-your-writes waiters and their LISTEN connection (started in the app's
+            lifespan).
     """
 
     settings: Settings
@@ -93,6 +120,7 @@ class ApiContext:
     metrics: ApiMetrics
     keys: Keys
     tails: TailCache
+    waits: WaitRoom
 
     @classmethod
     def create(cls, settings: Settings) -> ApiContext:
@@ -101,33 +129,26 @@ class ApiContext:
         Raises:
             KeyMissing: the keys are not configured.
         """
+        engine = create_db_engine(settings.database_url)
+
+        async def check(wanted: WantedEvents, reader_digest: bytes | None) -> set[str]:
+            return await asyncio.to_thread(
+                with_driver, engine, lambda conn: done_events(conn, wanted, reader_digest)
+            )
+
         return cls(
             settings=settings,
-            engine=create_db_engine(settings.database_url),
+            engine=engine,
             broker=BrokerLink(settings),
             metrics=ApiMetrics(),
             keys=load_keys(settings),
             tails=TailCache(settings, name="friendship-stream api tails"),
+            waits=WaitRoom(settings.database_url, check),
         )
 
     def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``action`` on the psycopg connection under a pooled one (blocking); what it
-        wrote is committed when it returns and rolled back when it raises.
-
-        SQLAlchemy does not see statements sent to the driver directly, so the commit is the
-        driver's own: the pool would otherwise roll them back when the connection returns.
-        """
-        with self.engine.connect() as conn:
-            driver = conn.connection.driver_connection
-            if not isinstance(driver, psycopg.Connection):
-                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
-            try:
-                result = action(driver)
-            except BaseException:
-                driver.rollback()
-                raise
-            driver.commit()
-            return result
+        """``with_driver`` on this context's pool (blocking)."""
+        return with_driver(self.engine, action)
 
     async def check_token(self, token: str, _connection: object = None) -> TokenInfo | None:
         """``access.tokens.verify_token`` off the event loop (the auth middleware's check)."""

@@ -114,6 +114,7 @@ class ApiError(ProcessorError):
         code: stable error code, e.g. ``"invalid_events"``.
         message: what went wrong, for people.
         details: optional list of objects (e.g. ``{"index", "field", "reason"}`` per bad event).
+        headers: optional response headers (``Retry-After``).
     """
 
     def __init__(
@@ -122,12 +123,14 @@ class ApiError(ProcessorError):
         code: str,
         message: str,
         details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 def error_response(
@@ -147,7 +150,7 @@ def error_response(
 
 
 def _api_error(_request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
 def _validation_details(exc: ValidationException) -> list[dict[str, Any]] | None:

@@ -2,8 +2,9 @@
 
 All or nothing: one invalid item refuses the whole request (422, one detail per bad item) and
 nothing is published. Valid items are published as the exact bytes received (unknown fields kept)
-with ``user_id`` as routing key, and ``202 {"accepted": n}`` is answered only once the broker has
-confirmed every one of them.
+with ``user_id`` as routing key, and ``202 {"accepted": n, "token": "rw_..."}`` is answered only
+once the broker has confirmed every one of them. The token names the request's event ids, kept
+in ``write_tokens`` (stored before publishing): a read passes it as ``after`` to see them.
 
 Limits: a body of at most ``MAX_BODY_BYTES`` (1 MiB: 1000 events of about 1 KiB; bigger is
 413) and at most ``MAX_EVENTS`` items (more is 422 ``too_many_events``).
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import msgspec
+import psycopg
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import (
@@ -38,10 +41,12 @@ from processor.api.auth import requires
 from processor.api.broker import BrokerUnavailable
 from processor.api.context import ApiContext
 from processor.api.errors import ApiError, error_responses
+from processor.api.read_after import new_token_id, token_text
 from processor.privacy.data_keys import seal_events
 from processor.privacy.errors import UserErased
 from processor.publishing.errors import PublishError
 from processor.publishing.publisher import OutgoingEvent
+from projections.write_tokens import store_token
 from schemas import decode_event_batch
 from schemas.validation import not_json_reason
 
@@ -70,9 +75,11 @@ _EXAMPLE_EVENT: Final = {
 
 
 class Accepted(msgspec.Struct, frozen=True):
-    """``accepted``: number of events the broker confirmed."""
+    """``accepted``: number of events the broker confirmed; ``token``: the write token a read
+    passes as ``after`` to see these events (``rw_`` + 32 hex digits, whatever the count)."""
 
     accepted: int
+    token: str
 
 
 def _ingest_request_body() -> RequestBody:
@@ -185,17 +192,28 @@ def validate_batch(body: bytes) -> list[OutgoingEvent]:
     return [OutgoingEvent(event.event_id, event.user_id, raw) for event, raw in valid]
 
 
-async def _sealed(ctx: ApiContext, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
-    """``events`` with their ``data`` encrypted (``processor.privacy.data_keys.seal_events``).
+async def _sealed(
+    ctx: ApiContext, events: list[OutgoingEvent], token_id: uuid.UUID
+) -> list[OutgoingEvent]:
+    """``events`` with their ``data`` encrypted (``processor.privacy.data_keys.seal_events``),
+    once the write token ``token_id`` naming them is stored (before anything is published: an
+    ingest whose token cannot be stored answers 503 and publishes nothing).
 
     Raises:
         ApiError: 409 ``user_erased`` naming the refused events' indexes; nothing published.
+        sqlalchemy.exc.SQLAlchemyError, psycopg.Error: the database failed (503).
     """
     bodies = [event.body for event in events]
+    event_ids = [event.event_id for event in events]
+    digests = [ctx.keys.user_digest(event.user_id) for event in events]
+
+    def seal_and_store(conn: psycopg.Connection) -> list[bytes]:
+        sealed = seal_events(conn, bodies, ctx.keys)
+        store_token(conn, token_id, event_ids, digests, ctx.settings.write_token_ttl_s)
+        return sealed
+
     try:
-        sealed = await asyncio.to_thread(
-            ctx.with_driver, lambda conn: seal_events(conn, bodies, ctx.keys)
-        )
+        sealed = await asyncio.to_thread(ctx.with_driver, seal_and_store)
     except UserErased as exc:
         raise ApiError(
             HTTP_409_CONFLICT,
@@ -223,11 +241,14 @@ async def post_events(
 ) -> Accepted:
     """Validate the body's events and publish them; answer once the broker confirmed all.
 
-    Each event's ``data`` is encrypted with its child's data key before it is published.
+    Each event's ``data`` is encrypted with its child's data key before it is published. The
+    answer's ``token`` names the request's events (kept server-side for ``WRITE_TOKEN_TTL_S``):
+    a read with ``after=<token>`` sees them (docs/contract.md §6.2).
 
     Errors: 422 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
     ``invalid_events``, 409 ``user_erased`` (an event of an erased child: nothing published),
-    503 ``broker_unavailable`` (nothing published) / ``publish_failed`` (some may be published;
+    503 ``database_unavailable`` (nothing published), ``broker_unavailable`` (nothing
+    published) / ``publish_failed`` (some may be published;
     retrying the same events is safe) / ``keys_mismatch`` (this process's key-encryption key is
     not the deployment's: nothing published).
     """
@@ -238,7 +259,8 @@ async def post_events(
         if error.code == "invalid_events" and error.details:
             ctx.metrics.events_rejected.inc(len(error.details))
         raise
-    events = await _sealed(ctx, events)
+    token_id = new_token_id()
+    events = await _sealed(ctx, events, token_id)
     try:
         accepted = await ctx.broker.publish(events)
     except BrokerUnavailable as exc:
@@ -256,4 +278,4 @@ async def post_events(
             "publishing the same events again is safe",
         ) from exc
     ctx.metrics.events_accepted.inc(accepted)
-    return Accepted(accepted=accepted)
+    return Accepted(accepted=accepted, token=token_text(token_id))

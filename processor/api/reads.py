@@ -3,7 +3,9 @@
 Every handler runs its query in a worker thread (``ApiContext.read``). Timestamps are RFC 3339
 in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
 ``user_not_found`` / ``event_not_found``, 400 ``invalid_user_id`` / ``invalid_parameters`` /
-``invalid_cursor``, 503 ``database_unavailable`` / ``broker_unavailable``. No message echoes a
+``invalid_cursor`` / ``invalid_token``, 503 ``database_unavailable`` / ``broker_unavailable`` /
+``not_yet_applied``. The user reads take ``after`` and ``wait_s`` (read-your-writes:
+``wait_for_writes``, ``processor.api.read_after``, ``processor.api.waiting``). No message echoes a
 request value whole (``processor.api.errors.quoted``).
 """
 
@@ -28,6 +30,16 @@ from litestar.status_codes import (
 from processor.api.auth import requires, token_of
 from processor.api.context import ApiContext, TailsUnknown
 from processor.api.errors import ApiError, error_responses, quoted
+from processor.api.read_after import (
+    DEFAULT_WAIT_S,
+    MAX_AFTER_IDS,
+    MAX_WAIT_S,
+    AfterInvalid,
+    AfterToken,
+    TokenMalformed,
+    parse_after,
+    wait_seconds,
+)
 from projections import queries
 from projections.queries import (
     DEFAULT_PAGE_LIMIT,
@@ -37,10 +49,13 @@ from projections.queries import (
     FriendshipView,
     UserTopics,
 )
+from projections.write_tokens import WantedEvents, load_token
 from schemas.events import USER_ID_PATTERN
 
 #: Largest ``offset`` of ``GET /v1/dead-letters``: PostgreSQL's OFFSET is a bigint.
 MAX_OFFSET: Final = 2**63 - 1
+#: ``Retry-After`` of a read whose wait for its writes ran out, in seconds.
+RETRY_AFTER_S: Final = 1
 
 
 class PartitionView(msgspec.Struct, frozen=True):
@@ -107,6 +122,102 @@ def _user_not_found(user_id: str) -> ApiError:
     return ApiError(HTTP_404_NOT_FOUND, "user_not_found", f"user {user_id!r} has no applied event")
 
 
+#: The ``after`` query parameter of the user reads (docs/contract.md §6.2).
+AfterParameter = Annotated[
+    str | None,
+    QueryParameter(
+        description=(
+            "Read-your-writes: the writes this read must see. Either the `token` that "
+            "`POST /v1/events` answered (`rw_` + 32 hex digits) or up to "
+            f"{MAX_AFTER_IDS} event ids (UUIDs) separated by commas. The read answers once "
+            "every one is applied or dead-lettered (or its child erased), or 503 "
+            "`not_yet_applied` when `wait_s` runs out; 400 `invalid_token` for a token that is "
+            "unknown or expired."
+        ),
+    ),
+]
+#: The ``wait_s`` query parameter of the user reads.
+WaitParameter = Annotated[
+    float | None,
+    QueryParameter(
+        ge=0,
+        le=MAX_WAIT_S,
+        description=(
+            f"Seconds the read may wait for `after`'s writes, 0..{MAX_WAIT_S:g}; default "
+            f"{DEFAULT_WAIT_S:g} when `after` is given; only with `after`."
+        ),
+    ),
+]
+
+
+async def wait_for_writes(
+    ctx: ApiContext, user_id: str, after: str | None, wait_s: float | None
+) -> None:
+    """Return once every write ``after`` names is done (applied, dead-lettered, or of an
+    erased child), waiting at most ``wait_s`` seconds; at once when ``after`` is None.
+
+    Raises:
+        ApiError: 400 ``invalid_parameters`` (``after`` or ``wait_s`` breaks its rule), 400
+            ``invalid_token`` (a token that is malformed, unknown or expired), 503
+            ``not_yet_applied`` (the wait ran out; ``details`` says how many are pending, with
+            ``Retry-After``).
+    """
+    if after is None and wait_s is None:
+        return
+    started = asyncio.get_running_loop().time()
+    try:
+        timeout_s = wait_seconds(after, wait_s)
+    except AfterInvalid as exc:
+        raise _invalid_parameter("wait_s", exc) from exc
+    try:
+        parsed = parse_after(after or "")
+    except AfterInvalid as exc:
+        raise _invalid_parameter("after", exc) from exc
+    except TokenMalformed as exc:
+        raise _invalid_token() from exc
+    reader = ctx.keys.user_digest(user_id)
+    if isinstance(parsed, AfterToken):
+        token_id = parsed.token_id
+        found = await asyncio.to_thread(ctx.with_driver, lambda conn: load_token(conn, token_id))
+        if found is None:
+            raise _invalid_token()
+        wanted = found
+    else:
+        # Events named by id: their children are unknown; the reader's erasure ends the wait.
+        wanted = WantedEvents(parsed.event_ids, (reader,) * len(parsed.event_ids))
+    left = timeout_s - (asyncio.get_running_loop().time() - started)
+    pending = await ctx.waits.wait(wanted, reader, max(0.0, left))
+    if pending:
+        named = len(wanted.event_ids)
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "not_yet_applied",
+            f"{pending} of the {named} events named by after are not applied yet after "
+            f"{timeout_s:g} s; read again (safe to retry)",
+            [{"pending": pending, "named": named}],
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+def _invalid_parameter(name: str, exc: AfterInvalid) -> ApiError:
+    """400 ``invalid_parameters`` in the shape Litestar's own parameter errors have."""
+    return ApiError(
+        HTTP_400_BAD_REQUEST,
+        "invalid_parameters",
+        str(exc),
+        [{"field": name, "source": "query", "reason": str(exc)}],
+    )
+
+
+def _invalid_token() -> ApiError:
+    return ApiError(
+        HTTP_400_BAD_REQUEST,
+        "invalid_token",
+        "after names no write token of this deployment, or the token expired "
+        "(tokens last WRITE_TOKEN_TTL_S seconds): read without after, or name the event ids",
+    )
+
+
 @get(
     "/v1/users/{user_id:str}/friendship",
     tags=["read"],
@@ -115,13 +226,21 @@ def _user_not_found(user_id: str) -> ApiError:
     responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_friendship(
-    user_id: FromPath[str], ctx: NamedDependency[ApiContext]
+    user_id: FromPath[str],
+    ctx: NamedDependency[ApiContext],
+    after: AfterParameter = None,
+    wait_s: WaitParameter = None,
 ) -> FriendshipView:
     """The user's score (0..100), level, events applied and last ``occurred_at``.
 
+    With ``after`` (a write token or event ids) the answer waits until those writes are
+    applied or dead-lettered, at most ``wait_s`` seconds (default 2, at most 10).
+
     Errors: 400 ``invalid_user_id`` for an id that breaks the contract's rule; 404
-    ``user_not_found`` when the user has no applied event.
+    ``user_not_found`` when the user has no applied event; 400 ``invalid_parameters`` /
+    ``invalid_token`` and 503 ``not_yet_applied`` (with ``Retry-After``) for ``after``.
     """
+    await wait_for_writes(ctx, checked_user_id(user_id), after, wait_s)
     friendship = await ctx.read(queries.friendship_of, checked_user_id(user_id))
     if friendship is None:
         raise _user_not_found(user_id)
@@ -135,12 +254,21 @@ async def get_friendship(
     guards=[requires("read")],
     responses=error_responses(400, 401, 403, 404, 503),
 )
-async def get_topics(user_id: FromPath[str], ctx: NamedDependency[ApiContext]) -> UserTopics:
+async def get_topics(
+    user_id: FromPath[str],
+    ctx: NamedDependency[ApiContext],
+    after: AfterParameter = None,
+    wait_s: WaitParameter = None,
+) -> UserTopics:
     """The user's topics sorted by topic, each with all 8 sentiment labels.
 
+    ``after`` and ``wait_s`` as for the friendship read.
+
     Errors: 400 ``invalid_user_id`` for an id that breaks the contract's rule; 404
-    ``user_not_found`` when the user has no applied event.
+    ``user_not_found`` when the user has no applied event; 400 ``invalid_parameters`` /
+    ``invalid_token`` and 503 ``not_yet_applied`` (with ``Retry-After``) for ``after``.
     """
+    await wait_for_writes(ctx, checked_user_id(user_id), after, wait_s)
     topics = await ctx.read(queries.topics_of, checked_user_id(user_id))
     if topics is None:
         raise _user_not_found(user_id)

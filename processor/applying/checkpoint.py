@@ -12,8 +12,10 @@ The life cycle of one batch, inside its transaction:
    lease epoch the owner resumed with (fencing: a zombie owner stops here), and the fold
    version the batch folds with (a writer of the old rule stops once a new one is live);
 2. the batch writes its projections;
-3. ``advance`` the row by compare-and-set on the old offset and epoch, and append the commit to
-   ``checkpoint_log`` (the audit of who committed which offsets).
+3. ``advance`` the row by compare-and-set on the old offset and epoch, append the commit to
+   ``checkpoint_log`` (the audit of who committed which offsets) and announce it on
+   ``PROGRESS_CHANNEL`` (``NOTIFY``, delivered at COMMIT: the API's read-your-writes waiters
+   wake, ``processor.api.waiting``). A replay's shadow batches announce nothing.
 
 This module is the one place whose SQL reads or writes checkpoint rows (live or a replay
 shadow schema).
@@ -46,10 +48,19 @@ _ADVANCE: Final = (
     "applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s "
     "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
 )
+#: The ``NOTIFY`` channel of committed progress: a live batch sends ``<partition>:<offset>``,
+#: an erasure ``erasure``, a replay's swap ``swap``. PostgreSQL delivers a notification when
+#: (and only if) its transaction commits.
+PROGRESS_CHANNEL: Final = "friendship_progress"
+# One statement: the commit's audit row and its announcement (one round trip, as before).
 _LOG_COMMIT: Final = """
-INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
-                            dead_lettered, committed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+WITH logged AS (
+  INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
+                              dead_lettered, committed_at)
+  VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+  RETURNING partition, last_offset
+)
+SELECT pg_notify(%s, partition || ':' || last_offset) FROM logged
 """
 _LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
 
@@ -89,7 +100,7 @@ def lock(
 def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
     """Move the checkpoint from ``advance.expected`` to ``advance.last_offset``
     (compare-and-set) and, for a live owner (``lease_epoch`` given), append the commit to
-    ``checkpoint_log``.
+    ``checkpoint_log`` and announce it on ``PROGRESS_CHANNEL`` (sent at COMMIT).
 
     Raises:
         CheckpointConflict: the row no longer holds ``expected`` and the epoch (nothing moved).
@@ -121,8 +132,15 @@ def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
                 epoch,
                 advance.applied,
                 advance.dead_lettered,
+                PROGRESS_CHANNEL,
             ),
         )
+
+
+def announce(cur: psycopg.Cursor, what: str) -> None:
+    """Send ``what`` on ``PROGRESS_CHANNEL`` in the caller's transaction (delivered at COMMIT):
+    a change that may end read-your-writes waits (an erasure, a replay's swap)."""
+    cur.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, what))
 
 
 def begin_lease_epoch(conn: psycopg.Connection, partition: int, member: str) -> tuple[int, int]:

@@ -190,6 +190,7 @@ def erase_user(conn: psycopg.Connection, user_id: str, keys: Keys) -> ErasureRep
         for schema in replay_schemas_with_tables(cur):
             _erase_replay_schema(conn, cur, user_id, schema)
         destroyed = destroy_data_key(cur, user_id)
+        checkpoint.announce(cur, "erasure")  # waits for the child's events end (at COMMIT)
         row = cur.execute(
             """
             INSERT INTO erasures (user_digest, friendships, topic_rows, applied_events,

@@ -38,7 +38,12 @@ import psycopg
 
 from processor import tuning
 from processor.applying.applier import PartitionApplier
-from processor.applying.checkpoint import fold_versions, read_checkpoints, set_fold_version
+from processor.applying.checkpoint import (
+    announce,
+    fold_versions,
+    read_checkpoints,
+    set_fold_version,
+)
 from processor.applying.postgres import PostgresStore
 from processor.errors import loggable
 from processor.privacy.erasure import purge_erased
@@ -330,6 +335,7 @@ class _Run:
                         )
                         with conn.cursor() as cur:  # the rows are locked: batches of the old
                             set_fold_version(cur, self.live, self.rules.version)  # rule stop
+                            announce(cur, "swap")  # read-your-writes waiters re-check
                             if in_swap is not None:
                                 in_swap(cur)
                     self.report.paused_s = time.monotonic() - locked_at

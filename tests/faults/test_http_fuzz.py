@@ -158,7 +158,7 @@ def test_adversarial_ingest_bodies_are_refused_or_accepted_as_the_contract_says(
             body = with_fresh_event_id(sample, uuid.uuid4()).body
         response = client.post("/v1/events", content=body)
         if is_empty_array(body):  # an empty batch, over HTTP: nothing to accept
-            assert response.json() == {"accepted": 0}
+            assert response.json()["accepted"] == 0
         elif sample.valid:
             assert response.status_code == 202, f"{sample!r}: {response.text[:300]}"
             accepted.append(body)

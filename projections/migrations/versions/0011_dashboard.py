@@ -3,7 +3,7 @@ minutes (``projections.throughput``, ``GET /v1/stats/throughput``); without it e
 the whole audit log, which grows by a row per committed batch.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -66,7 +66,12 @@ def test_the_processor_and_the_api_run_with_least_privilege(
         misrouted = adjusted("kid-0", 30)  # with kid-2's id as key: the erasure edits its reason
         publish(settings, [OutgoingEvent(json.loads(misrouted)["event_id"], "kid-2", misrouted)])
         drain(settings)
-        friendship = api.get("/v1/users/kid-1/friendship", headers=admin)
+        # The API's role stores write tokens (ingest) and reads them (a read after its writes).
+        friendship = api.get(
+            "/v1/users/kid-1/friendship",
+            params={"after": response.json()["token"], "wait_s": 5},
+            headers=admin,
+        )
         assert friendship.status_code == 200 and friendship.json()["events_applied"] == 5
         stats = api.get("/v1/stats", headers=admin)  # tails read as the reader
         assert stats.status_code == 200
@@ -106,6 +111,9 @@ def test_the_processor_and_the_api_run_with_least_privilege(
         assert refused(scoped, "CREATE TABLE intruder (x int)")
         assert refused(scoped, "TRUNCATE friendships")
     assert refused(as_processor, "SELECT * FROM api_tokens")
+    for scoped in (as_processor, as_ingest):  # write tokens are the API's alone
+        assert refused(scoped, "SELECT * FROM write_tokens")
+    assert not refused(as_api, "DELETE FROM write_tokens WHERE expires_at < now()")
     assert refused(as_processor, "DELETE FROM data_keys")
     assert refused(as_processor, "DELETE FROM friendships")
     with connect(settings.database_url) as conn:
