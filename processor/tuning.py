@@ -126,9 +126,14 @@ WAIT_LISTENER_DOWN_POLL_S: Final = 0.5
 #: Seconds between two re-checks of the waiting reads while LISTEN works: a safety net only
 #: (a notification is never lost while connected); it bounds the harm of a silent bug.
 WAIT_SAFETY_POLL_S: Final = 5.0
+#: Least time, in seconds, given to a read's own token lookup and first check of its events
+#: whatever is left of its ``wait_s`` (``wait_s=0`` still checks once); both are bounded by the
+#: rest of ``wait_s`` (and this floor), in the event loop and by ``statement_timeout``.
+WAIT_CHECK_FLOOR_S: Final = 0.5
 #: Seconds between two deletions of expired write tokens (by every API process; cheap, indexed).
 WRITE_TOKEN_CLEANUP_INTERVAL_S: Final = 60.0
-#: Most expired write tokens one cleanup deletes.
+#: Most expired write tokens one statement of a cleanup deletes (a cleanup repeats it while a
+#: round deleted a full batch).
 WRITE_TOKEN_CLEANUP_BATCH: Final = 10_000
 
 # -- fold versions (processor.versions) ------------------------------------------------------
