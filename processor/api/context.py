@@ -155,7 +155,7 @@ class ApiContext:
             metrics=ApiMetrics(),
             keys=load_keys(settings),
             tails=TailCache(settings, name="friendship-stream api tails"),
-            waits=WaitRoom(settings.database_url, check),
+            waits=WaitRoom(settings.database_url, check, safety_poll_s=settings.wait_safety_poll_s),
         )
 
     def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:

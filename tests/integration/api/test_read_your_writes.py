@@ -102,7 +102,8 @@ async def post_then_read(
 def test_a_read_after_its_write_sees_it_every_time_under_load_with_many_waiting(
     settings: Settings, tmp_path: Path
 ) -> None:
-    settings = settings.with_overrides(api_port=free_port())
+    # No safety re-check within the test: the commits' notifications must wake every read.
+    settings = settings.with_overrides(api_port=free_port(), wait_safety_poll_s=3600.0)
     ingest, read = make_token(settings, "ingest"), make_token(settings, "read")
     base = f"http://{settings.api_host}:{settings.api_port}"
 
