@@ -402,11 +402,21 @@ async def get_dead_letters(
             description="dead letters to skip (after the cursor, if any)",
         ),
     ] = 0,
+    include_raw: Annotated[
+        bool,
+        QueryParameter(
+            description=(
+                "`false` leaves `raw` and `raw_encoding` out of every item (a list that shows "
+                "no bytes, such as the dashboard's, need not download them); default `true`"
+            ),
+        ),
+    ] = True,
 ) -> DeadLetterPage:
     """One page of dead letters, newest first: ``{"dead_letters": [...], "limit",
     "next_cursor"}``; each has partition, offset, event_id, field, reason, dead_lettered_at,
-    raw (text, or base64 when not UTF-8) and raw_encoding. ``next_cursor`` is null on the last
-    page. Query: ``limit`` (default 50, max 500), ``cursor``, ``offset``.
+    raw (text, or base64 when not UTF-8) and raw_encoding (both left out with
+    ``include_raw=false``). ``next_cursor`` is null on the last page. Query: ``limit``
+    (default 50, max 500), ``cursor``, ``offset``, ``include_raw`` (default true).
 
     Errors: 400 ``invalid_parameters`` (limit/offset out of range), 400 ``invalid_cursor``.
     """
@@ -419,4 +429,6 @@ async def get_dead_letters(
                 "invalid_cursor",
                 f"cursor {quoted(cursor)} is not valid: pass the next_cursor of a previous page",
             ) from exc
-    return await ctx.read(queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset)
+    return await ctx.read(
+        queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset, with_raw=include_raw
+    )

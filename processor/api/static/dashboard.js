@@ -1,6 +1,7 @@
 // The dashboard's script: polls the JSON API with the session cookie and fills the page.
 // /v1/stats every 2 s (totals, partitions), /v1/stats/throughput every 5 s (the chart),
-// /v1/dead-letters?limit=10 every 5 s (admin pages only), the child lookup on demand.
+// /v1/dead-letters?limit=10&include_raw=false every 5 s (admin pages only; without the raw
+// bytes, which the page never shows), the child lookup on demand.
 // Values go into the page as text (textContent), never as HTML. A 401 (the token was revoked
 // or expired, or the session ended) goes back to the sign-in form.
 "use strict";
@@ -157,7 +158,7 @@
 
   async function pollDeadLetters() {
     try {
-      renderDeadLetters(await getJson("/v1/dead-letters?limit=10"));
+      renderDeadLetters(await getJson("/v1/dead-letters?limit=10&include_raw=false"));
     } catch (error) {
       showProblem(byId("problem"), error);
     }
