@@ -205,6 +205,11 @@
     byId("child").dataset.userLoaded = "true";
   }
 
+  // A user_id as the contract defines it (docs/contract.md section 1).
+  const USER_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+  const INVALID_USER_ID =
+    "A child's id is 1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -";
+
   async function lookUp(event) {
     event.preventDefault();
     const message = byId("lookup-message");
@@ -212,6 +217,12 @@
     message.hidden = true;
     byId("child").hidden = true;
     delete byId("child").dataset.userLoaded;
+    if (!USER_ID.test(userId)) {
+      // Checked here: never sent, so no answer can echo it back.
+      message.textContent = INVALID_USER_ID;
+      message.hidden = false;
+      return;
+    }
     const base = `/v1/users/${encodeURIComponent(userId)}`;
     try {
       const [friendship, topics] = await Promise.all([
