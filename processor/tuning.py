@@ -28,6 +28,11 @@ RECONNECT_MAX_S: Final = 5.0
 #: Seconds between two reads of the streams' tails by a ``TailCache`` (the API's stats and
 #: metrics, a processor's lag gauges): how stale a tail may be, plus the read's own time.
 TAILS_REFRESH_S: Final = 1.0
+#: Seconds between two reads of the owned streams' tails by a processor's ``TailCache`` (its
+#: lag gauges). Slower than the API's: each round subscribes every owned stream on the broker
+#: (segment and index files opened), in every processor; the gauge also uses the reader's last
+#: received offset, which is live, and Prometheus scrapes every 15 s by default.
+PROCESSOR_TAILS_REFRESH_S: Final = 10.0
 #: Most seconds a request waits for the first read of the tails after the API started.
 TAILS_FIRST_READ_WAIT_S: Final = 5.0
 #: Seconds allowed to open a stream connection and for each request's answer.
