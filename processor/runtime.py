@@ -93,10 +93,12 @@ class Processor:
             lease_released=lambda lost: self.metrics.lease_released(lost=lost),
         )
         # The owned partitions' stream tails, for the lag gauges (one stream connection, opened
-        # only when the metrics are served).
+        # only when the metrics are served; read every PROCESSOR_TAILS_REFRESH_S, not every
+        # second as the API does: the reader's own offsets keep the gauge live meanwhile).
         self._tails = TailCache(
             settings,
             self._coordinator.owned_partitions,
+            refresh_s=tuning.PROCESSOR_TAILS_REFRESH_S,
             name=f"friendship-stream tails {self.member}",
         )
         self._metrics_server: MetricsServer | None = None

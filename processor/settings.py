@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from processor import tuning
 from processor.errors import ConfigurationError
 
 ENV_AMQP_URL: Final = "AMQP_URL"
@@ -48,6 +49,7 @@ DEFAULT_METRICS_PORT: Final = 9464
 #: ``PROCESSOR_METRICS_PORT`` values that turn the processor's metrics server off.
 METRICS_OFF: Final = frozenset({"off", "none", "disabled"})
 ENV_WRITE_TOKEN_TTL_S: Final = "WRITE_TOKEN_TTL_S"  # noqa: S105 - the variable's name
+ENV_WAIT_SAFETY_POLL_S: Final = "WAIT_SAFETY_POLL_S"
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -222,6 +224,9 @@ class Settings:
             ``Authorization: Bearer <token>`` (401 otherwise).
         write_token_ttl_s: how long, in seconds, the token ``POST /v1/events`` answers stays
             usable as a read's ``after`` (read-your-writes); expired rows are deleted.
+        wait_safety_poll_s: seconds between two re-checks of the API's waiting reads while its
+            LISTEN connection works and nothing was announced (a safety net; default
+            ``tuning.WAIT_SAFETY_POLL_S``; the tests set it high so notifications alone wake).
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -250,6 +255,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_token: str = field(default="", repr=False)
     write_token_ttl_s: float = 600.0
+    wait_safety_poll_s: float = tuning.WAIT_SAFETY_POLL_S
     amqp: AmqpEndpoint = field(init=False)
 
     def __post_init__(self) -> None:
@@ -299,6 +305,9 @@ class Settings:
             metrics_token=(source.get(ENV_METRICS_TOKEN) or "").strip(),
             write_token_ttl_s=_float(
                 source, ENV_WRITE_TOKEN_TTL_S, defaults.write_token_ttl_s, 1.0
+            ),
+            wait_safety_poll_s=_float(
+                source, ENV_WAIT_SAFETY_POLL_S, defaults.wait_safety_poll_s, 0.1
             ),
         )
 

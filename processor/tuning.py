@@ -28,6 +28,11 @@ RECONNECT_MAX_S: Final = 5.0
 #: Seconds between two reads of the streams' tails by a ``TailCache`` (the API's stats and
 #: metrics, a processor's lag gauges): how stale a tail may be, plus the read's own time.
 TAILS_REFRESH_S: Final = 1.0
+#: Seconds between two reads of the owned streams' tails by a processor's ``TailCache`` (its
+#: lag gauges). Slower than the API's: each round subscribes every owned stream on the broker
+#: (segment and index files opened), in every processor; the gauge also uses the reader's last
+#: received offset, which is live, and Prometheus scrapes every 15 s by default.
+PROCESSOR_TAILS_REFRESH_S: Final = 10.0
 #: Most seconds a request waits for the first read of the tails after the API started.
 TAILS_FIRST_READ_WAIT_S: Final = 5.0
 #: Seconds allowed to open a stream connection and for each request's answer.
@@ -126,9 +131,14 @@ WAIT_LISTENER_DOWN_POLL_S: Final = 0.5
 #: Seconds between two re-checks of the waiting reads while LISTEN works: a safety net only
 #: (a notification is never lost while connected); it bounds the harm of a silent bug.
 WAIT_SAFETY_POLL_S: Final = 5.0
+#: Least time, in seconds, given to a read's own token lookup and first check of its events
+#: whatever is left of its ``wait_s`` (``wait_s=0`` still checks once); both are bounded by the
+#: rest of ``wait_s`` (and this floor), in the event loop and by ``statement_timeout``.
+WAIT_CHECK_FLOOR_S: Final = 0.5
 #: Seconds between two deletions of expired write tokens (by every API process; cheap, indexed).
 WRITE_TOKEN_CLEANUP_INTERVAL_S: Final = 60.0
-#: Most expired write tokens one cleanup deletes.
+#: Most expired write tokens one statement of a cleanup deletes (a cleanup repeats it while a
+#: round deleted a full batch).
 WRITE_TOKEN_CLEANUP_BATCH: Final = 10_000
 
 # -- fold versions (processor.versions) ------------------------------------------------------

@@ -115,7 +115,11 @@ class Totals(msgspec.Struct, frozen=True):
 
 
 class DeadLetterView(msgspec.Struct, frozen=True):
-    """One dead letter: log position, the readable event_id (or null), why, when, raw bytes."""
+    """One dead letter: log position, the readable event_id (or null), why, when, raw bytes.
+
+    ``raw`` and ``raw_encoding`` are left out of the answer (``msgspec.UNSET``) when the
+    reader asked for the dead letters without their bytes.
+    """
 
     partition: int
     offset: int
@@ -123,8 +127,8 @@ class DeadLetterView(msgspec.Struct, frozen=True):
     field: str
     reason: str
     dead_lettered_at: datetime
-    raw: str
-    raw_encoding: RawEncoding
+    raw: str | msgspec.UnsetType = msgspec.UNSET
+    raw_encoding: RawEncoding | msgspec.UnsetType = msgspec.UNSET
 
 
 class DeadLetterPage(msgspec.Struct, frozen=True):
@@ -313,6 +317,8 @@ def dead_letter_page(
     limit: int = DEFAULT_PAGE_LIMIT,
     cursor: str | None = None,
     offset: int = 0,
+    *,
+    with_raw: bool = True,
 ) -> DeadLetterPage:
     """Dead letters newest first (by insertion order), keyset-paginated.
 
@@ -321,6 +327,8 @@ def dead_letter_page(
         limit: most dead letters in the page, 1..``MAX_PAGE_LIMIT``.
         cursor: ``next_cursor`` of the previous page; the page starts right after it.
         offset: dead letters to skip first (after the cursor, if any); for jumping ahead.
+        with_raw: whether the items carry ``raw`` and ``raw_encoding`` (False: the bytes are
+            not even read from the database).
 
     Returns:
         The page; ``next_cursor`` is None when nothing is left after it.
@@ -340,7 +348,7 @@ def dead_letter_page(
         dead_letters.c.field,
         dead_letters.c.reason,
         dead_letters.c.dead_lettered_at,
-        dead_letters.c.raw,
+        *([dead_letters.c.raw] if with_raw else []),
     )
     if cursor is not None:
         query = query.where(dead_letters.c.id < parse_cursor(cursor))
@@ -350,18 +358,17 @@ def dead_letter_page(
     page = rows[:limit]
     items = []
     for row in page:
-        raw, encoding = render_raw(bytes(row.raw))
-        items.append(
-            DeadLetterView(
-                partition=int(row.partition),
-                offset=int(row.log_offset),
-                event_id=row.event_id,
-                field=row.field,
-                reason=row.reason,
-                dead_lettered_at=utc(row.dead_lettered_at),
-                raw=raw,
-                raw_encoding=encoding,
-            )
+        item = DeadLetterView(
+            partition=int(row.partition),
+            offset=int(row.log_offset),
+            event_id=row.event_id,
+            field=row.field,
+            reason=row.reason,
+            dead_lettered_at=utc(row.dead_lettered_at),
         )
+        if with_raw:
+            raw, encoding = render_raw(bytes(row.raw))
+            item = msgspec.structs.replace(item, raw=raw, raw_encoding=encoding)
+        items.append(item)
     next_cursor = _make_cursor(int(page[-1].id)) if len(rows) > limit else None
     return DeadLetterPage(dead_letters=items, limit=limit, next_cursor=next_cursor)

@@ -33,6 +33,8 @@ WHERE EXISTS (SELECT 1 FROM applied_events a WHERE a.event_id = w.event_id::uuid
    OR EXISTS (SELECT 1 FROM erasures r WHERE r.user_digest = w.digest)
    OR EXISTS (SELECT 1 FROM erasures r WHERE r.user_digest = %b::bytea)
 """
+#: ``SET LOCAL statement_timeout`` with a parameter (milliseconds, as text).
+_SET_LOCAL_TIMEOUT: Final = "SELECT set_config('statement_timeout', %s, true)"
 _DELETE_EXPIRED: Final = """
 DELETE FROM write_tokens WHERE id IN (
   SELECT id FROM write_tokens WHERE expires_at <= now() ORDER BY expires_at LIMIT %s
@@ -70,8 +72,35 @@ def store_token(
     conn.execute(_STORE, (token_id, list(event_ids), list(user_digests), ttl_s))
 
 
-def load_token(conn: psycopg.Connection, token_id: uuid.UUID) -> WantedEvents | None:
-    """The events of a write token, or None when no such token exists or it expired."""
+def bound_statements(conn: psycopg.Connection, timeout_ms: int | None) -> None:
+    """Bound every later statement of the current transaction to ``timeout_ms`` milliseconds
+    (``SET LOCAL statement_timeout``; ends with the transaction); nothing when None.
+
+    Raises:
+        ValueError: ``timeout_ms`` is below 1 (0 would mean no bound at all).
+    """
+    if timeout_ms is None:
+        return
+    if timeout_ms < 1:
+        raise ValueError(f"a statement timeout is at least 1 ms, not {timeout_ms}")
+    conn.execute(_SET_LOCAL_TIMEOUT, (str(timeout_ms),))
+
+
+def load_token(
+    conn: psycopg.Connection, token_id: uuid.UUID, timeout_ms: int | None = None
+) -> WantedEvents | None:
+    """The events of a write token, or None when no such token exists or it expired.
+
+    Args:
+        conn: a connection in a transaction the caller ends.
+        token_id: the token's row id.
+        timeout_ms: bound of the statement in milliseconds (``bound_statements``; None: the
+            session's own).
+
+    Raises:
+        psycopg.errors.QueryCanceled: the statement ran past ``timeout_ms``.
+    """
+    bound_statements(conn, timeout_ms)
     row = conn.execute(_LOAD, (token_id,)).fetchone()
     if row is None:
         return None
@@ -80,13 +109,24 @@ def load_token(conn: psycopg.Connection, token_id: uuid.UUID) -> WantedEvents | 
 
 
 def done_events(
-    conn: psycopg.Connection, wanted: WantedEvents, reader_digest: bytes | None = None
+    conn: psycopg.Connection,
+    wanted: WantedEvents,
+    reader_digest: bytes | None = None,
+    timeout_ms: int | None = None,
 ) -> set[str]:
     """The ids of ``wanted`` that are done (applied, dead-lettered, or of an erased child);
     all of them when ``reader_digest`` (the read's own child) was erased: that read answers
-    404 whatever it waits for."""
+    404 whatever it waits for.
+
+    ``timeout_ms`` bounds the query in milliseconds (``bound_statements``; None: the
+    session's own bound).
+
+    Raises:
+        psycopg.errors.QueryCanceled: the query ran past ``timeout_ms``.
+    """
     if not wanted.event_ids:
         return set()
+    bound_statements(conn, timeout_ms)
     rows = conn.execute(
         _DONE, (list(wanted.event_ids), list(wanted.user_digests), reader_digest)
     ).fetchall()

@@ -170,6 +170,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PROCESSOR_METRICS_HOST": settings.metrics_host,
             "PROCESSOR_METRICS_TOKEN": settings.metrics_token,
             "WRITE_TOKEN_TTL_S": str(settings.write_token_ttl_s),
+            "WAIT_SAFETY_POLL_S": str(settings.wait_safety_poll_s),
         }
     )
     return env

@@ -140,14 +140,34 @@ async def _expire_write_tokens(ctx: ApiContext) -> None:
     does; the statement is indexed and bounded, so a second one finds little to do)."""
     while True:
         try:
-            deleted = await asyncio.to_thread(
-                ctx.with_driver,
-                lambda conn: delete_expired(conn, tuning.WRITE_TOKEN_CLEANUP_BATCH),
-            )
+            deleted = await delete_expired_tokens(ctx)
             log.debug("deleted %d expired write tokens", deleted)
         except DATABASE_ERRORS as exc:
             log.debug("deleting expired write tokens failed: %s", loggable(exc))
         await asyncio.sleep(tuning.WRITE_TOKEN_CLEANUP_INTERVAL_S)
+
+
+async def delete_expired_tokens(
+    ctx: ApiContext, batch: int = tuning.WRITE_TOKEN_CLEANUP_BATCH
+) -> int:
+    """One cleanup: delete expired write tokens ``batch`` at a time (one short transaction
+    each) until a round deletes fewer than ``batch``, yielding to the event loop between
+    rounds; every ``POST /v1/events`` stores a token, so one batch a minute could fall behind.
+
+    Returns:
+        How many tokens were deleted.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, psycopg.Error: the database failed (what earlier rounds
+            deleted stays deleted).
+    """
+    total = 0
+    while True:
+        deleted = await asyncio.to_thread(ctx.with_driver, lambda conn: delete_expired(conn, batch))
+        total += deleted
+        if deleted < batch:
+            return total
+        await asyncio.sleep(0)  # let requests run between two rounds
 
 
 def serve(settings: Settings) -> None:

@@ -60,6 +60,13 @@ def create_db_engine(database_url: str) -> Engine:
     )
 
 
+def statement_bound_ms(bound_s: float) -> int:
+    """``bound_s`` seconds as a ``statement_timeout`` in whole milliseconds: at least
+    ``tuning.WAIT_CHECK_FLOOR_S`` (a small floor), at most ``tuning.API_STATEMENT_TIMEOUT_MS``."""
+    floor_ms = round(tuning.WAIT_CHECK_FLOOR_S * 1000)
+    return min(tuning.API_STATEMENT_TIMEOUT_MS, max(floor_ms, round(bound_s * 1000)))
+
+
 class TailsUnknown(ReadError):
     """The stream tails were never read since the API started (the broker did not answer)."""
 
@@ -131,9 +138,14 @@ class ApiContext:
         """
         engine = create_db_engine(settings.database_url)
 
-        async def check(wanted: WantedEvents, reader_digest: bytes | None) -> set[str]:
+        async def check(
+            wanted: WantedEvents, reader_digest: bytes | None, bound_s: float | None
+        ) -> set[str]:
+            timeout_ms = None if bound_s is None else statement_bound_ms(bound_s)
             return await asyncio.to_thread(
-                with_driver, engine, lambda conn: done_events(conn, wanted, reader_digest)
+                with_driver,
+                engine,
+                lambda conn: done_events(conn, wanted, reader_digest, timeout_ms),
             )
 
         return cls(
@@ -143,7 +155,7 @@ class ApiContext:
             metrics=ApiMetrics(),
             keys=load_keys(settings),
             tails=TailCache(settings, name="friendship-stream api tails"),
-            waits=WaitRoom(settings.database_url, check),
+            waits=WaitRoom(settings.database_url, check, safety_poll_s=settings.wait_safety_poll_s),
         )
 
     def with_driver(self, action: Callable[[psycopg.Connection], T]) -> T:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 import msgspec
+import psycopg
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
@@ -27,8 +28,9 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from processor import tuning
 from processor.api.auth import requires, token_of
-from processor.api.context import ApiContext, TailsUnknown
+from processor.api.context import ApiContext, TailsUnknown, statement_bound_ms
 from processor.api.errors import ApiError, error_responses, quoted
 from processor.api.read_after import (
     DEFAULT_WAIT_S,
@@ -160,7 +162,10 @@ async def wait_for_writes(
         ApiError: 400 ``invalid_parameters`` (``after`` or ``wait_s`` breaks its rule), 400
             ``invalid_token`` (a token that is malformed, unknown or expired), 503
             ``not_yet_applied`` (the wait ran out; ``details`` says how many are pending, with
-            ``Retry-After``).
+            ``Retry-After``). One deadline, ``wait_s`` from the start: the token lookup and the
+            first check are bounded by what is left of it (in the loop and by
+            ``statement_timeout``, at least ``tuning.WAIT_CHECK_FLOOR_S``); one that runs out
+            counts as not applied yet.
     """
     if after is None and wait_s is None:
         return
@@ -176,16 +181,35 @@ async def wait_for_writes(
     except TokenMalformed as exc:
         raise _invalid_token() from exc
     reader = ctx.keys.user_digest(user_id)
+    loop = asyncio.get_running_loop()
     if isinstance(parsed, AfterToken):
         token_id = parsed.token_id
-        found = await asyncio.to_thread(ctx.with_driver, lambda conn: load_token(conn, token_id))
+        # Bounded by the rest of wait_s (at least a small floor), in the loop and in the
+        # database: a slow lookup ends as a wait that ran out, and frees its connection.
+        bound_s = max(timeout_s - (loop.time() - started), tuning.WAIT_CHECK_FLOOR_S)
+        timeout_ms = statement_bound_ms(bound_s)
+        try:
+            found = await asyncio.wait_for(
+                asyncio.to_thread(
+                    ctx.with_driver, lambda conn: load_token(conn, token_id, timeout_ms)
+                ),
+                bound_s,
+            )
+        except (TimeoutError, psycopg.errors.QueryCanceled) as exc:
+            raise ApiError(
+                HTTP_503_SERVICE_UNAVAILABLE,
+                "not_yet_applied",
+                f"the write token could not be read within {timeout_s:g} s; read again "
+                "(safe to retry)",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from exc
         if found is None:
             raise _invalid_token()
         wanted = found
     else:
         # Events named by id: their children are unknown; the reader's erasure ends the wait.
         wanted = WantedEvents(parsed.event_ids, (reader,) * len(parsed.event_ids))
-    left = timeout_s - (asyncio.get_running_loop().time() - started)
+    left = timeout_s - (loop.time() - started)
     pending = await ctx.waits.wait(wanted, reader, max(0.0, left))
     if pending:
         named = len(wanted.event_ids)
@@ -378,11 +402,21 @@ async def get_dead_letters(
             description="dead letters to skip (after the cursor, if any)",
         ),
     ] = 0,
+    include_raw: Annotated[
+        bool,
+        QueryParameter(
+            description=(
+                "`false` leaves `raw` and `raw_encoding` out of every item (a list that shows "
+                "no bytes, such as the dashboard's, need not download them); default `true`"
+            ),
+        ),
+    ] = True,
 ) -> DeadLetterPage:
     """One page of dead letters, newest first: ``{"dead_letters": [...], "limit",
     "next_cursor"}``; each has partition, offset, event_id, field, reason, dead_lettered_at,
-    raw (text, or base64 when not UTF-8) and raw_encoding. ``next_cursor`` is null on the last
-    page. Query: ``limit`` (default 50, max 500), ``cursor``, ``offset``.
+    raw (text, or base64 when not UTF-8) and raw_encoding (both left out with
+    ``include_raw=false``). ``next_cursor`` is null on the last page. Query: ``limit``
+    (default 50, max 500), ``cursor``, ``offset``, ``include_raw`` (default true).
 
     Errors: 400 ``invalid_parameters`` (limit/offset out of range), 400 ``invalid_cursor``.
     """
@@ -395,4 +429,6 @@ async def get_dead_letters(
                 "invalid_cursor",
                 f"cursor {quoted(cursor)} is not valid: pass the next_cursor of a previous page",
             ) from exc
-    return await ctx.read(queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset)
+    return await ctx.read(
+        queries.dead_letter_page, limit=limit, cursor=cursor, offset=offset, with_raw=include_raw
+    )

@@ -40,6 +40,10 @@ from processor.privacy.keys import Keys
 SESSION_COOKIE: Final = "fs_session"
 #: Longest life of a session, seconds from its sign-in (the cookie's ``Max-Age`` too).
 SESSION_MAX_AGE_S: Final = 12 * 3600
+#: Seconds of clock skew tolerated between API processes: a session is accepted from
+#: ``-SESSION_CLOCK_SKEW_S`` (signed in by a process whose clock runs ahead) up to
+#: ``SESSION_MAX_AGE_S + SESSION_CLOCK_SKEW_S`` seconds of age.
+SESSION_CLOCK_SKEW_S: Final = 60
 #: Header that carries the CSRF token of a cookie-authenticated state-changing call.
 CSRF_HEADER: Final = "X-CSRF-Token"
 #: Form field that carries it in the dashboard's own forms (sign-out).
@@ -124,8 +128,9 @@ def new_session(token_id: str, now: float | None = None) -> dict[str, Any]:
 
 def session_credentials(session: object, now: float | None = None) -> SessionCredentials | None:
     """The credentials in a loaded session (``scope["session"]``: a mapping, or nothing), None
-    when there are none or the session is too old (``SESSION_MAX_AGE_S``) or not in the shape
-    ``new_session`` makes."""
+    when there are none, or the session is too old (``SESSION_MAX_AGE_S``) or from too far in
+    the future (both give ``SESSION_CLOCK_SKEW_S`` of clock skew between API processes), or not
+    in the shape ``new_session`` makes."""
     if not isinstance(session, Mapping) or not session:
         return None
     token_id = session.get("token_id")
@@ -140,7 +145,7 @@ def session_credentials(session: object, now: float | None = None) -> SessionCre
     ):
         return None
     age = (time.time() if now is None else now) - signed_in_at
-    if not 0 <= age < SESSION_MAX_AGE_S + 60:  # a minute of clock skew between API processes
+    if not -SESSION_CLOCK_SKEW_S <= age < SESSION_MAX_AGE_S + SESSION_CLOCK_SKEW_S:
         return None
     return SessionCredentials(token_id=token_id, csrf_token=csrf, signed_in_at=signed_in_at)
 

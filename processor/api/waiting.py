@@ -12,12 +12,14 @@ replay's swap announce themselves too. ``WaitRoom`` runs two tasks in the API's 
   waiting reads, which of their pending events are done, and wakes the reads whose events all
   are. Notifications that arrive meanwhile coalesce into the next round. While the listener is
   down it also re-checks every ``WAIT_LISTENER_DOWN_POLL_S`` (and every
-  ``WAIT_SAFETY_POLL_S`` while it is up, a safety net), so a wait ends correctly without it.
+  ``WAIT_SAFETY_POLL_S`` while it is up, a safety net: ``WaitRoom(safety_poll_s=...)``), so a
+  wait ends correctly without it.
 
 A read registers as a waiter FIRST, then checks its events itself, then waits: a commit after
 the registration either is seen by that check or marks the room dirty, so no wake-up is lost.
-Every wait ends at its deadline whatever the database or the listener do. The waits use the
-database of ``DATABASE_URL`` (the primary: a replica cannot ``LISTEN``).
+Every wait ends at its deadline whatever the database or the listener do: the read's own
+first check is bounded by what is left of its wait (in the loop and by ``statement_timeout``).
+The waits use the database of ``DATABASE_URL`` (the primary: a replica cannot ``LISTEN``).
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ _LISTEN: Final = sql.SQL("LISTEN {}").format(sql.Identifier(PROGRESS_CHANNEL))
 _FIRST_RECONNECT_PAUSE_S: Final = 0.05
 
 #: Which of the wanted events are done (``projections.write_tokens.done_events``), given the
-#: reading child's digest (None: not checked); async, off the event loop.
-DoneCheck = Callable[[WantedEvents, bytes | None], Awaitable[set[str]]]
+#: reading child's digest (None: not checked) and a bound in seconds for the query (None: the
+#: session's own ``statement_timeout``); async, off the event loop. Raises
+#: ``psycopg.errors.QueryCanceled`` when the query ran past its bound.
+DoneCheck = Callable[[WantedEvents, bytes | None, float | None], Awaitable[set[str]]]
 
 
 @dataclass(eq=False)
@@ -72,11 +76,20 @@ class WaitRoom:
     Args:
         database_url: the deployment's database (the primary).
         check: which events are done (one database query).
+        safety_poll_s: seconds between two re-checks while the listener is up and nothing was
+            announced (a safety net; a test sets it high to see the notifications do the work).
     """
 
-    def __init__(self, database_url: str, check: DoneCheck) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        check: DoneCheck,
+        *,
+        safety_poll_s: float = tuning.WAIT_SAFETY_POLL_S,
+    ) -> None:
         self._conninfo = libpq_url(database_url)
         self._check = check
+        self._safety_poll_s = safety_poll_s
         self._waiters: set[_Waiter] = set()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,31 +130,41 @@ class WaitRoom:
             wanted: the events (ids and their children's digests).
             reader_digest: the reading child's digest: if that child was erased, nothing is
                 waited for (its read answers 404).
-            timeout_s: the longest wait in seconds (0: check once).
+            timeout_s: the longest wait in seconds (0: check once). The first check counts
+                in it: it is bounded by what is left (at least ``tuning.WAIT_CHECK_FLOOR_S``),
+                and one that runs out counts as "nothing done yet".
 
         Returns:
             How many of the events are still not done (0: all are).
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError, psycopg.Error: the first check failed (the
-                database is unreachable: answered 503).
+                database is unreachable: answered 503); not when it merely ran out of time.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         waiter = _Waiter(dict(zip(wanted.event_ids, wanted.user_digests, strict=True)))
         self._waiters.add(waiter)  # first: a commit from now on marks the room dirty
         try:
-            waiter.settle(await self._check(wanted, reader_digest))
-            if waiter.pending and timeout_s > 0:
+            bound_s = max(timeout_s, tuning.WAIT_CHECK_FLOOR_S)
+            # A check that runs out (here, or its statement_timeout in the database) leaves
+            # the events pending: the read answers not_yet_applied at its deadline.
+            with contextlib.suppress(TimeoutError, psycopg.errors.QueryCanceled):
+                finished = await asyncio.wait_for(
+                    self._check(wanted, reader_digest, bound_s), bound_s
+                )
+                waiter.settle(finished)
+            left = deadline - loop.time()
+            if waiter.pending and left > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.done.wait(), timeout_s)
+                    await asyncio.wait_for(waiter.done.wait(), left)
             return len(waiter.pending)
         finally:
             self._waiters.discard(waiter)
 
     async def _recheck_forever(self) -> None:
         while True:
-            interval = (
-                tuning.WAIT_SAFETY_POLL_S if self.listening else tuning.WAIT_LISTENER_DOWN_POLL_S
-            )
+            interval = self._safety_poll_s if self.listening else tuning.WAIT_LISTENER_DOWN_POLL_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), interval)
             self._dirty.clear()  # before the query: a commit during it makes another round
@@ -159,7 +182,7 @@ class WaitRoom:
             tuple(event_id for event_id, _ in union), tuple(digest for _, digest in union)
         )
         try:
-            finished = await self._check(wanted, None)
+            finished = await self._check(wanted, None, None)
         except Exception as exc:  # noqa: BLE001 - any failure: the waits end at their deadlines
             level = logging.DEBUG if self._check_failing else logging.WARNING
             log.log(level, "re-checking the waiting reads failed: %s", loggable(exc))
@@ -210,10 +233,10 @@ class WaitRoom:
             pause = min(pause * 2, tuning.WAIT_LISTENER_DOWN_POLL_S)
 
     async def _receive(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-        """Mark the room dirty on every notification; every ``WAIT_SAFETY_POLL_S`` without
-        one, check the connection is alive (a silently dead one raises here)."""
+        """Mark the room dirty on every notification; every ``safety_poll_s`` without one,
+        check the connection is alive (a silently dead one raises here)."""
         while True:
-            async for _notify in conn.notifies(timeout=tuning.WAIT_SAFETY_POLL_S):
+            async for _notify in conn.notifies(timeout=self._safety_poll_s):
                 self._dirty.set()
             await conn.execute("SELECT 1")
             self._dirty.set()  # one announced between two generators is not missed

@@ -65,8 +65,8 @@ class PartitionView:
 
     ``checkpoint`` is the committed offset (-1 = none); ``tail`` the last offset known in the
     stream (-1 = none known): the greater of the last offset the reader received and the last
-    tail the process's ``TailCache`` read (at most ``tuning.TAILS_REFRESH_S`` seconds old plus
-    a round). Lag is ``max(0, tail - checkpoint)``.
+    tail the process's ``TailCache`` read (at most ``tuning.PROCESSOR_TAILS_REFRESH_S`` seconds
+    old plus a round). Lag is ``max(0, tail - checkpoint)``.
     """
 
     partition: int

@@ -1,6 +1,7 @@
 // The dashboard's script: polls the JSON API with the session cookie and fills the page.
 // /v1/stats every 2 s (totals, partitions), /v1/stats/throughput every 5 s (the chart),
-// /v1/dead-letters?limit=10 every 5 s (admin pages only), the child lookup on demand.
+// /v1/dead-letters?limit=10&include_raw=false every 5 s (admin pages only; without the raw
+// bytes, which the page never shows), the child lookup on demand.
 // Values go into the page as text (textContent), never as HTML. A 401 (the token was revoked
 // or expired, or the session ended) goes back to the sign-in form.
 "use strict";
@@ -157,7 +158,7 @@
 
   async function pollDeadLetters() {
     try {
-      renderDeadLetters(await getJson("/v1/dead-letters?limit=10"));
+      renderDeadLetters(await getJson("/v1/dead-letters?limit=10&include_raw=false"));
     } catch (error) {
       showProblem(byId("problem"), error);
     }
@@ -204,6 +205,11 @@
     byId("child").dataset.userLoaded = "true";
   }
 
+  // A user_id as the contract defines it (docs/contract.md section 1).
+  const USER_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+  const INVALID_USER_ID =
+    "A child's id is 1 to 128 characters from A-Z, a-z, 0-9 and . _ : @ -";
+
   async function lookUp(event) {
     event.preventDefault();
     const message = byId("lookup-message");
@@ -211,6 +217,12 @@
     message.hidden = true;
     byId("child").hidden = true;
     delete byId("child").dataset.userLoaded;
+    if (!USER_ID.test(userId)) {
+      // Checked here: never sent, so no answer can echo it back.
+      message.textContent = INVALID_USER_ID;
+      message.hidden = false;
+      return;
+    }
     const base = `/v1/users/${encodeURIComponent(userId)}`;
     try {
       const [friendship, topics] = await Promise.all([

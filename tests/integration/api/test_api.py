@@ -546,6 +546,14 @@ def test_dead_letters_newest_first_with_cursor_pages(
     assert everything["limit"] == 50
     skipped = client.get("/v1/dead-letters", params={"offset": 3, "limit": 500}).json()
     assert skipped["dead_letters"] == seen[3:]
+    # Without the bytes: the same items and pages, raw and raw_encoding absent.
+    bare = client.get("/v1/dead-letters", params={"include_raw": "false"}).json()
+    without = [{k: v for k, v in d.items() if k not in {"raw", "raw_encoding"}} for d in seen]
+    assert bare["dead_letters"] == without and bare["next_cursor"] is None
+    assert client.get("/v1/dead-letters", params={"include_raw": "true"}).json() == everything
+    assert_error(client.get("/v1/dead-letters?include_raw=maybe"), 400, "invalid_parameters")
+    operation = client.get("/schema/openapi.json").json()["paths"]["/v1/dead-letters"]["get"]
+    assert "include_raw" in {p["name"] for p in operation["parameters"]}
 
 
 @pytest.mark.parametrize(

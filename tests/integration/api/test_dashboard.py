@@ -171,7 +171,10 @@ def test_without_credentials_the_page_redirects_and_the_json_api_answers_401(
     page = browser.get("/", follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == "/sign-in"
     error_of(browser.get("/v1/stats"), 401, "unauthorized")
-    assert browser.get("/static/dashboard.js").status_code == 200  # public, no data
+    script = browser.get("/static/dashboard.js")
+    assert script.status_code == 200  # public, no data
+    # The page lists dead letters without their bytes: it never downloads them.
+    assert "/v1/dead-letters?limit=10&include_raw=false" in script.text
     assert "set-cookie" not in browser.get("/static/dashboard.css").headers
 
 

@@ -187,6 +187,14 @@ def _check_child(page: Page, base: str, token: str) -> None:
     ]
     mix = page.evaluate("Chart.getChart('topics-chart').data.datasets[0].data")
     assert mix == [t["turns"] for t in topics["topics"]] and sum(mix) > 0
+    # An id that breaks the contract's rule is refused by the page itself, with a clear
+    # message that does not echo it.
+    page.fill("#user-id", "<b>x</b>")
+    page.click("#lookup-form button")
+    page.wait_for_selector("#lookup-message:not([hidden])", timeout=WAIT_MS)
+    shown = page.inner_text("#lookup-message")
+    assert "1 to 128 characters" in shown and "<b>" not in shown
+    assert page.is_hidden("#child")
 
 
 def _check_dead_letters(page: Page, base: str, token: str) -> None:
@@ -216,7 +224,6 @@ def _post_status(page: Page, with_csrf: bool) -> int:
 def test_the_dashboard_shows_what_the_json_api_answers(
     demo: tuple[Settings, str], browser: Browser, tmp_path: Path
 ) -> None:
-    started = time.monotonic()
     settings, base = demo
     admin = make_token(settings, "admin", "dashboard-admin")
     context, page, errors = _signed_in(browser, base, admin)
@@ -266,4 +273,3 @@ def test_the_dashboard_shows_what_the_json_api_answers(
     page.goto(base + "/")
     assert page.url == base + "/sign-in"
     context.close()
-    print(f"browser checks: {time.monotonic() - started:.1f} s")  # noqa: T201

@@ -24,11 +24,14 @@ import pytest
 from litestar.testing import TestClient
 
 from processor.api import create_app
+from processor.api.app import delete_expired_tokens
+from processor.api.context import ApiContext
+from processor.api.read_after import new_token_id
 from processor.api.waiting import LISTENER_APPLICATION_NAME
 from processor.publishing.publisher import OutgoingEvent
 from processor.settings import Settings
 from projections.database import connect
-from projections.write_tokens import delete_expired
+from projections.write_tokens import delete_expired, store_token
 from testkit.processes import api_process, free_port
 from testkit.services import make_token
 from tests.integration.api.test_api import adjusted, assert_error, encode
@@ -102,7 +105,8 @@ async def post_then_read(
 def test_a_read_after_its_write_sees_it_every_time_under_load_with_many_waiting(
     settings: Settings, tmp_path: Path
 ) -> None:
-    settings = settings.with_overrides(api_port=free_port())
+    # No safety re-check within the test: the commits' notifications must wake every read.
+    settings = settings.with_overrides(api_port=free_port(), wait_safety_poll_s=3600.0)
     ingest, read = make_token(settings, "ingest"), make_token(settings, "read")
     base = f"http://{settings.api_host}:{settings.api_port}"
 
@@ -206,6 +210,22 @@ def test_an_expired_token_is_invalid_and_its_row_is_deleted(
     assert_error(
         client.get("/v1/users/kid-4/friendship", params={"after": token}), 400, "invalid_token"
     )
+
+
+def test_one_cleanup_deletes_every_expired_token_batch_after_batch(settings: Settings) -> None:
+    ctx = ApiContext.create(settings)
+    try:
+        with connect(settings.database_url) as conn:
+            for n in range(25):
+                store_token(conn, new_token_id(), [str(uuid.uuid4())], [b"d" * 32], -1.0 - n)
+            store_token(conn, new_token_id(), [str(uuid.uuid4())], [b"d" * 32], 600.0)
+        # 25 expired, batches of 10: three rounds in one call, the live token stays.
+        assert asyncio.run(delete_expired_tokens(ctx, batch=10)) == 25
+        with connect(settings.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM write_tokens").fetchone()
+        assert row is not None and row[0] == 1
+    finally:
+        ctx.engine.dispose()
 
 
 def test_dead_letters_and_erased_children_end_a_wait(

@@ -11,6 +11,7 @@ import pytest
 from processor.api.errors import ApiError
 from processor.api.pages import SECURITY_HEADERS, dashboard_page, sign_in_page
 from processor.api.sessions import (
+    SESSION_CLOCK_SKEW_S,
     SESSION_MAX_AGE_S,
     SessionCredentials,
     cookie_key,
@@ -70,6 +71,17 @@ def test_a_session_ends_its_max_age_after_the_sign_in() -> None:
     session = new_session(TOKEN_ID, now=1000)
     assert session_credentials(session, now=1000 + SESSION_MAX_AGE_S - 1) is not None
     assert session_credentials(session, now=1000 + SESSION_MAX_AGE_S + 61) is None
+
+
+def test_a_session_survives_a_minute_of_clock_skew_between_api_processes() -> None:
+    # Signed in by a process whose clock runs ahead: a little "from the future" is accepted.
+    session = new_session(TOKEN_ID, now=1000)
+    assert session_credentials(session, now=1000 - 1) is not None
+    assert session_credentials(session, now=1000 - SESSION_CLOCK_SKEW_S) is not None
+    assert session_credentials(session, now=1000 - SESSION_CLOCK_SKEW_S - 1) is None
+    end = 1000 + SESSION_MAX_AGE_S + SESSION_CLOCK_SKEW_S
+    assert session_credentials(session, now=end - 1) is not None
+    assert session_credentials(session, now=end) is None
 
 
 def _connection(method: str, auth: object, headers: dict[str, str]) -> Any:
