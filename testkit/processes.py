@@ -23,9 +23,19 @@ from testkit.services import settings_env
 @contextmanager
 def processor_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``python -m processor run`` process; SIGTERMed (then killed) on exit."""
+    with _command_process("run", settings, log_path) as process:
+        yield process
+
+
+@contextmanager
+def _command_process(
+    command: str, settings: Settings, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m processor COMMAND`` with the environment of ``settings``, its output
+    appended to ``log_path``; SIGTERMed on exit, killed after 30 s."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "run"],
+            [sys.executable, "-m", "processor", command],
             env=settings_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -50,14 +60,7 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen
     Raises:
         RuntimeError: it exited, or did not answer within 60 s (its log says why).
     """
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "api"],
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with _command_process("api", settings, log_path) as process:
         url = f"http://{settings.api_host}:{settings.api_port}/healthz"
         deadline = time.monotonic() + 60
         while True:
@@ -71,14 +74,6 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen
                     raise RuntimeError(f"the API did not answer at {url}") from None
                 time.sleep(0.1)
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def free_port() -> int:

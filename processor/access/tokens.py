@@ -119,6 +119,24 @@ def revoke_token(conn: psycopg.Connection, name: str) -> None:
         raise UnknownToken(f"no token named {name!r}")
 
 
+_SELECT_BY_ID: Final = (
+    "SELECT name, scope, created_at, expires_at, revoked_at, secret_hash, "
+    "(expires_at IS NOT NULL AND expires_at <= now()) AS expired "
+    "FROM api_tokens WHERE token_id = %s"
+)
+
+
+def _token_row(conn: psycopg.Connection, token_id: str) -> tuple[TokenInfo, bytes, bool] | None:
+    """The token with this id, its stored secret hash and whether it is usable now (not
+    revoked, not expired); None for an unknown id."""
+    row = conn.execute(_SELECT_BY_ID, (token_id,)).fetchone()
+    if row is None:
+        return None
+    name, scope, created_at, expires_at, revoked_at, stored, expired = row
+    info = TokenInfo(name, scope, created_at, expires_at, revoked_at)
+    return info, bytes(stored), revoked_at is None and not expired
+
+
 def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo | None:
     """The token's info when it is valid now: known, not revoked, not expired, secret right.
 
@@ -129,20 +147,14 @@ def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo 
     if parsed is None:
         return None
     token_id, secret = parsed
-    row = conn.execute(
-        "SELECT name, scope, created_at, expires_at, revoked_at, secret_hash, "
-        "(expires_at IS NOT NULL AND expires_at <= now()) AS expired "
-        "FROM api_tokens WHERE token_id = %s",
-        (token_id,),
-    ).fetchone()
-    if row is None:
+    found = _token_row(conn, token_id)
+    if found is None:
         return None
-    name, scope, created_at, expires_at, revoked_at, stored, expired = row
-    if not hmac.compare_digest(bytes(stored), keys.keyed_hash(_PURPOSE, secret)):
+    info, stored, usable = found
+    # The secret is compared first, whatever the token's state (constant time).
+    if not hmac.compare_digest(stored, keys.keyed_hash(_PURPOSE, secret)):
         return None
-    if revoked_at is not None or expired:
-        return None
-    return TokenInfo(name, scope, created_at, expires_at, revoked_at)
+    return info if usable else None
 
 
 def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None:
@@ -155,15 +167,8 @@ def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None
     Returns:
         None for a token id that must be refused.
     """
-    row = conn.execute(
-        "SELECT name, scope, created_at, expires_at, revoked_at, "
-        "(expires_at IS NOT NULL AND expires_at <= now()) AS expired "
-        "FROM api_tokens WHERE token_id = %s",
-        (token_id,),
-    ).fetchone()
-    if row is None:
+    found = _token_row(conn, token_id)
+    if found is None:
         return None
-    name, scope, created_at, expires_at, revoked_at, expired = row
-    if revoked_at is not None or expired:
-        return None
-    return TokenInfo(name, scope, created_at, expires_at, revoked_at)
+    info, _stored, usable = found
+    return info if usable else None
