@@ -94,7 +94,7 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (11-15 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database
+# every test (about 11 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database
 [group('quality')]
 test *ARGS: services browser
     {{python}} -m pytest "$@"
