@@ -118,6 +118,10 @@ API_PUBLISH_TIMEOUT_S: Final = 30.0
 API_DB_CONNECT_TIMEOUT_S: Final = 5
 #: Longest a read query may run, in milliseconds.
 API_STATEMENT_TIMEOUT_MS: Final = 15_000
+#: Worker threads for the API's blocking database calls (one API process), and the size of its
+#: connection pool: a read holds one of each for its few round trips, so 50 clients queue on
+#: these, not on the event loop.
+API_DB_THREADS: Final = 16
 #: Seconds allowed for the API's tail cache (and a processor's metrics server) to stop.
 TAILS_STOP_TIMEOUT_S: Final = 5.0
 #: Seconds uvicorn gives requests in flight at shutdown.

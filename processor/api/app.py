@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -66,6 +67,10 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        # The blocking database calls run here: as many threads as pooled connections.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(tuning.API_DB_THREADS, thread_name_prefix="api-db")
+        )
         ctx.tails.start()  # reads the streams' tails in the background from now on
         ctx.waits.start()
         expiry = asyncio.create_task(_expire_write_tokens(ctx), name="write-token-expiry")

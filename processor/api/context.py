@@ -17,6 +17,7 @@ from typing import Concatenate, Final, ParamSpec, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from processor import tuning
 from processor.access.tokens import TokenInfo, verify_token, verify_token_id
@@ -42,14 +43,19 @@ APPLICATION_NAME: Final = "friendship-stream api"
 
 
 def create_db_engine(database_url: str) -> Engine:
-    """A pooled engine for the API's reads (lazy: nothing connects until the first query)."""
+    """A pooled engine for the API's reads (lazy: nothing connects until the first query).
+
+    ``tuning.API_DB_THREADS`` connections, as many as the worker threads that use them. No
+    ping before each checkout (a round trip per read): a read-only call whose pooled
+    connection turns out dead is tried once more on a new one (``_read_once_more``).
+    """
     return create_engine(
         sqlalchemy_url(database_url),
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         # Errors (logged, 500 tracebacks) must not repeat the parameters: they hold user ids.
         hide_parameters=True,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=tuning.API_DB_THREADS,
+        max_overflow=4,
         pool_timeout=tuning.API_DB_CONNECT_TIMEOUT_S,
         connect_args={
             "connect_timeout": tuning.API_DB_CONNECT_TIMEOUT_S,
@@ -82,6 +88,26 @@ class StatsSnapshot:
     tails: Tails
 
 
+def _read_once_more(read: Callable[[], T]) -> T:
+    """``read()``, and once more when it failed on a connection that was already dead (the
+    database restarted or ended the session since the pool last used it): the failed connection
+    is dropped from the pool, so the second try gets a new one. Only for calls that write
+    nothing.
+
+    Raises:
+        sqlalchemy.exc.DBAPIError, psycopg.Error: the second try failed too, or the first failed
+            for another reason.
+    """
+    try:
+        return read()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    except psycopg.OperationalError:
+        pass  # a driver-level call: the pool found the connection dead when it came back
+    return read()
+
+
 def with_driver(engine: Engine, action: Callable[[psycopg.Connection], T]) -> T:
     """Run ``action`` on the psycopg connection under a connection of ``engine``'s pool
     (blocking); what it wrote is committed when it returns and rolled back when it raises.
@@ -112,6 +138,8 @@ class ApiContext:
     Attributes:
         settings: the process settings.
         engine: database pool (sync psycopg 3; use ``read`` from async code).
+        point_reads: the same pool in autocommit: a read-only call sends its statements and
+            nothing else (no BEGIN, COMMIT or ROLLBACK round trips).
         broker: the shared publisher.
         metrics: the app's Prometheus registry and request metrics.
         keys: the hash key (tokens, erasures) and the key-encryption key (children's data keys).
@@ -123,6 +151,7 @@ class ApiContext:
 
     settings: Settings
     engine: Engine
+    point_reads: Engine
     broker: BrokerLink
     metrics: ApiMetrics
     keys: Keys
@@ -151,6 +180,7 @@ class ApiContext:
         return cls(
             settings=settings,
             engine=engine,
+            point_reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
             broker=BrokerLink(settings),
             metrics=ApiMetrics(),
             keys=load_keys(settings),
@@ -164,22 +194,33 @@ class ApiContext:
 
     async def check_token(self, token: str, _connection: object = None) -> TokenInfo | None:
         """``access.tokens.verify_token`` off the event loop (the auth middleware's check)."""
+
+        def check(conn: psycopg.Connection) -> TokenInfo | None:
+            return verify_token(conn, self.keys, token)
+
         return await asyncio.to_thread(
-            self.with_driver, lambda conn: verify_token(conn, self.keys, token)
+            _read_once_more, lambda: with_driver(self.point_reads, check)
         )
 
     async def check_session_token(self, token_id: str) -> TokenInfo | None:
         """``access.tokens.verify_token_id`` off the event loop (a session's check)."""
         return await asyncio.to_thread(
-            self.with_driver, lambda conn: verify_token_id(conn, token_id)
+            _read_once_more,
+            lambda: with_driver(self.point_reads, lambda conn: verify_token_id(conn, token_id)),
         )
 
     def run_query(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run ``query(connection, *args, **kwargs)`` on a pooled connection (blocking)."""
-        with self.engine.connect() as conn:
-            return query(conn, *args, **kwargs)
+        """Run ``query(connection, *args, **kwargs)`` on a pooled connection in autocommit
+        (blocking): ``query`` reads only, each statement with its own snapshot as in READ
+        COMMITTED; tried once more on a new connection when the pooled one was dead."""
+
+        def once() -> T:
+            with self.point_reads.connect() as conn:
+                return query(conn, *args, **kwargs)
+
+        return _read_once_more(once)
 
     async def read(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

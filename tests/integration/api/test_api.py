@@ -22,6 +22,7 @@ from psycopg import sql
 from sqlalchemy import text
 
 from processor.api import create_app
+from processor.api.context import APPLICATION_NAME
 from processor.applying.batch import apply_batch
 from processor.applying.checkpoint import ensure_checkpoints
 from processor.applying.postgres import PostgresStore
@@ -335,6 +336,27 @@ def test_friendship_answer(seeded: Seeded, client: TestClient[Any]) -> None:
         "events_applied": 5,
         "last_event_at": "2024-01-02T10:00:00Z",
     }
+
+
+def test_reads_answer_after_the_database_ended_the_pooled_sessions(
+    seeded: Seeded, settings: Settings, client: TestClient[Any]
+) -> None:
+    """The pool pings nothing before a checkout: a read whose pooled connection the database
+    has ended (a restart, ``pg_terminate_backend``) is tried once more on a new connection,
+    and the token check too; the client sees its answers, not a 503."""
+    for _ in range(3):  # fill the pool with a few connections
+        assert client.get("/v1/users/kid-1/friendship").status_code == 200
+    with connect(settings.database_url) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = %s",
+            (database_name(settings.database_url), APPLICATION_NAME),
+        ).fetchone()
+    assert ended is not None and ended[0] >= 1
+    for _ in range(8):  # more reads than the pool had connections: each stale one is met
+        answer = client.get("/v1/users/kid-1/friendship")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["user_id"] == "kid-1"
 
 
 def test_topics_answer_sorted_with_all_labels(seeded: Seeded, client: TestClient[Any]) -> None:
@@ -704,8 +726,13 @@ def test_an_unreachable_database_log_names_no_parameters(
     # Regression: SQLAlchemy's message of an OperationalError (here a statement timeout) lists
     # the statement's parameters, and the 503 handler logged it at WARNING.
     def slow_friendship_of(conn: Any, user_id: str) -> None:
-        conn.execute(text("SET LOCAL statement_timeout = 1"))
-        conn.execute(text("SELECT pg_sleep(1), :user_id"), {"user_id": user_id})
+        # Point reads run in autocommit (no transaction for SET LOCAL): set it for the session
+        # and put it back, since the connection returns to the pool.
+        conn.execute(text("SET statement_timeout = 1"))
+        try:
+            conn.execute(text("SELECT pg_sleep(1), :user_id"), {"user_id": user_id})
+        finally:
+            conn.execute(text("RESET statement_timeout"))
 
     monkeypatch.setattr(queries, "friendship_of", slow_friendship_of)
     with caplog.at_level(logging.INFO):
