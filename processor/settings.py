@@ -50,6 +50,24 @@ DEFAULT_METRICS_PORT: Final = 9464
 METRICS_OFF: Final = frozenset({"off", "none", "disabled"})
 ENV_WRITE_TOKEN_TTL_S: Final = "WRITE_TOKEN_TTL_S"  # noqa: S105 - the variable's name
 ENV_WAIT_SAFETY_POLL_S: Final = "WAIT_SAFETY_POLL_S"
+# -- a broker cluster, TLS and timeouts (README "A broker cluster and TLS") ----------------------
+ENV_AMQP_ADDRESSES: Final = "AMQP_ADDRESSES"
+ENV_STREAM_ADDRESSES: Final = "STREAM_ADDRESSES"
+ENV_STREAM_REPLICATION_FACTOR: Final = "STREAM_REPLICATION_FACTOR"
+ENV_STREAM_TLS: Final = "STREAM_TLS"
+ENV_BROKER_TLS_CA_FILE: Final = "BROKER_TLS_CA_FILE"
+ENV_BROKER_TLS_CERT_FILE: Final = "BROKER_TLS_CERT_FILE"
+ENV_BROKER_TLS_KEY_FILE: Final = "BROKER_TLS_KEY_FILE"
+ENV_BROKER_SASL_MECHANISM: Final = "BROKER_SASL_MECHANISM"
+ENV_STREAM_HEARTBEAT_S: Final = "STREAM_HEARTBEAT_S"
+ENV_STREAM_READ_DEADLINE_S: Final = "STREAM_READ_DEADLINE_S"
+ENV_RECONNECT_BACKOFF_S: Final = "RECONNECT_BACKOFF_S"
+ENV_RECONNECT_BACKOFF_MAX_S: Final = "RECONNECT_BACKOFF_MAX_S"
+ENV_API_TLS_CERT_FILE: Final = "API_TLS_CERT_FILE"
+ENV_API_TLS_KEY_FILE: Final = "API_TLS_KEY_FILE"
+
+#: SASL mechanisms the product can use with the broker (AMQP 0.9.1 and the stream protocol).
+SASL_MECHANISMS: Final = ("PLAIN", "EXTERNAL")
 
 EXCHANGE: Final = "events"
 STREAM_PREFIX: Final = "events.p"
@@ -91,6 +109,44 @@ def parse_amqp_url(url: str) -> AmqpEndpoint:
         password=unquote(parts.password or "guest"),
         vhost=vhost,
     )
+
+
+Address = tuple[str, int]
+
+
+def parse_addresses(name: str, raw: str, default_port: int) -> tuple[Address, ...]:
+    """Split a comma-separated list of ``host:port`` (``host`` alone takes ``default_port``;
+    an IPv6 address in brackets: ``[::1]:5552``) into ``((host, port), ...)`` in order,
+    duplicates dropped.
+
+    Raises:
+        SettingsError: an entry is empty, a port is not in 1..65535 (the message names ``name``).
+    """
+    addresses: list[Address] = []
+    for entry in raw.split(","):
+        text = entry.strip()
+        if not text:
+            raise SettingsError(f"{name}={raw!r} has an empty entry (host:port,host:port,...)")
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+            if rest and not rest.startswith(":"):
+                raise SettingsError(f"{name}: {text!r} is not [ipv6]:port")
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host, port_text = text, ""
+        if not host:
+            raise SettingsError(f"{name}: {text!r} names no host")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {text!r} has a port that is not a number") from exc
+        if not 1 <= port <= 65535:  # noqa: PLR2004 - the TCP port range
+            raise SettingsError(f"{name}: port {port} must be in 1..65535")
+        if (host, port) not in addresses:
+            addresses.append((host, port))
+    return tuple(addresses)
 
 
 def default_secrets_dir(env: Mapping[str, str]) -> str:
@@ -227,6 +283,33 @@ class Settings:
         wait_safety_poll_s: seconds between two re-checks of the API's waiting reads while its
             LISTEN connection works and nothing was announced (a safety net; default
             ``tuning.WAIT_SAFETY_POLL_S``; the tests set it high so notifications alone wake).
+        amqp_addresses_raw: ``AMQP_ADDRESSES``, the broker nodes' AMQP ``host:port`` list
+            (empty: ``amqp_url``'s host and port). Scheme, credentials and vhost always come
+            from ``amqp_url``. Publishers try them in order and fail over (``amqp_addresses``).
+        stream_addresses_raw: ``STREAM_ADDRESSES``, the nodes' stream-protocol ``host:port``
+            list: where the stream client makes first contact; after that it follows the
+            addresses the broker advertises (empty: each AMQP address's host with
+            ``stream_port``; see ``stream_addresses``).
+        stream_replication_factor: members of each partition stream when it is declared
+            (RabbitMQ ``x-initial-cluster-size``): 1 on one node, 3 on a three-node cluster.
+        stream_tls: TLS on the stream port; None (unset) = the same as ``amqp_url``
+            (``amqps://`` = TLS).
+        broker_tls_ca_file: PEM file of the CAs that sign the broker's certificates (empty: the
+            system's CAs).
+        broker_tls_cert_file, broker_tls_key_file: a client certificate and its key (PEM) shown
+            to the broker, for ``EXTERNAL`` authentication (both or neither).
+        broker_sasl_mechanism: ``PLAIN`` (user and password of ``amqp_url``) or ``EXTERNAL``
+            (the client certificate's subject; needs TLS and a client certificate). The client
+            asks the broker which it offers and refuses clearly when it is not among them.
+        stream_heartbeat_s: the heartbeat, in seconds, the stream client asks for at tune (the
+            lower of it and the broker's wins; 0 = the broker's).
+        stream_read_deadline_s: seconds without any frame after which a stream connection is
+            taken as dead and reconnected; 0 = two heartbeats (``read_deadline_s``).
+        reconnect_backoff_s, reconnect_backoff_max_s: the reconnect back-off of the stream
+            reader and the publishers: the first wait and its cap, in seconds (exponential with
+            full jitter).
+        api_tls_cert_file, api_tls_key_file: HTTPS for the API (PEM certificate chain and key,
+            both or neither; empty: plain HTTP).
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -256,15 +339,88 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     write_token_ttl_s: float = 600.0
     wait_safety_poll_s: float = tuning.WAIT_SAFETY_POLL_S
+    amqp_addresses_raw: str = ""
+    stream_addresses_raw: str = ""
+    stream_replication_factor: int = 1
+    stream_tls: bool | None = None
+    broker_tls_ca_file: str = ""
+    broker_tls_cert_file: str = ""
+    broker_tls_key_file: str = ""
+    broker_sasl_mechanism: str = "PLAIN"
+    stream_heartbeat_s: float = 10.0
+    stream_read_deadline_s: float = 0.0
+    reconnect_backoff_s: float = tuning.RECONNECT_MIN_S
+    reconnect_backoff_max_s: float = tuning.RECONNECT_MAX_S
+    api_tls_cert_file: str = ""
+    api_tls_key_file: str = ""
     amqp: AmqpEndpoint = field(init=False)
+    amqp_addresses: tuple[Address, ...] = field(init=False)
+    stream_addresses: tuple[Address, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= MAX_PARTITIONS:
             raise SettingsError(
                 f"{ENV_PARTITIONS}={self.partitions} must be in 1..{MAX_PARTITIONS}"
             )
-        object.__setattr__(self, "amqp", parse_amqp_url(self.amqp_url))
+        amqp = parse_amqp_url(self.amqp_url)
+        object.__setattr__(self, "amqp", amqp)
         check_database_url(self.database_url)
+        amqp_addresses = (
+            parse_addresses(ENV_AMQP_ADDRESSES, self.amqp_addresses_raw, amqp.port)
+            if self.amqp_addresses_raw.strip()
+            else ((amqp.host, amqp.port),)
+        )
+        object.__setattr__(self, "amqp_addresses", amqp_addresses)
+        if self.stream_addresses_raw.strip():
+            stream_addresses = parse_addresses(
+                ENV_STREAM_ADDRESSES, self.stream_addresses_raw, self.stream_port
+            )
+        else:
+            hosts = dict.fromkeys(host for host, _ in amqp_addresses)
+            stream_addresses = tuple((host, self.stream_port) for host in hosts)
+        object.__setattr__(self, "stream_addresses", stream_addresses)
+        if self.stream_replication_factor < 1:
+            raise SettingsError(f"{ENV_STREAM_REPLICATION_FACTOR} must be >= 1")
+        mechanism = self.broker_sasl_mechanism.upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise SettingsError(
+                f"{ENV_BROKER_SASL_MECHANISM}={self.broker_sasl_mechanism!r} must be one of "
+                + ", ".join(SASL_MECHANISMS)
+            )
+        object.__setattr__(self, "broker_sasl_mechanism", mechanism)
+        if bool(self.broker_tls_cert_file) != bool(self.broker_tls_key_file):
+            raise SettingsError(
+                f"{ENV_BROKER_TLS_CERT_FILE} and {ENV_BROKER_TLS_KEY_FILE} go together"
+            )
+        if bool(self.api_tls_cert_file) != bool(self.api_tls_key_file):
+            raise SettingsError(f"{ENV_API_TLS_CERT_FILE} and {ENV_API_TLS_KEY_FILE} go together")
+        if mechanism == "EXTERNAL" and not (self.stream_tls_enabled and self.broker_tls_cert_file):
+            raise SettingsError(
+                f"{ENV_BROKER_SASL_MECHANISM}=EXTERNAL needs TLS (amqps://) and a client "
+                f"certificate ({ENV_BROKER_TLS_CERT_FILE}, {ENV_BROKER_TLS_KEY_FILE})"
+            )
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
+            raise SettingsError(
+                f"{ENV_RECONNECT_BACKOFF_MAX_S} must be >= {ENV_RECONNECT_BACKOFF_S}"
+            )
+
+    @property
+    def amqp_tls(self) -> bool:
+        """AMQP over TLS: ``amqp_url`` is ``amqps://``."""
+        return urlsplit(self.amqp_url).scheme == "amqps"
+
+    @property
+    def stream_tls_enabled(self) -> bool:
+        """TLS on the stream port: ``STREAM_TLS`` when set, else the same as ``amqp_tls``."""
+        return self.amqp_tls if self.stream_tls is None else self.stream_tls
+
+    @property
+    def read_deadline_s(self) -> float:
+        """Seconds of silence after which a stream connection is dead: ``stream_read_deadline_s``,
+        or two heartbeats when that is 0 (or 30 s when the heartbeat is off too)."""
+        if self.stream_read_deadline_s > 0:
+            return self.stream_read_deadline_s
+        return 2 * self.stream_heartbeat_s if self.stream_heartbeat_s > 0 else 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -309,6 +465,36 @@ class Settings:
             wait_safety_poll_s=_float(
                 source, ENV_WAIT_SAFETY_POLL_S, defaults.wait_safety_poll_s, 0.1
             ),
+            amqp_addresses_raw=source.get(ENV_AMQP_ADDRESSES, ""),
+            stream_addresses_raw=source.get(ENV_STREAM_ADDRESSES, ""),
+            stream_replication_factor=_int(
+                source, ENV_STREAM_REPLICATION_FACTOR, defaults.stream_replication_factor, 1
+            ),
+            stream_tls=(
+                _bool(source, ENV_STREAM_TLS, False)
+                if (source.get(ENV_STREAM_TLS) or "").strip()
+                else None
+            ),
+            broker_tls_ca_file=source.get(ENV_BROKER_TLS_CA_FILE, ""),
+            broker_tls_cert_file=source.get(ENV_BROKER_TLS_CERT_FILE, ""),
+            broker_tls_key_file=source.get(ENV_BROKER_TLS_KEY_FILE, ""),
+            broker_sasl_mechanism=(
+                source.get(ENV_BROKER_SASL_MECHANISM) or defaults.broker_sasl_mechanism
+            ),
+            stream_heartbeat_s=_float(
+                source, ENV_STREAM_HEARTBEAT_S, defaults.stream_heartbeat_s, 0.0
+            ),
+            stream_read_deadline_s=_float(
+                source, ENV_STREAM_READ_DEADLINE_S, defaults.stream_read_deadline_s, 0.0
+            ),
+            reconnect_backoff_s=_float(
+                source, ENV_RECONNECT_BACKOFF_S, defaults.reconnect_backoff_s, 0.01
+            ),
+            reconnect_backoff_max_s=_float(
+                source, ENV_RECONNECT_BACKOFF_MAX_S, defaults.reconnect_backoff_max_s, 0.01
+            ),
+            api_tls_cert_file=source.get(ENV_API_TLS_CERT_FILE, ""),
+            api_tls_key_file=source.get(ENV_API_TLS_KEY_FILE, ""),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
