@@ -171,6 +171,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PROCESSOR_METRICS_TOKEN": settings.metrics_token,
             "WRITE_TOKEN_TTL_S": str(settings.write_token_ttl_s),
             "WAIT_SAFETY_POLL_S": str(settings.wait_safety_poll_s),
+            "AMQP_ADDRESSES": settings.amqp_addresses_raw,
+            "STREAM_ADDRESSES": settings.stream_addresses_raw,
+            "STREAM_REPLICATION_FACTOR": str(settings.stream_replication_factor),
+            "STREAM_TLS": "" if settings.stream_tls is None else str(int(settings.stream_tls)),
+            "BROKER_TLS_CA_FILE": settings.broker_tls_ca_file,
+            "BROKER_TLS_CERT_FILE": settings.broker_tls_cert_file,
+            "BROKER_TLS_KEY_FILE": settings.broker_tls_key_file,
+            "BROKER_SASL_MECHANISM": settings.broker_sasl_mechanism,
+            "STREAM_HEARTBEAT_S": str(settings.stream_heartbeat_s),
+            "STREAM_READ_DEADLINE_S": str(settings.stream_read_deadline_s),
+            "RECONNECT_BACKOFF_S": str(settings.reconnect_backoff_s),
+            "RECONNECT_BACKOFF_MAX_S": str(settings.reconnect_backoff_max_s),
+            "API_TLS_CERT_FILE": settings.api_tls_cert_file,
+            "API_TLS_KEY_FILE": settings.api_tls_key_file,
         }
     )
     return env

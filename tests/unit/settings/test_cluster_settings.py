@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from processor.settings import Settings, SettingsError, parse_addresses
+from testkit.services import settings_env
 
 
 def test_address_lists_keep_order_take_default_ports_and_ipv6() -> None:
@@ -74,3 +75,35 @@ def test_external_with_tls_and_a_client_certificate_is_accepted() -> None:
         }
     )
     assert settings.broker_sasl_mechanism == "EXTERNAL"
+
+
+def test_a_subprocess_environment_carries_every_cluster_and_tls_setting() -> None:
+    settings = Settings(
+        amqp_url="amqps://u:p@h/v",
+        amqp_addresses_raw="h:1,h:2",
+        stream_addresses_raw="h:3",
+        stream_replication_factor=3,
+        stream_tls=False,
+        broker_tls_ca_file="ca.pem",
+        stream_heartbeat_s=2.0,
+        stream_read_deadline_s=3.0,
+        reconnect_backoff_s=0.1,
+        reconnect_backoff_max_s=0.5,
+        api_tls_cert_file="a.pem",
+        api_tls_key_file="a.key",
+    )
+    again = Settings.from_env(settings_env(settings))
+    for name in (
+        "amqp_addresses",
+        "stream_addresses",
+        "stream_replication_factor",
+        "stream_tls",
+        "broker_tls_ca_file",
+        "stream_heartbeat_s",
+        "read_deadline_s",
+        "reconnect_backoff_s",
+        "reconnect_backoff_max_s",
+        "api_tls_cert_file",
+        "api_tls_key_file",
+    ):
+        assert getattr(again, name) == getattr(settings, name), name
