@@ -733,9 +733,10 @@ class StreamConnection:
             buffer += data
             pos = 0
             end = len(buffer)
+            frame_limit, deliver_limit = self._limit(0), self._limit(_DELIVER)
             while end - pos >= _HEADER.size:
                 size, key, _ = _HEADER.unpack_from(buffer, pos)
-                if size > self._limit(key):
+                if size > (deliver_limit if key == _DELIVER else frame_limit):
                     raise FrameTooLarge(
                         f"a {size}-byte frame (key 0x{key:04x}) from {self._where()} exceeds "
                         f"the negotiated frame_max {self.frame_max}"
