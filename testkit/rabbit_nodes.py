@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from processor.privacy.keys import new_key
 from processor.settings import Settings
 from projections.database import drop_database, migrate
 from testkit.tls import TestCA
@@ -323,6 +324,8 @@ class RabbitCluster:
                 stream_tls=True if self.variables.get("STREAM_TLS") == "1" else None,
                 broker_tls_ca_file=self.variables.get("BROKER_TLS_CA_FILE", ""),
                 database_url=f"{postgres_server_url()}/{name}",
+                hash_key=new_key(),
+                key_encryption_key=new_key(),
                 metrics_port=0,
             ).with_overrides(**overrides)
             migrate(settings.database_url)
