@@ -30,7 +30,6 @@ from rich.table import Table
 from demo import background
 from demo.data import DEFAULT_DATA_DIR, iter_demo_events
 from demo.errors import DemoError
-from processor import tuning
 from processor.access.principals import provision, settings_as
 from processor.access.tokens import create_token
 from processor.applying.checkpoint import consumed_records
@@ -38,7 +37,7 @@ from processor.privacy.data_keys import seal_events
 from processor.privacy.errors import UserErased
 from processor.privacy.keys import load_keys
 from processor.progress import CountBar
-from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent, publish_events
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
 from processor.status import PartitionStatus, read_partition_status
@@ -134,16 +133,10 @@ class DrainMeasurement:
 
 
 async def _publish(settings: Settings, events: list[OutgoingEvent], console: Console) -> float:
-    publisher = AsyncPublisher(settings)
-    await publisher.connect()
-    try:
-        with CountBar(console, "publishing", len(events)) as bar:
-            done = 0
-            for start in range(0, len(events), tuning.PUBLISH_CHUNK):
-                done += await publisher.publish(events[start : start + tuning.PUBLISH_CHUNK])
-                bar.update(done)
-    finally:
-        await publisher.close()
+    """Publish with confirms; unconfirmed events go again on the next broker node
+    (``processor.publishing.publisher.publish_events``). Returns the seconds it took."""
+    with CountBar(console, "publishing", len(events)) as bar:
+        await publish_events(settings, events, bar.update)
     return bar.seconds
 
 
