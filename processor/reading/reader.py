@@ -47,11 +47,13 @@ from processor.reading.client import (
     StreamConnection,
     StreamMetadata,
     candidates,
+    describe_code,
     open_connection,
     open_first_contact,
 )
 from processor.reading.errors import (
     StreamDoesNotExist,
+    StreamNotAvailable,
     StreamProtocolError,
 )
 from processor.reading.log_record import LogRecord
@@ -521,7 +523,11 @@ class StreamReader:
                 self._partition_failed(
                     partition,
                     node.label,
-                    StreamProtocolError(f"metadata update for {stream} (code 0x{code:02x})", code),
+                    StreamNotAvailable(
+                        f"the broker dropped the subscription (metadata update, "
+                        f"{describe_code(code)}): its member moved, went away or was deleted",
+                        code,
+                    ),
                 )
         self._changed.set()
 

@@ -8,8 +8,9 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
+import pika
 import pytest
 
 from processor import tuning
@@ -30,6 +31,7 @@ from processor.reading.errors import (
     StreamDoesNotExist,
 )
 from processor.reading.log_record import LogRecord
+from processor.reading.probes import read_tail_offsets
 from processor.reading.reader import StreamReader
 from processor.settings import Settings, stream_name
 from testkit.tcp_proxy import TcpProxy
@@ -210,3 +212,41 @@ def test_a_frame_larger_than_frame_max_is_refused_clearly(settings: Settings) ->
     # The broker's answer to the peer properties (its product, version...) is over 64 bytes.
     with pytest.raises(FrameTooLarge, match="exceeds frame_max 64"):
         asyncio.run(StreamConnection(host, port, tiny, "frame-max-test").open())
+
+
+def test_a_deleted_stream_fails_its_partition_only_the_others_read_on(settings: Settings) -> None:
+    publish(settings, outgoing(synthetic_events(400, users=40, seed=5)))
+    tails = asyncio.run(read_tail_offsets(settings))
+    doomed = next(p for p, tail in tails.items() if tail >= 0)
+    reader = StreamReader(settings, name="friendship-stream deleted-stream-test")
+    reader.start()
+    try:
+        sinks = {p: Sink() for p in range(settings.partitions)}
+        for partition, sink in sinks.items():
+            reader.subscribe(partition, sink)
+        _wait(lambda: all(sinks[p].next_offset > tails[p] for p in sinks), "the first reads")
+        # The broker tells the reader's connection (MetadataUpdate) that the stream is gone.
+        connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+        try:
+            connection.channel().queue_delete(stream_name(doomed))
+        finally:
+            connection.close()
+        assert sinks[doomed].failed.wait(60), "the deleted stream's partition must be told"
+        assert isinstance(sinks[doomed].failures[0], StreamDoesNotExist)
+        before = sum(len(s.offsets) for p, s in sinks.items() if p != doomed)
+        publish(settings, outgoing(synthetic_events(400, users=40, seed=6)))
+        _wait(
+            lambda: sum(len(s.offsets) for p, s in sinks.items() if p != doomed) >= before + 400,
+            "the other partitions reading on",
+        )
+        assert all(not s.failures for p, s in sinks.items() if p != doomed)
+        assert all(s.offsets == sorted(set(s.offsets)) for s in sinks.values())
+    finally:
+        reader.stop()
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
