@@ -10,10 +10,10 @@ never ``/var/run/postgresql``). Authentication is ``trust`` for the ``postgres``
 
 With ``tls=TestCA``: ``ssl = on`` with a server certificate for 127.0.0.1 and localhost issued by
 that CA, and ``pg_hba.conf`` accepts TCP only over TLS (``hostssl``; ``hostnossl ... reject``).
-``client_certificates=True`` also demands a client certificate signed by the CA whose common
-name is the user (``clientcert=verify-full``), so a connection that did not present
-``sslcert``/``sslkey`` is refused. ``url()`` then carries ``sslmode=verify-full`` and
-``sslrootcert`` (and ``sslcert``/``sslkey``).
+``client_certificates=True`` also demands a client certificate signed by the CA
+(``clientcert=verify-ca``, any user), so a connection that did not present
+``sslcert``/``sslkey`` is refused: the proof that those parameters reached it. ``url()`` then
+carries ``sslmode=verify-full`` and ``sslrootcert`` (and ``sslcert``/``sslkey``).
 
 The server is stopped and the folder removed when the block ends, also when it fails.
 """
@@ -208,10 +208,10 @@ def _server_files(ca: TestCA, folder: Path, client_certificates: bool) -> tuple[
         f"ssl_key_file = '{folder / 'server.key'}'\n"
         f"ssl_ca_file = '{folder / 'ca.crt'}'\n"
     )
-    option = " clientcert=verify-full" if client_certificates else ""
+    option = " clientcert=verify-ca" if client_certificates else ""
     hba = (
         "local all all trust\n"
-        f"hostssl all {SERVER_USER} 127.0.0.1/32 trust{option}\n"
+        f"hostssl all all 127.0.0.1/32 trust{option}\n"
         "hostnossl all all 127.0.0.1/32 reject\n"
     )
     return conf, hba
@@ -243,7 +243,7 @@ def postgres_instance(
         tls: a test CA: the server then accepts TLS connections only, with a certificate of
             this CA, and ``url()`` verifies it (``sslmode=verify-full``).
         client_certificates: with ``tls``, also demand a client certificate of the CA
-            (``clientcert=verify-full``); ``url()`` then carries ``sslcert`` and ``sslkey``
+            (``clientcert=verify-ca``); ``url()`` then carries ``sslcert`` and ``sslkey``
             (the client key file made mode 0600, as libpq demands).
         settings: more ``postgresql.conf`` settings (name -> value, written as given).
 
