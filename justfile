@@ -87,6 +87,11 @@ erase USER_ID: migrate
 token *ARGS: migrate
     {{python}} -m processor token "$@"
 
+# a local RabbitMQ cluster of its own: `cluster up|down|env|status|kill N|stop N|start N` (infra/cluster.sh)
+[group('services')]
+cluster *ARGS:
+    bash infra/cluster.sh "$@"
+
 # least-privilege broker users and database roles: `principals create`, `env processor|api|ingest`, `remove`
 [group('services')]
 principals *ARGS: migrate topology
@@ -94,10 +99,15 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 11 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database
+# every test (about 11 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database (not tests/cluster: `just test-cluster`)
 [group('quality')]
 test *ARGS: services browser
-    {{python}} -m pytest "$@"
+    {{python}} -m pytest --ignore=tests/cluster "$@"
+
+# the cluster suite: one three-node RabbitMQ cluster of its own (infra/cluster.sh) for the session, node kills and restarts; CLUSTER_REPORT=path writes the figures
+[group('quality')]
+test-cluster *ARGS: services
+    {{python}} -m pytest tests/cluster "$@"
 
 # unit tests only (no services needed)
 [group('quality')]

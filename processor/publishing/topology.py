@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from processor.publishing.broker_errors import connection_failure_reason
 from processor.publishing.errors import TopologyError
@@ -25,16 +26,30 @@ BINDING_WEIGHT: Final = "1"
 #: AMQP reply codes: a passive declare of something that does not exist; no permission.
 _NOT_FOUND: Final = 404
 _ACCESS_REFUSED: Final = 403
+_PRECONDITION_FAILED: Final = 406
+
+
+#: The queue argument of a stream's member count when it is created (RabbitMQ 3.9+).
+INITIAL_CLUSTER_SIZE: Final = "x-initial-cluster-size"
 
 
 def stream_arguments(settings: Settings) -> dict[str, object]:
-    """Queue arguments of a partition stream: its type and explicit retention.
+    """Queue arguments of a partition stream: its type, members and explicit retention.
+
+    ``x-initial-cluster-size`` is always ``STREAM_REPLICATION_FACTOR`` (default 1): without it
+    RabbitMQ 3.10 places a new stream on every node of a cluster, so a factor of 1 would not
+    mean one member. A factor above the cluster's node count gives a member on every node
+    (RabbitMQ caps it). It only counts when a stream is created: ``declare_topology`` accepts
+    existing streams made with another (or no) factor and leaves their members as they are.
 
     Retention defaults to keeping everything (replay needs the whole log); ``STREAM_MAX_AGE``
     (e.g. ``"7D"``) and ``STREAM_MAX_LENGTH_BYTES`` (bytes) set RabbitMQ's ``x-max-age`` and
     ``x-max-length-bytes`` when an operator chooses to truncate.
     """
-    arguments: dict[str, object] = {"x-queue-type": "stream"}
+    arguments: dict[str, object] = {
+        "x-queue-type": "stream",
+        INITIAL_CLUSTER_SIZE: settings.stream_replication_factor,
+    }
     if settings.stream_max_age:
         arguments["x-max-age"] = settings.stream_max_age
     if settings.stream_max_length_bytes:
@@ -65,7 +80,7 @@ def declare_topology(settings: Settings) -> list[str]:
         channel.exchange_declare(EXCHANGE, exchange_type=exchange_type, durable=True)
         arguments = stream_arguments(settings)
         for stream in streams:
-            channel.queue_declare(stream, durable=True, arguments=arguments)
+            channel = _declare_stream(connection, channel, stream, arguments)
         for stream in streams:
             channel.queue_bind(stream, EXCHANGE, routing_key=BINDING_WEIGHT)
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -83,6 +98,52 @@ def declare_topology(settings: Settings) -> list[str]:
             connection.close()
     log.info("topology ready: exchange %s, %d partition streams", EXCHANGE, len(streams))
     return streams
+
+
+def _declare_stream(
+    connection: pika.BlockingConnection,
+    channel: BlockingChannel,
+    stream: str,
+    arguments: dict[str, object],
+) -> BlockingChannel:
+    """Declare ``stream`` with ``arguments``; returns the channel to go on with.
+
+    An existing stream created with another replication factor (or none: deployments from
+    before the setting) makes the broker refuse the declare (406, inequivalent
+    ``x-initial-cluster-size``). The factor only counts at creation, so the declare is
+    repeated without it (the retention arguments are still compared), and if the broker names
+    the factor again (it was created with another one), the stream is only checked to exist.
+
+    Raises:
+        pika.exceptions.ChannelClosedByBroker: any other refusal (retention differs, ...).
+    """
+    try:
+        with _quiet_refusals():
+            channel.queue_declare(stream, durable=True, arguments=arguments)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if not _names_initial_cluster_size(exc):
+            raise
+    channel = connection.channel()
+    without = {key: value for key, value in arguments.items() if key != INITIAL_CLUSTER_SIZE}
+    try:
+        with _quiet_refusals():
+            channel.queue_declare(stream, durable=True, arguments=without)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if not _names_initial_cluster_size(exc):
+            raise
+    channel = connection.channel()
+    channel.queue_declare(stream, passive=True)
+    log.info(
+        "stream %s exists with another replication factor; its members stay as they are",
+        stream,
+    )
+    return channel
+
+
+def _names_initial_cluster_size(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    return exc.reply_code == _PRECONDITION_FAILED and INITIAL_CLUSTER_SIZE in exc.reply_text
 
 
 def _check_declared(connection: pika.BlockingConnection, streams: list[str]) -> None:
@@ -158,21 +219,24 @@ def ensure_partition_count(settings: Settings) -> None:
         )
 
 
-class _ExpectedNotFound(logging.Filter):
-    """Drops pika's WARNING about the channel the broker closes on a passive declare's 404.
+class _ExpectedRefusal(logging.Filter):
+    """Drops pika's WARNING about a channel the broker closes for an expected refusal.
 
     The probe asks whether a stream exists by declaring it passively; "no" arrives as a
-    channel close with 404, which pika logs as a warning a user would have to decode.
+    channel close with 404, which pika logs as a warning a user would have to decode. The
+    same for an existing stream's other ``x-initial-cluster-size`` (406), which
+    ``_declare_stream`` handles.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "NOT_FOUND - no queue" not in record.getMessage()
+        message = record.getMessage()
+        return "NOT_FOUND - no queue" not in message and INITIAL_CLUSTER_SIZE not in message
 
 
 @contextlib.contextmanager
-def _quiet_not_found() -> Iterator[None]:
+def _quiet_refusals() -> Iterator[None]:
     channel_log = logging.getLogger("pika.channel")
-    expected = _ExpectedNotFound()
+    expected = _ExpectedRefusal()
     channel_log.addFilter(expected)
     try:
         yield
@@ -184,7 +248,7 @@ def _stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
     """Whether the vhost has the queue ``name`` (a passive declare; a 404 means no)."""
     channel = connection.channel()
     try:
-        with _quiet_not_found():
+        with _quiet_refusals():
             channel.queue_declare(name, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == _NOT_FOUND:
