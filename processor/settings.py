@@ -61,6 +61,7 @@ ENV_BROKER_TLS_KEY_FILE: Final = "BROKER_TLS_KEY_FILE"
 ENV_BROKER_SASL_MECHANISM: Final = "BROKER_SASL_MECHANISM"
 ENV_STREAM_HEARTBEAT_S: Final = "STREAM_HEARTBEAT_S"
 ENV_STREAM_READ_DEADLINE_S: Final = "STREAM_READ_DEADLINE_S"
+ENV_STREAM_ADVERTISED_ADDRESSES: Final = "STREAM_ADVERTISED_ADDRESSES"
 ENV_RECONNECT_BACKOFF_S: Final = "RECONNECT_BACKOFF_S"
 ENV_RECONNECT_BACKOFF_MAX_S: Final = "RECONNECT_BACKOFF_MAX_S"
 ENV_API_TLS_CERT_FILE: Final = "API_TLS_CERT_FILE"
@@ -217,6 +218,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a yes/no value (1, true, yes, on, 0, false, ...)")
 
 
+def _advertised(env: Mapping[str, str]) -> bool:
+    raw = (env.get(ENV_STREAM_ADVERTISED_ADDRESSES) or "follow").strip().lower()
+    if raw not in {"follow", "ignore"}:
+        raise SettingsError(f"{ENV_STREAM_ADVERTISED_ADDRESSES}={raw!r} must be follow or ignore")
+    return raw == "follow"
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -290,6 +298,11 @@ class Settings:
             list: where the stream client makes first contact; after that it follows the
             addresses the broker advertises (empty: each AMQP address's host with
             ``stream_port``; see ``stream_addresses``).
+        stream_follow_advertised: ``STREAM_ADVERTISED_ADDRESSES`` ``follow`` (default): after
+            first contact, read each stream on the node hosting it, at the host and port that
+            node advertises (``Metadata``); ``ignore``: every stream connection goes to the
+            ``STREAM_ADDRESSES`` (a proxy or load balancer in front of the nodes, which must
+            then reach a member of every stream).
         stream_replication_factor: members of each partition stream when it is declared
             (RabbitMQ ``x-initial-cluster-size``): 1 on one node, 3 on a three-node cluster.
         stream_tls: TLS on the stream port; None (unset) = the same as ``amqp_url``
@@ -349,6 +362,7 @@ class Settings:
     broker_sasl_mechanism: str = "PLAIN"
     stream_heartbeat_s: float = 10.0
     stream_read_deadline_s: float = 0.0
+    stream_follow_advertised: bool = True
     reconnect_backoff_s: float = tuning.RECONNECT_MIN_S
     reconnect_backoff_max_s: float = tuning.RECONNECT_MAX_S
     api_tls_cert_file: str = ""
@@ -487,6 +501,7 @@ class Settings:
             stream_read_deadline_s=_float(
                 source, ENV_STREAM_READ_DEADLINE_S, defaults.stream_read_deadline_s, 0.0
             ),
+            stream_follow_advertised=_advertised(source),
             reconnect_backoff_s=_float(
                 source, ENV_RECONNECT_BACKOFF_S, defaults.reconnect_backoff_s, 0.01
             ),

@@ -22,7 +22,7 @@ REPLAY_CREDIT: Final = 2048
 RANGE_READ_MAX_CONNECTIONS: Final = 32
 #: Seconds without a record (and without back-pressure) after which a range read is stalled.
 RANGE_READ_STALL_S: Final = 60.0
-#: Live reader reconnect back-off bounds, in seconds (full jitter between them).
+#: Defaults of ``RECONNECT_BACKOFF_S`` / ``RECONNECT_BACKOFF_MAX_S`` (the settings decide).
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
 #: Seconds between two reads of the streams' tails by a ``TailCache`` (the API's stats and
@@ -35,8 +35,12 @@ TAILS_REFRESH_S: Final = 1.0
 PROCESSOR_TAILS_REFRESH_S: Final = 10.0
 #: Most seconds a request waits for the first read of the tails after the API started.
 TAILS_FIRST_READ_WAIT_S: Final = 5.0
-#: Seconds allowed to open a stream connection and for each request's answer.
-STREAM_REQUEST_TIMEOUT_S: Final = 10.0
+#: The largest stream-protocol frame the client accepts, bytes (the broker's ``frame_max`` wins
+#: when lower; a connection's answers and requests wait at most the read deadline, a setting).
+STREAM_FRAME_MAX: Final = 1 << 20
+#: The largest ``Deliver`` frame accepted, bytes: it holds one whole chunk, whose size the
+#: stream's writer decides (it batches what its mailbox holds), not ``frame_max``.
+STREAM_MAX_CHUNK_FRAME: Final = 64 << 20
 #: Batches of records a live feed holds before the reader waits (back-pressure).
 FEED_BUFFERED_BATCHES: Final = 4
 #: Seconds allowed for a stream connection's polite close, and for the broker's answer to it.

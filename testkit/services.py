@@ -198,6 +198,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "BROKER_SASL_MECHANISM": settings.broker_sasl_mechanism,
             "STREAM_HEARTBEAT_S": str(settings.stream_heartbeat_s),
             "STREAM_READ_DEADLINE_S": str(settings.stream_read_deadline_s),
+            "STREAM_ADVERTISED_ADDRESSES": (
+                "follow" if settings.stream_follow_advertised else "ignore"
+            ),
             "RECONNECT_BACKOFF_S": str(settings.reconnect_backoff_s),
             "RECONNECT_BACKOFF_MAX_S": str(settings.reconnect_backoff_max_s),
             "API_TLS_CERT_FILE": settings.api_tls_cert_file,

@@ -14,7 +14,62 @@ class ReadError(ProcessorError):
 
 
 class StreamProtocolError(ReadError):
-    """The broker refused a request, closed the connection, or sent a frame this reader rejects."""
+    """The broker refused a request, closed the connection, or sent a frame this reader rejects.
+
+    Attributes:
+        code: the stream protocol's response code when the broker answered one (see
+            ``processor.reading.client.RESPONSE_CODES``), else None.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StreamDoesNotExist(StreamProtocolError):
+    """The stream does not exist on the broker (response code 0x02): retrying will not help;
+    the partition's owner must stop (its topology was not declared, or the stream was deleted)."""
+
+
+class StreamNotAvailable(StreamProtocolError):
+    """The stream exists but has no member able to serve now (code 0x06, or a ``MetadataUpdate``
+    after its member went away): retry later, on a member the metadata names."""
+
+
+class AuthenticationFailed(StreamProtocolError):
+    """The broker refused the login (codes 0x08, 0x09, 0x0b): wrong credentials or certificate."""
+
+
+class SaslMechanismUnavailable(StreamProtocolError):
+    """The broker does not offer the SASL mechanism ``BROKER_SASL_MECHANISM`` names (code 0x07,
+    or absent from the ``SaslHandshake`` answer).
+
+    Attributes:
+        offered: the mechanisms the broker offers.
+    """
+
+    def __init__(self, message: str, offered: tuple[str, ...] = (), code: int | None = 7) -> None:
+        super().__init__(message, code)
+        self.offered = offered
+
+
+class AccessRefused(StreamProtocolError):
+    """The user may not do this: the virtual host (code 0x0c) or the stream (code 0x10)."""
+
+
+class FrameTooLarge(StreamProtocolError):
+    """A frame is larger than the negotiated ``frame_max`` (ours or the broker's, code 0x0e)."""
+
+
+class ReadDeadlineExceeded(StreamProtocolError, TimeoutError):
+    """No frame came from the broker for the read deadline (``STREAM_READ_DEADLINE_S``, about two
+    heartbeats), or an answer did not come in time: the connection is taken as dead (a silent,
+    half-open connection) and given up."""
+
+
+class BrokerUnreachable(ReadError, ConnectionError):
+    """No first-contact address (``STREAM_ADDRESSES``) could be connected to; the message lists
+    each address tried with its error."""
 
 
 class AmqpFormatError(ReadError):

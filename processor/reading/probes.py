@@ -3,7 +3,8 @@
 RabbitMQ 3.10 has no stream statistics command, so the probes subscribe: from ``FIRST`` the
 broker sends the stream's first chunk, from ``LAST`` its last chunk, and an empty stream sends
 nothing (the probes wait a bounded time). They use ``processor.reading.client``, the client the
-read path uses, on connections of their own.
+read path uses, on connections of their own: the streams' metadata first, then each stream on a
+node that hosts it (a replica first, as the live reader), so they work on a cluster too.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ from collections.abc import Iterable
 
 from processor import tuning
 from processor.reading.chunks import ChunkEntry, chunk_span
-from processor.reading.client import MAX_SUBSCRIPTIONS, OffsetSpec, stream_connection
+from processor.reading.client import MAX_SUBSCRIPTIONS, Nodes, OffsetSpec
 from processor.settings import Settings, stream_name
 
 
 async def _probe(
     settings: Settings, partitions: list[int], start: OffsetSpec, wait_s: float
 ) -> dict[int, tuple[int, int]]:
-    """``{partition: (first offset, last offset)}`` of the chunks each subscription got."""
+    """``{partition: (first offset, last offset)}`` of the chunks each subscription got.
+
+    Each stream is read on a node that hosts it (``client.Nodes``: metadata first).
+    """
     seen: dict[int, tuple[int, int]] = {}
     arrived = asyncio.Event()
     for group_start in range(0, len(partitions), MAX_SUBSCRIPTIONS):
         group = partitions[group_start : group_start + MAX_SUBSCRIPTIONS]
-        connection = stream_connection(settings, "friendship-stream probe")
+        nodes = Nodes(settings, "friendship-stream probe")
+        ids: dict[int, int] = {}  # per connection (by id()): subscriptions made
         try:
-            await connection.open()
-            for index, partition in enumerate(group):
+            if settings.stream_follow_advertised:
+                await nodes.locate([stream_name(p) for p in group])
+            for partition in group:
 
                 def on_chunk(first: int, entries: list[ChunkEntry], p: int = partition) -> None:
                     last = first + chunk_span(entries) - 1
@@ -38,14 +44,20 @@ async def _probe(
                     if len(seen) == len(partitions):
                         arrived.set()
 
+                connection = await nodes.for_stream(stream_name(partition))
+                index = ids.get(id(connection), 0)
+                ids[id(connection)] = index + 1
                 await connection.subscribe(
                     index, stream_name(partition), 0, tuning.PROBE_CREDIT, on_chunk, start=start
                 )
             # Every stream that is not empty answers at once; an empty one sends nothing.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), wait_s)
+            for connection in nodes.connections:
+                if connection.failed is not None and connection.failed.done():
+                    connection.failed.result()  # a connection that failed meanwhile: raise
         finally:
-            await connection.close()
+            await nodes.close()
     return seen
 
 
@@ -62,8 +74,9 @@ async def read_first_offset(
         wait_s: how long, in seconds, to wait for the first chunk of a non-empty stream.
 
     Raises:
-        StreamProtocolError: the broker refused (the stream does not exist, say).
-        OSError: the broker cannot be reached.
+        StreamDoesNotExist: the stream does not exist.
+        StreamProtocolError: the broker refused, or a connection failed.
+        BrokerUnreachable: no node hosting the stream answered.
     """
     seen = await _probe(settings, [partition], OffsetSpec.FIRST, wait_s)
     return seen[partition][0] if partition in seen else None
@@ -86,8 +99,9 @@ async def read_tail_offsets(
         wait_s: how long, in seconds, to wait for the last chunks after subscribing.
 
     Raises:
-        StreamProtocolError: the broker refused (a stream does not exist, say).
-        OSError: the broker cannot be reached.
+        StreamDoesNotExist: a stream does not exist.
+        StreamProtocolError: the broker refused, or a connection failed.
+        BrokerUnreachable: no node hosting a stream answered.
     """
     chosen = list(range(settings.partitions) if partitions is None else partitions)
     tails = {p: -1 for p in chosen}

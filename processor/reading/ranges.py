@@ -1,7 +1,9 @@
 """Bulk reading of the log: offset ranges of partition streams, in large batches (replay).
 
 Every partition is read concurrently with the stream protocol (``processor.reading.client``,
-up to ``tuning.RANGE_READ_MAX_CONNECTIONS`` connections, a large credit per subscription);
+up to ``tuning.RANGE_READ_MAX_CONNECTIONS`` connections per node, a large credit per
+subscription), each from a member of its stream (``Metadata``; partitions spread over every
+member, so replay reads a cluster's nodes in parallel);
 hands each partition's records over in
 batches of up to ``batch_size`` records, in log order. The event loop is never blocked: a
 consumer that needs time returns an awaitable from ``deliver`` and reading pauses until it is
@@ -23,12 +25,18 @@ from dataclasses import dataclass
 
 from processor import tuning
 from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
-from processor.reading.client import MAX_SUBSCRIPTIONS, StreamConnection, stream_connection
+from processor.reading.client import (
+    MAX_SUBSCRIPTIONS,
+    Nodes,
+    StreamConnection,
+    candidates,
+    open_connection,
+)
 from processor.reading.errors import ReadError, ReadStalled
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import FirstOffsetProbe, check_log_start
 from processor.reading.probes import read_first_offset
-from processor.settings import Settings, stream_name
+from processor.settings import Address, Settings, stream_name
 
 #: Takes one batch of a partition (called on the event loop); may return an awaitable that
 #: reading waits for before it goes on (back-pressure).
@@ -211,24 +219,43 @@ async def _read(
     async def probe(partition: int) -> int | None:
         return await read_first_offset(settings, partition)
 
-    connections: list[StreamConnection] = []
+    connections: dict[tuple[Address, int], StreamConnection] = {}
+    ids: dict[tuple[Address, int], int] = {}
+    nodes = Nodes(settings, "friendship-stream range read")
     try:
         count = max(
             min(len(ranges), tuning.RANGE_READ_MAX_CONNECTIONS),
             -(-len(ranges) // MAX_SUBSCRIPTIONS),
         )
-        for group in range(count):
-            connection = stream_connection(settings, "friendship-stream range read")
-            connections.append(connection)
-            await connection.open()
-            for index, log_range in enumerate(ranges[group::count]):
-                sink = RangeSink(log_range, batch_size, deliver, state, probe)
-                stream = stream_name(log_range.partition)
-                await connection.subscribe(index, stream, log_range.first, credit, sink.on_chunk)
+        first = await nodes.first()
+        streams = [stream_name(r.partition) for r in ranges]
+        located = await nodes.locate(streams) if settings.stream_follow_advertised else {}
+        for index, log_range in enumerate(ranges):
+            stream = stream_name(log_range.partition)
+            address = first.address
+            if stream in located:
+                problem = located[stream].error()
+                if problem is not None:
+                    raise problem
+                members = candidates(located[stream])
+                address = members[index % len(members)]
+            key = (address, index % count)
+            connection = connections.get(key)
+            if connection is None:
+                connection = await open_connection(
+                    settings, "friendship-stream range read", address
+                )
+                connections[key] = connection
+            subscription_id = ids.get(key, 0)
+            ids[key] = subscription_id + 1
+            sink = RangeSink(log_range, batch_size, deliver, state, probe)
+            await connection.subscribe(
+                subscription_id, stream, log_range.first, credit, sink.on_chunk
+            )
         while not state.finished.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.finished.wait(), tuning.RANGE_READ_POLL_S)
-            for connection in connections:
+            for connection in connections.values():
                 if connection.failed is not None and connection.failed.done():
                     connection.failed.result()
             if check is not None:
@@ -237,14 +264,15 @@ async def _read(
             if state.waiting == 0 and idle > stall_timeout_s:
                 raise ReadStalled(
                     f"no record from the broker for {idle:.0f} s while reading "
-                    f"{len(ranges)} partitions; is RabbitMQ reachable on port "
-                    f"{settings.stream_port}?"
+                    f"{len(ranges)} partitions; is RabbitMQ reachable at "
+                    f"{', '.join(f'{h}:{p}' for h, p in settings.stream_addresses)}?"
                 )
         if state.error is not None:
             raise state.error
     finally:
-        for connection in connections:
+        for connection in connections.values():
             await connection.close()
+        await nodes.close()
     return state
 
 
@@ -264,7 +292,7 @@ def read_log_ranges(
     batches come in log order; the last batch of a range may be short.
 
     Args:
-        settings: broker endpoint (``amqp_url`` host, credentials, vhost; ``stream_port``).
+        settings: broker addresses, credentials, vhost, TLS, deadlines.
         ranges: at most one range per partition.
         deliver: takes ``(partition, records)`` on the event loop; must not block (it may return
             an awaitable for back-pressure).

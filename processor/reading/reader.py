@@ -1,13 +1,29 @@
-"""The live reader: partition streams subscribed on behalf of their owners, with reconnection.
+"""The live reader: partition streams subscribed on behalf of their owners, on the nodes that
+host them, with failover.
 
 One ``StreamReader`` per process runs an asyncio loop in its own thread. Partition owners ask it
 to subscribe their stream from an offset and hand it a ``RecordSink`` (their feed); it delivers
-``LogRecord`` values in log order (``processor.reading.chunks``) over one connection of
-``processor.reading.client``. It supervises that connection and, after any connection loss,
-resubscribes every partition from the next offset its sink still needs, so nothing is skipped
-and nothing is read twice into a sink.
+``LogRecord`` values in log order (``processor.reading.chunks``) over connections of
+``processor.reading.client``.
 
-Callbacks never raise into the connection's read loop: failures are handed to the sink
+Cluster awareness: the reader asks the broker's ``Metadata`` where each partition stream lives
+and reads it from a node that hosts it: a replica when the stream has any (partitions spread
+over the replicas, the least loaded node first), else the leader. It keeps one connection per
+node in use (subscription ids are per connection). With ``STREAM_ADVERTISED_ADDRESSES=ignore``
+every partition is read on one first-contact connection instead.
+
+Failover: when a node's connection fails (closed, refused, or silent for the read deadline), only
+that node's partitions move: after a jittered back-off (``RECONNECT_BACKOFF_S`` doubling up to
+``RECONNECT_BACKOFF_MAX_S``, full jitter; the metadata right after a node loss still names it)
+the reader asks fresh metadata and resubscribes each from the next offset its sink still needs,
+on a node that hosts it. A ``MetadataUpdate`` for one stream moves that stream only. A problem
+of one partition (for example "stream not available" at subscribe) is retried for that partition
+with back-off and never stops the others; a stream that does not exist is reported to its sink
+(``RecordSink.fail``). Nothing is skipped and nothing is read twice into a sink: a
+resubscription starts at ``sink.next_offset`` and the chunks still queued for the old one are
+dropped.
+
+Callbacks never raise into a connection's read loop: failures are handed to the sink
 (``RecordSink.fail``) where the owner sees them.
 """
 
@@ -18,6 +34,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from typing import Protocol
@@ -25,10 +42,24 @@ from typing import Protocol
 from processor import tuning
 from processor.errors import loggable
 from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
-from processor.reading.client import MAX_SUBSCRIPTIONS, StreamConnection, stream_connection
+from processor.reading.client import (
+    MAX_SUBSCRIPTIONS,
+    StreamConnection,
+    StreamMetadata,
+    candidates,
+    open_connection,
+    open_first_contact,
+)
+from processor.reading.errors import (
+    AccessRefused,
+    AuthenticationFailed,
+    SaslMechanismUnavailable,
+    StreamDoesNotExist,
+    StreamProtocolError,
+)
 from processor.reading.log_record import LogRecord
 from processor.reading.probes import read_first_offset
-from processor.settings import Settings, stream_name
+from processor.settings import Address, Settings, stream_name
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +87,44 @@ class RecordSink(Protocol):
         ...
 
 
+class _Node:
+    """One broker node in use: its connection and the partitions read on it."""
+
+    def __init__(self, address: Address, connection: StreamConnection) -> None:
+        self.address = address
+        self.connection = connection
+        self.ids: dict[int, int] = {}  # partition -> subscription id
+        self._next_id = 0
+
+    @property
+    def label(self) -> str:
+        """``host:port`` connected to (a first-contact address, or the advertised one)."""
+        host, port = self.connection.address
+        return f"{host}:{port}"
+
+    def free_id(self) -> int:
+        """A subscription id not in use, cycling so an id is not reused right away."""
+        used = set(self.ids.values())
+        for _ in range(MAX_SUBSCRIPTIONS):
+            candidate = self._next_id
+            self._next_id = (candidate + 1) % MAX_SUBSCRIPTIONS
+            if candidate not in used:
+                return candidate
+        raise ConnectionError(f"more than {MAX_SUBSCRIPTIONS} subscriptions on {self.label}")
+
+
 class StreamReader:
     """Subscribes partition streams on behalf of owners, on one asyncio loop in a daemon thread.
 
     Args:
-        settings: broker endpoint (``amqp_url`` host, credentials, vhost) and ``stream_port``.
+        settings: broker addresses (``STREAM_ADDRESSES``), credentials, vhost, TLS, SASL
+            mechanism, heartbeat, read deadline and reconnect back-off.
         initial_credit: chunks in flight per subscription (bigger = faster catch-up).
         name: connection name shown in the broker's management UI.
+
+    Attributes:
+        reconnects: partitions moved or resubscribed after a failure (node loss, refusal, a
+            ``MetadataUpdate``), counted per failure event.
     """
 
     def __init__(
@@ -75,12 +137,15 @@ class StreamReader:
         self._thread = threading.Thread(target=self._run_loop, name="stream-reader", daemon=True)
         self._wanted: dict[int, RecordSink] = {}
         self._subscribed: dict[int, RecordSink] = {}
-        self._subscription_ids: dict[int, int] = {}
-        self._connection: StreamConnection | None = None
-        self._next_subscription_id = 0
+        self._placed: dict[int, _Node] = {}
+        self._nodes: dict[Address, _Node] = {}
+        self._metadata: dict[int, StreamMetadata] = {}
+        self._stale: set[int] = set()
+        self._attempts: dict[int, int] = {}
+        self._retry_at: dict[int, float] = {}
+        self._learnt: list[Address] = []
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
-        self._connection_lost = asyncio.Event()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._received: dict[int, int] = {}
@@ -89,14 +154,14 @@ class StreamReader:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop thread and the connection supervisor."""
+        """Start the loop thread and the supervisor."""
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start_supervisor(), self._loop).result(
             timeout=tuning.READER_START_TIMEOUT_S
         )
 
     def stop(self, timeout_s: float = tuning.READER_STOP_TIMEOUT_S) -> None:
-        """Unsubscribe everything, close the connection and end the loop thread."""
+        """Unsubscribe everything, close the connections and end the loop thread."""
         if not self._thread.is_alive():
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
@@ -113,6 +178,11 @@ class StreamReader:
         """The last offset of the chunks received for ``partition`` so far (any thread); None
         before the first. It trails the stream's tail while the partition's feed is full."""
         return self._received.get(partition)
+
+    def node_of(self, partition: int) -> Address | None:
+        """The node ``(host, port)`` the partition is read from now (None: not subscribed)."""
+        node = self._placed.get(partition)
+        return node.address if node is not None else None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -150,7 +220,9 @@ class StreamReader:
         # round, after a ``subscribe`` made meanwhile, whose newer sink ``_reconcile`` installs.
         if partition in self._wanted:
             return
-        if partition in self._subscribed and self._connection is not None:
+        self._attempts.pop(partition, None)
+        self._retry_at.pop(partition, None)
+        if partition in self._subscribed:
             await self._unsubscribe_stream(partition)
 
     async def _shutdown(self) -> None:
@@ -161,110 +233,262 @@ class StreamReader:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await self._close_connection()
+        for partition in list(self._pumps):
+            self._stop_pump(partition)
+        for node in list(self._nodes.values()):
+            await self._close_node(node)
 
     async def _supervise(self) -> None:
-        """Keep a connection open and the subscriptions equal to the wanted set."""
-        attempt = 0
+        """Keep the subscriptions equal to the wanted set, on live nodes that host them."""
         while not self._stopping:
+            # Clear before reconciling: a change made meanwhile must wake the next round.
+            self._changed.clear()
             try:
-                if self._connection is None:
-                    await self._open_connection()
-                # Clear before reconciling: a change made meanwhile must wake the next round.
-                self._changed.clear()
                 await self._reconcile()
-                # Only a reconcile that went through (subscriptions accepted) proves the
-                # connection, so only then does the back-off start over.
-                attempt = 0
-                waiters = [
-                    asyncio.create_task(self._changed.wait()),
-                    asyncio.create_task(self._connection_lost.wait()),
-                ]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
-                if self._connection_lost.is_set():
-                    raise ConnectionError("stream connection lost")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect and resubscribe
-                attempt += 1
-                self.reconnects += 1
-                ceiling = min(tuning.RECONNECT_MAX_S, tuning.RECONNECT_MIN_S * 2**attempt)
-                delay = random.uniform(tuning.RECONNECT_MIN_S, ceiling)  # noqa: S311
-                log.warning(
-                    "stream connection to %s:%d failed (%s: %s); reconnect %d in %.2f s, "
-                    "resuming every partition from its next offset",
-                    self._settings.amqp.host,
-                    self._settings.stream_port,
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    delay,
-                )
-                await self._close_connection()
-                await asyncio.sleep(delay)
+            except Exception as exc:  # noqa: BLE001 - one bad round must not end reading
+                log.warning("stream reader round failed (%s); trying again", loggable(exc))
+                await asyncio.sleep(self._settings.reconnect_backoff_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._next_due_in())
 
-    async def _open_connection(self) -> None:
-        self._connection_lost.clear()
-        self._subscribed.clear()
-        self._subscription_ids.clear()
-        connection = stream_connection(self._settings, self._name)
-        try:
-            await connection.open()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.close()
-            raise
-        self._connection = connection
+    def _next_due_in(self) -> float | None:
+        """Seconds until the earliest partition retry (None: nothing waits for one)."""
+        waiting = [
+            at
+            for p, at in self._retry_at.items()
+            if p in self._wanted and p not in self._subscribed
+        ]
+        return max(0.0, min(waiting) - time.monotonic()) if waiting else None
+
+    async def _reconcile(self) -> None:
+        for node in list(self._nodes.values()):
+            if not node.connection.healthy:
+                await self._node_lost(node)
+        for partition in [
+            p for p, sink in self._subscribed.items() if self._wanted.get(p) is not sink
+        ]:
+            await self._unsubscribe_stream(partition)
+        now = time.monotonic()
+        due = [
+            p
+            for p in self._wanted
+            if p not in self._subscribed and self._retry_at.get(p, 0.0) <= now
+        ]
+        if not due:
+            return
+        follow = self._settings.stream_follow_advertised
+        unknown = [p for p in due if p in self._stale or p not in self._metadata]
+        if follow and unknown:
+            try:
+                await self._refresh_metadata(unknown)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no node answered: back off, try again
+                self._connection_failed(
+                    ", ".join(f"{h}:{p}" for h, p in self._settings.stream_addresses), exc, due
+                )
+                return
+        for partition in due:
+            sink = self._wanted.get(partition)
+            if sink is not None and partition not in self._subscribed:
+                await self._place(partition, sink, follow=follow)
+
+    async def _refresh_metadata(self, partitions: list[int]) -> None:
+        streams = [stream_name(p) for p in partitions]
+        answer = None
+        for node in list(self._nodes.values()):
+            if node.connection.healthy:
+                with contextlib.suppress(StreamProtocolError, OSError):
+                    answer = await node.connection.metadata(streams)
+                    break
+        if answer is None:
+            # A first-contact connection, kept as the node it reached.
+            answer = await (await self._node(None)).connection.metadata(streams)
+        if answer.brokers:
+            self._learnt = [broker.address for broker in answer.brokers]
+        for partition in partitions:
+            found = answer.streams.get(stream_name(partition))
+            if found is not None:
+                self._metadata[partition] = found
+                self._stale.discard(partition)
+
+    def _load(self) -> dict[Address, int]:
+        return {address: len(node.ids) for address, node in self._nodes.items()}
+
+    async def _place(self, partition: int, sink: RecordSink, *, follow: bool) -> None:
+        """Subscribe ``partition`` on the best node hosting it; on failure, back off."""
+        stream = stream_name(partition)
+        addresses: list[Address | None] = [None]
+        if follow:
+            metadata = self._metadata[partition]
+            problem = metadata.error()
+            if isinstance(problem, StreamDoesNotExist):
+                self._gone(partition, sink, problem)
+                return
+            if problem is not None:
+                self._stale.add(partition)
+                self._partition_failed(partition, "the metadata", problem)
+                return
+            addresses = list(candidates(metadata, self._load()))
+        last: tuple[str, Exception] | None = None
+        for address in addresses:
+            try:
+                node = await self._node(address)
+            except (AuthenticationFailed, SaslMechanismUnavailable, AccessRefused) as exc:
+                last = (_label(address), exc)
+                break
+            except (OSError, StreamProtocolError) as exc:
+                last = (_label(address), exc)
+                continue
+            try:
+                await self._subscribe_stream(partition, sink, node)
+            except asyncio.CancelledError:
+                raise
+            except StreamDoesNotExist as exc:
+                self._gone(partition, sink, exc)
+                return
+            except (OSError, StreamProtocolError) as exc:
+                last = (node.label, exc)
+                continue
+            self._attempts.pop(partition, None)
+            self._retry_at.pop(partition, None)
+            return
+        self._stale.add(partition)
+        where, error = last or (stream, StreamProtocolError(f"{stream} has no member"))
+        self._partition_failed(partition, where, error)
+
+    def _gone(self, partition: int, sink: RecordSink, error: Exception) -> None:
+        """The stream does not exist: the owner is told and the partition no longer wanted."""
+        log.warning("%s cannot be read (%s); its owner stops", stream_name(partition), error)
+        self._wanted.pop(partition, None)
+        self._attempts.pop(partition, None)
+        self._retry_at.pop(partition, None)
+        sink.fail(error)
+
+    def _back_off(self, partitions: list[int]) -> tuple[int, float]:
+        """Schedule ``partitions`` for one more attempt after a jittered delay (shared by the
+        group); returns ``(attempt, delay in seconds)``."""
+        attempt = 1 + max((self._attempts.get(p, 0) for p in partitions), default=0)
+        low = self._settings.reconnect_backoff_s
+        ceiling = min(self._settings.reconnect_backoff_max_s, low * 2**attempt)
+        delay = random.uniform(low, ceiling)  # noqa: S311 - jitter, not secrecy
+        at = time.monotonic() + delay
+        for partition in partitions:
+            self._attempts[partition] = attempt
+            self._retry_at[partition] = at
+        return attempt, delay
+
+    def _connection_failed(self, where: str, error: Exception, partitions: list[int]) -> None:
+        self.reconnects += 1
+        attempt, delay = self._back_off(partitions)
+        log.warning(
+            "stream connection to %s failed (%s: %s); reconnect %d in %.2f s, "
+            "resuming every partition from its next offset (%d partitions)",
+            where.replace(" ", ""),
+            type(error).__name__,
+            error,
+            attempt,
+            delay,
+            len(partitions),
+        )
+
+    def _partition_failed(self, partition: int, where: str, error: Exception) -> None:
+        self.reconnects += 1
+        attempt, delay = self._back_off([partition])
+        log.warning(
+            "reading %s from %s failed (%s: %s); retry %d in %.2f s from its next offset; "
+            "the other partitions go on",
+            stream_name(partition),
+            where,
+            type(error).__name__,
+            error,
+            attempt,
+            delay,
+        )
+
+    async def _node(self, address: Address | None) -> _Node:
+        """The node at ``address`` (None: the first-contact address), connected if needed."""
+        if address is not None:
+            node = self._nodes.get(address)
+            if node is not None and node.connection.healthy:
+                return node
+            connection = await open_connection(self._settings, self._name, address)
+        else:
+            for node in self._nodes.values():
+                if node.connection.healthy:
+                    return node
+            connection = await open_first_contact(self._settings, self._name, self._learnt)
+        node = _Node(connection.advertised or connection.address, connection)
+        old = self._nodes.get(node.address)
+        if old is not None:
+            await self._node_lost(old)
+        self._nodes[node.address] = node
+        connection.on_metadata_update = lambda stream, code: self._metadata_update(
+            node, stream, code
+        )
         failed = connection.failed
         assert failed is not None
         failed.add_done_callback(self._on_failed)
+        return node
 
     def _on_failed(self, failed: asyncio.Future[None]) -> None:
         if self._stopping or failed.cancelled():
             return
-        log.warning("stream connection lost: %s", failed.exception())
-        self._connection_lost.set()
+        self._changed.set()
 
-    async def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        self._subscribed.clear()
-        self._subscription_ids.clear()
-        for partition in list(self._pumps):
-            self._stop_pump(partition)
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), tuning.STREAM_CLOSE_TIMEOUT_S)
+    async def _node_lost(self, node: _Node) -> None:
+        """The node's connection failed: its partitions move (after a back-off)."""
+        if self._nodes.get(node.address) is node:
+            del self._nodes[node.address]
+        partitions = list(node.ids)
+        for partition in partitions:
+            self._drop_local(partition)
+        failed = node.connection.failed
+        error: Exception = ConnectionError("connection closed")
+        if failed is not None and failed.done() and not failed.cancelled():
+            cause = failed.exception()
+            if isinstance(cause, Exception):
+                error = cause
+        await self._close_node(node)
+        wanted = [p for p in partitions if p in self._wanted]
+        self._stale.update(wanted)
+        if wanted:
+            self._connection_failed(node.label, error, wanted)
+        else:
+            log.info("stream connection to %s ended (%s)", node.label, loggable(error))
 
-    def _free_subscription_id(self) -> int:
-        """A subscription id not in use, cycling so an id is not reused right away."""
-        used = set(self._subscription_ids.values())
-        for _ in range(MAX_SUBSCRIPTIONS):
-            candidate = self._next_subscription_id
-            self._next_subscription_id = (candidate + 1) % MAX_SUBSCRIPTIONS
-            if candidate not in used:
-                return candidate
-        raise ConnectionError(f"more than {MAX_SUBSCRIPTIONS} subscriptions on one connection")
+    async def _close_node(self, node: _Node) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.connection.close(), tuning.STREAM_CLOSE_TIMEOUT_S)
 
-    async def _reconcile(self) -> None:
-        for partition in [p for p in self._subscribed if p not in self._wanted]:
-            await self._unsubscribe_stream(partition)
-        for partition, sink in list(self._wanted.items()):
-            if self._subscribed.get(partition) is not sink:
-                if partition in self._subscribed:
-                    await self._unsubscribe_stream(partition)
-                await self._subscribe_stream(partition, sink)
+    def _metadata_update(self, node: _Node, stream: str, code: int) -> None:
+        """The broker dropped ``node``'s subscription of ``stream``: move that stream only."""
+        for partition in [p for p in node.ids if stream_name(p) == stream]:
+            self._drop_local(partition)
+            self._stale.add(partition)
+            if partition in self._wanted:
+                self._partition_failed(
+                    partition,
+                    node.label,
+                    StreamProtocolError(f"metadata update for {stream} (code 0x{code:02x})", code),
+                )
+        self._changed.set()
 
-    async def _subscribe_stream(self, partition: int, sink: RecordSink) -> None:
-        connection = self._connection
-        if connection is None:
-            raise ConnectionError("no stream connection")
+    def _drop_local(self, partition: int) -> None:
+        """Forget the partition's subscription here (the broker side is gone or going)."""
+        self._stop_pump(partition)
+        self._subscribed.pop(partition, None)
+        node = self._placed.pop(partition, None)
+        if node is not None:
+            node.ids.pop(partition, None)
+
+    async def _subscribe_stream(self, partition: int, sink: RecordSink, node: _Node) -> None:
+        connection = node.connection
         start = sink.next_offset
         sink.subscribed(start)
-        subscription_id = self._free_subscription_id()
+        subscription_id = node.free_id()
         # The connection's read loop only queues chunks: a partition whose feed is full must not
         # hold up the other partitions or the answers to requests on the same connection. Its
         # pump task waits instead, and grants credit only for chunks it handed on, so a slow
@@ -277,21 +501,26 @@ class StreamReader:
                 self._received[partition] = last
             chunks.put_nowait((first_offset, entries))
 
-        await connection.subscribe(
-            subscription_id,
-            stream_name(partition),
-            start,
-            self._credit,
-            on_chunk,
-            auto_credit=False,
-        )
+        node.ids[partition] = subscription_id
+        try:
+            await connection.subscribe(
+                subscription_id,
+                stream_name(partition),
+                start,
+                self._credit,
+                on_chunk,
+                auto_credit=False,
+            )
+        except BaseException:
+            node.ids.pop(partition, None)
+            raise
         self._stop_pump(partition)
         self._pumps[partition] = asyncio.create_task(
             self._pump(partition, subscription_id, connection, chunks, sink)
         )
         self._subscribed[partition] = sink
-        self._subscription_ids[partition] = subscription_id
-        log.debug("subscribed %s from offset %d", stream_name(partition), start)
+        self._placed[partition] = node
+        log.debug("subscribed %s from offset %d on %s", stream_name(partition), start, node.label)
 
     async def _pump(
         self,
@@ -317,33 +546,47 @@ class StreamReader:
                     taken = 0
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the connection broke under the pump
+        except Exception as exc:  # noqa: BLE001 - the sink broke under the pump
             log.warning(
-                "reading %s stopped (%s); reconnecting", stream_name(partition), loggable(exc)
+                "reading %s stopped (%s); resubscribing it", stream_name(partition), loggable(exc)
             )
-            self._connection_lost.set()
+            node = self._placed.get(partition)
+            self._pumps.pop(partition, None)
+            if node is not None and node.connection is connection:
+                with contextlib.suppress(Exception):
+                    await connection.unsubscribe(subscription_id)
+                self._drop_local(partition)
+                self._partition_failed(partition, node.label, exc)
+                self._changed.set()
 
     def _stop_pump(self, partition: int) -> None:
         pump = self._pumps.pop(partition, None)
-        if pump is not None:
+        if pump is not None and pump is not asyncio.current_task():
             pump.cancel()
 
     async def _unsubscribe_stream(self, partition: int) -> None:
-        self._stop_pump(partition)
-        self._subscribed.pop(partition, None)
-        subscription_id = self._subscription_ids.pop(partition, None)
-        connection = self._connection
-        if connection is None or subscription_id is None:
+        node = self._placed.get(partition)
+        subscription_id = node.ids.get(partition) if node is not None else None
+        self._drop_local(partition)
+        if node is None or subscription_id is None or not node.connection.healthy:
             return
         try:
             # Answered after every chunk sent before it: no stale chunk reaches a later
             # subscription that reuses the id.
-            await connection.unsubscribe(subscription_id)
+            await node.connection.unsubscribe(subscription_id)
         except Exception as exc:  # noqa: BLE001 - a failed unsubscribe means a broken connection
             log.warning(
-                "unsubscribing %s failed (%s); reconnecting", stream_name(partition), loggable(exc)
+                "unsubscribing %s on %s failed (%s); dropping that connection",
+                stream_name(partition),
+                node.label,
+                loggable(exc),
             )
-            self._connection_lost.set()
+            node.connection.abort(exc)
+            self._changed.set()
+
+
+def _label(address: Address | None) -> str:
+    return "the first-contact addresses" if address is None else f"{address[0]}:{address[1]}"
 
 
 def _chunk_handler(

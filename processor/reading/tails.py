@@ -3,9 +3,11 @@
 ``GET /v1/stats`` and ``GET /metrics`` of the API, and a processor's lag gauges, need the last
 offset of each stream. Asking the broker per request costs a connection and a wait for the last
 chunks (``probes.read_tail_offsets``: 0.25 s at least, more for an empty stream). A
-``TailCache`` instead keeps one stream connection open in a daemon thread and, every
-``tuning.TAILS_REFRESH_S`` seconds, subscribes each wanted stream from ``LAST``, takes the last
-offset of the chunks it gets, and unsubscribes. Readers take the last result and its age
+``TailCache`` instead keeps its stream connections open in a daemon thread (``client.Nodes``:
+the first-contact one, plus one per other node hosting a wanted stream on a cluster) and, every
+``tuning.TAILS_REFRESH_S`` seconds, asks the streams' metadata, subscribes each wanted stream
+from ``LAST`` on a node that hosts it, takes the last offset of the chunks it gets, and
+unsubscribes. Readers take the last result and its age
 (``Tails``) without waiting; nothing opens a connection per request.
 
 A stream that sends nothing in a round is empty or slow: it keeps the offset of the previous
@@ -29,8 +31,7 @@ from datetime import UTC, datetime
 from processor import tuning
 from processor.errors import loggable
 from processor.reading.chunks import ChunkEntry, chunk_span
-from processor.reading.client import MAX_SUBSCRIPTIONS, OffsetSpec, StreamConnection
-from processor.reading.client import stream_connection as open_stream_connection
+from processor.reading.client import MAX_SUBSCRIPTIONS, Nodes, OffsetSpec, StreamConnection
 from processor.settings import Settings, stream_name
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class TailCache:
     thread with its own event loop and one stream connection.
 
     Args:
-        settings: broker endpoint (``amqp_url``, ``stream_port``, stream credentials) and the
+        settings: broker addresses, credentials, TLS, deadlines and back-off, and the
             partition count.
         partitions: which partitions to read, asked before every round (default: all); a
             processor passes the partitions it owns.
@@ -142,16 +143,15 @@ class TailCache:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._started.set()
-        connection: StreamConnection | None = None
+        nodes: Nodes | None = None
         failures = 0
         try:
             while not self._stopping.is_set():
                 try:
-                    if connection is None:
-                        connection = open_stream_connection(self._settings, self._name)
+                    if nodes is None:
+                        nodes = Nodes(self._settings, self._name)
                         self.connections_opened += 1
-                        await connection.open()
-                    await self._round(connection)
+                    await self._round(nodes)
                     if failures:
                         log.info("reading the stream tails works again")
                     failures = 0
@@ -161,16 +161,17 @@ class TailCache:
                 except Exception as exc:  # noqa: BLE001 - any failure: reconnect and try again
                     failures += 1
                     self._failed(exc, first_failure=failures == 1)
-                    if connection is not None:
-                        await _close(connection)
-                    connection = None
-                    ceiling = min(tuning.RECONNECT_MAX_S, tuning.RECONNECT_MIN_S * 2**failures)
-                    delay = max(self._refresh_s, random.uniform(tuning.RECONNECT_MIN_S, ceiling))  # noqa: S311
+                    if nodes is not None:
+                        await nodes.close()
+                    nodes = None
+                    low = self._settings.reconnect_backoff_s
+                    ceiling = min(self._settings.reconnect_backoff_max_s, low * 2**failures)
+                    delay = max(self._refresh_s, random.uniform(low, ceiling))  # noqa: S311
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
-            if connection is not None:
-                await _close(connection)
+            if nodes is not None:
+                await nodes.close()
 
     def _failed(self, exc: Exception, *, first_failure: bool) -> None:
         reason = loggable(exc)
@@ -182,18 +183,21 @@ class TailCache:
         level = logging.WARNING if first_failure else logging.DEBUG
         log.log(level, "reading the stream tails failed (%s); keeping the last ones", reason)
 
-    async def _round(self, connection: StreamConnection) -> None:
+    async def _round(self, nodes: Nodes) -> None:
         """Read the last offset of every wanted stream once and publish the result."""
         wanted = sorted(set(self._partitions()))
         previous = self.snapshot().offsets
         seen: dict[int, int] = {}
         first_round = not self._first.is_set()
         wait_s = tuning.TAIL_PROBE_WAIT_S * (4 if first_round else 1)
+        if wanted and self._settings.stream_follow_advertised:
+            await nodes.locate([stream_name(p) for p in wanted])  # leaders and replicas move
         for start in range(0, len(wanted), MAX_SUBSCRIPTIONS):
             group = wanted[start : start + MAX_SUBSCRIPTIONS]
-            await self._read_group(connection, group, seen, wait_s)
-        if connection.failed is not None and connection.failed.done():
-            raise ConnectionError(f"stream connection lost: {connection.failed.exception()}")
+            await self._read_group(nodes, group, seen, wait_s)
+        for connection in nodes.connections:
+            if connection.failed is not None and connection.failed.done():
+                raise ConnectionError(f"stream connection lost: {connection.failed.exception()}")
         offsets = {p: seen.get(p, previous.get(p, -1)) for p in wanted}
         with self._lock:
             self._tails = Tails(offsets, datetime.now(UTC), time.monotonic())
@@ -201,37 +205,38 @@ class TailCache:
         self._first.set()
 
     async def _read_group(
-        self, connection: StreamConnection, group: list[int], seen: dict[int, int], wait_s: float
+        self, nodes: Nodes, group: list[int], seen: dict[int, int], wait_s: float
     ) -> None:
         arrived = asyncio.Event()
         answered: set[int] = set()
+        made: list[tuple[StreamConnection, int]] = []
+        ids: dict[int, int] = {}  # per connection (by id()): subscriptions made
 
-        for index, partition in enumerate(group):
-
-            def on_chunk(first: int, entries: list[ChunkEntry], p: int = partition) -> None:
-                last = first + chunk_span(entries) - 1
-                seen[p] = max(seen.get(p, -1), last)
-                answered.add(p)
-                if len(answered) == len(group):
-                    arrived.set()
-
-            await connection.subscribe(
-                index,
-                stream_name(partition),
-                0,
-                tuning.PROBE_CREDIT,
-                on_chunk,
-                start=OffsetSpec.LAST,
-            )
         try:
+            for partition in group:
+
+                def on_chunk(first: int, entries: list[ChunkEntry], p: int = partition) -> None:
+                    last = first + chunk_span(entries) - 1
+                    seen[p] = max(seen.get(p, -1), last)
+                    answered.add(p)
+                    if len(answered) == len(group):
+                        arrived.set()
+
+                connection = await nodes.for_stream(stream_name(partition))
+                index = ids.get(id(connection), 0)
+                ids[id(connection)] = index + 1
+                await connection.subscribe(
+                    index,
+                    stream_name(partition),
+                    0,
+                    tuning.PROBE_CREDIT,
+                    on_chunk,
+                    start=OffsetSpec.LAST,
+                )
+                made.append((connection, index))
             # Every stream that is not empty answers at once; an empty one sends nothing.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), wait_s)
         finally:
-            for index in range(len(group)):
+            for connection, index in made:
                 await connection.unsubscribe(index)
-
-
-async def _close(connection: StreamConnection) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(connection.close(), tuning.STREAM_CLOSE_TIMEOUT_S)
