@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -30,15 +32,15 @@ from rich.table import Table
 from demo import background
 from demo.data import DEFAULT_DATA_DIR, iter_demo_events
 from demo.errors import DemoError
-from processor import tuning
 from processor.access.principals import provision, settings_as
 from processor.access.tokens import create_token
+from processor.api.address import api_base_url, api_client_ssl_context
 from processor.applying.checkpoint import consumed_records
 from processor.privacy.data_keys import seal_events
 from processor.privacy.errors import UserErased
 from processor.privacy.keys import load_keys
 from processor.progress import CountBar
-from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
+from processor.publishing.publisher import OutgoingEvent, publish_events
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
 from processor.status import PartitionStatus, read_partition_status
@@ -134,16 +136,10 @@ class DrainMeasurement:
 
 
 async def _publish(settings: Settings, events: list[OutgoingEvent], console: Console) -> float:
-    publisher = AsyncPublisher(settings)
-    await publisher.connect()
-    try:
-        with CountBar(console, "publishing", len(events)) as bar:
-            done = 0
-            for start in range(0, len(events), tuning.PUBLISH_CHUNK):
-                done += await publisher.publish(events[start : start + tuning.PUBLISH_CHUNK])
-                bar.update(done)
-    finally:
-        await publisher.close()
+    """Publish with confirms; unconfirmed events go again on the next broker node
+    (``processor.publishing.publisher.publish_events``). Returns the seconds it took."""
+    with CountBar(console, "publishing", len(events)) as bar:
+        await publish_events(settings, events, bar.update)
     return bar.seconds
 
 
@@ -246,9 +242,9 @@ def _port_in_use(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _healthy(base: str) -> bool:
+def _healthy(base: str, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2):  # noqa: S310 - local API
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2, context=context):  # noqa: S310
             return True
     except (urllib.error.URLError, OSError):
         return False
@@ -274,7 +270,8 @@ def _start_api(settings: Settings) -> str:
         DemoError: another process (not started by the demo) holds API_HOST:API_PORT, the
             API died (with its exit status and log tail), or it did not answer in time.
     """
-    base = f"http://{settings.api_host}:{settings.api_port}"
+    base = api_base_url(settings)
+    context = api_client_ssl_context(settings)
     existing = background.find("api")
     if existing is None and _port_in_use(settings.api_host, settings.api_port):
         raise DemoError(
@@ -285,7 +282,7 @@ def _start_api(settings: Settings) -> str:
     api = existing or background.start("api", ["api"], _environment_of(settings, "api"))
     deadline = time.monotonic() + API_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        healthy = _healthy(base)
+        healthy = _healthy(base, context)
         # Judge the process after the probe: an answer from a process that is not ours
         # (ours died, say, on "address already in use") must not count.
         if not api.alive():
@@ -334,7 +331,11 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
         highlight=False,
     )
     console.print(f"  TOKEN={token}", highlight=False, soft_wrap=True)
-    auth = '-H "Authorization: Bearer $TOKEN"'
+    # HTTPS: curl trusts the API's own certificate.
+    cacert = (
+        f"--cacert {shlex.quote(settings.api_tls_cert_file)} " if settings.api_tls_cert_file else ""
+    )
+    auth = f'{cacert}-H "Authorization: Bearer $TOKEN"'
     for path in (
         "/v1/users/USER_ID/friendship",
         "/v1/users/USER_ID/topics",
@@ -343,7 +344,7 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
     ):
         console.print(f"  curl {auth} {base_url}{path}", highlight=False, soft_wrap=True)
     console.print(
-        f"  curl {base_url}/schema/openapi.json   (open: the API's description)",
+        f"  curl {cacert}{base_url}/schema/openapi.json   (open: the API's description)",
         highlight=False,
         soft_wrap=True,
     )

@@ -94,7 +94,8 @@ class AmqpEndpoint:
 
 
 def parse_amqp_url(url: str) -> AmqpEndpoint:
-    """Split an ``amqp://user:pass@host:port/vhost`` URL (vhost percent-encoded, ``%2F`` = ``/``).
+    """Split an ``amqp://user:pass@host:port/vhost`` URL (vhost percent-encoded, ``%2F`` = ``/``;
+    the port defaults to 5672, or 5671 for ``amqps://``).
 
     Raises:
         SettingsError: the scheme is not amqp/amqps or the host is missing.
@@ -105,7 +106,7 @@ def parse_amqp_url(url: str) -> AmqpEndpoint:
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     return AmqpEndpoint(
         host=parts.hostname,
-        port=parts.port or 5672,
+        port=parts.port or (5671 if parts.scheme == "amqps" else 5672),
         username=unquote(parts.username or "guest"),
         password=unquote(parts.password or "guest"),
         vhost=vhost,

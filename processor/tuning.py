@@ -111,6 +111,12 @@ PUBLISH_MAX_IN_FLIGHT: Final = 10_000
 PUBLISHER_CLOSE_TIMEOUT_S: Final = 10.0
 #: Events per confirmed chunk when a file (or the demo's data) is published.
 PUBLISH_CHUNK: Final = 5000
+#: Attempts to get one chunk confirmed (``just publish``, the demo): each retry publishes the
+#: chunk's unconfirmed events again, on the next broker node, after the reconnect back-off.
+PUBLISH_ATTEMPTS: Final = 5
+#: Longest one AMQP connection attempt to one broker node may take (TCP, TLS, AMQP handshake),
+#: in seconds, before the next node is tried.
+BROKER_NODE_CONNECT_TIMEOUT_S: Final = 5.0
 
 # -- the HTTP API ----------------------------------------------------------------------------
 

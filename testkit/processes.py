@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from processor.api.address import api_base_url, api_client_ssl_context
 from processor.settings import Settings
 from projections.database import connect
 from projections.tables import SENTIMENT_COLUMNS
@@ -55,19 +56,21 @@ def _command_process(
 @contextmanager
 def api_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``python -m processor api`` process on ``API_HOST:API_PORT`` of ``settings``,
-    answering ``/healthz`` when the block starts; SIGTERMed (then killed) on exit.
+    answering ``/healthz`` when the block starts (over HTTPS, verified, when ``settings`` has
+    ``api_tls_cert_file``); SIGTERMed (then killed) on exit.
 
     Raises:
         RuntimeError: it exited, or did not answer within 60 s (its log says why).
     """
     with _command_process("api", settings, log_path) as process:
-        url = f"http://{settings.api_host}:{settings.api_port}/healthz"
+        url = f"{api_base_url(settings)}/healthz"
+        context = api_client_ssl_context(settings)
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the API exited with {process.returncode}; see {log_path}")
             try:
-                with urllib.request.urlopen(url, timeout=1):
+                with urllib.request.urlopen(url, timeout=1, context=context):
                     break
             except OSError:
                 if time.monotonic() > deadline:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from litestar.openapi import OpenAPIConfig
 
 from processor import tuning
 from processor.api import dashboard, erasure, ingest, probes, reads, throughput
+from processor.api.address import api_base_url
 from processor.api.auth import BearerTokenAuth
 from processor.api.context import ApiContext
 from processor.api.errors import DATABASE_ERRORS, exception_handlers
@@ -41,7 +43,7 @@ from processor.api.sessions import clearing_cookie, csrf_guard, session_config
 from processor.errors import loggable
 from processor.privacy.key_ids import check_keys
 from processor.privacy.keys import load_keys
-from processor.settings import Settings
+from processor.settings import Settings, SettingsError
 from projections.database import connect
 from projections.write_tokens import delete_expired
 
@@ -182,13 +184,23 @@ def serve(settings: Settings) -> None:
     metrics count every request). Before serving, the key-encryption key is checked against
     the stored data keys (when the database answers; it may come later).
 
+    With ``API_TLS_CERT_FILE`` and ``API_TLS_KEY_FILE`` it serves HTTPS only (uvicorn's
+    ``ssl_certfile`` / ``ssl_keyfile``); a plain HTTP request then fails its TLS handshake.
+
     Raises:
         KeyMissing: the keys are not configured, or the stored data keys were wrapped by
             another key-encryption key.
+        SettingsError: the API's TLS files cannot be used.
     """
     import uvicorn  # noqa: PLC0415 - only the serving process needs it
 
     _check_keys(settings)
+    certfile, keyfile = _tls_files(settings)
+    log.info(
+        "serving the API at %s (%s)",
+        api_base_url(settings),
+        "HTTPS" if certfile else "plain HTTP: set API_TLS_CERT_FILE and API_TLS_KEY_FILE for HTTPS",
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
@@ -198,7 +210,31 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=tuning.API_SHUTDOWN_GRACE_S,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
+
+
+def _tls_files(settings: Settings) -> tuple[str | None, str | None]:
+    """uvicorn's ``ssl_certfile`` / ``ssl_keyfile`` from ``API_TLS_CERT_FILE`` /
+    ``API_TLS_KEY_FILE`` (empty: plain HTTP), checked before serving.
+
+    Raises:
+        SettingsError: the files cannot be read, are not PEM, or the key does not match the
+            certificate (names both variables and files).
+    """
+    if not settings.api_tls_cert_file:
+        return None, None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.api_tls_cert_file, settings.api_tls_key_file
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"API_TLS_CERT_FILE={settings.api_tls_cert_file!r} / API_TLS_KEY_FILE="
+            f"{settings.api_tls_key_file!r} cannot be used: {exc}"
+        ) from exc
+    return settings.api_tls_cert_file, settings.api_tls_key_file
 
 
 def _check_keys(settings: Settings) -> None:

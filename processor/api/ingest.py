@@ -247,9 +247,10 @@ async def post_events(
 
     Errors: 422 ``invalid_json``, 413 ``payload_too_large``, 422 ``too_many_events`` /
     ``invalid_events``, 409 ``user_erased`` (an event of an erased child: nothing published),
-    503 ``database_unavailable`` (nothing published), ``broker_unavailable`` (nothing
-    published) / ``publish_failed`` (some may be published;
-    retrying the same events is safe) / ``keys_mismatch`` (this process's key-encryption key is
+    503 ``database_unavailable`` (nothing published), ``broker_unavailable`` (no broker node
+    reachable: nothing published; ``Retry-After``) / ``publish_failed`` (a confirm did not
+    come: some may be published, retrying the same events is safe; ``Retry-After``) /
+    ``keys_mismatch`` (this process's key-encryption key is
     not the deployment's: nothing published).
     """
     body = await request.body()
@@ -268,14 +269,20 @@ async def post_events(
             HTTP_503_SERVICE_UNAVAILABLE,
             "broker_unavailable",
             f"the broker is not reachable; nothing was published ({exc})",
+            headers={"Retry-After": str(exc.retry_after_s)},
         ) from exc
     except PublishError as exc:
-        log.warning("publishing %d events failed: %d not confirmed", len(events), exc.failed)
+        log.warning(
+            "publishing %d events failed: %d not confirmed (%s)", len(events), exc.failed, exc
+        )
         raise ApiError(
             HTTP_503_SERVICE_UNAVAILABLE,
             "publish_failed",
-            f"{exc.failed} of {len(events)} events were not confirmed by the broker; "
-            "publishing the same events again is safe",
+            f"{exc.failed} of {len(events)} events were not confirmed by the broker (a nack, or "
+            "the broker connection was lost before the confirms came; the next request uses "
+            "the next broker node); some may be in the log, and publishing the same events "
+            "again is safe",
+            headers={"Retry-After": str(ctx.broker.retry_after_s)},
         ) from exc
     ctx.metrics.events_accepted.inc(accepted)
     return Accepted(accepted=accepted, token=token_text(token_id))

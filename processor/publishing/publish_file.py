@@ -9,19 +9,12 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
-from processor import tuning
 from processor.privacy.data_keys import seal_events
 from processor.privacy.errors import UserErased
 from processor.privacy.keys import load_keys
-from processor.publishing.errors import FileUnreadable, PublishError, PublishingError
-from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
+from processor.publishing.errors import FileUnreadable, PublishingError
+from processor.publishing.publisher import OutgoingEvent, publish_events
 from processor.settings import Settings
 from projections.database import connect
 from schemas.validation import EventValidationError, decode_event
@@ -195,8 +188,8 @@ async def publish_file(settings: Settings, path: Path, *, allow_invalid: bool = 
 
     Returns the number of events published.
 
-    A chunk that fails is published again (bounded retries with jitter): the processor applies
-    a re-published event once.
+    Unconfirmed events are published again on the next broker node (bounded attempts with
+    back-off, ``publish_events_of``): the processor applies a re-published event once.
 
     Raises:
         InvalidFile: lines are invalid and ``allow_invalid`` is false (checked before publishing).
@@ -210,7 +203,8 @@ async def publish_events_of(
     contents: FileEvents,
     on_confirmed: Callable[[int], None] | None = None,
 ) -> int:
-    """Publish ``contents.events`` with confirms (see ``publish_file``); returns the count.
+    """Publish ``contents.events`` with confirms, failing over between broker nodes
+    (``processor.publishing.publisher.publish_events``); returns the count.
 
     Args:
         settings: the broker.
@@ -219,27 +213,7 @@ async def publish_events_of(
             confirmed so far (``just publish`` moves its progress bar with it).
 
     Raises:
-        PublishError: a chunk still failed after the retries.
+        PublishError: a chunk still had unconfirmed events after ``tuning.PUBLISH_ATTEMPTS``
+            attempts.
     """
-    events = contents.events
-    publisher = AsyncPublisher(settings)
-    published = 0
-    try:
-        for start in range(0, len(events), tuning.PUBLISH_CHUNK):
-            chunk = events[start : start + tuning.PUBLISH_CHUNK]
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(PublishError),
-                stop=stop_after_attempt(5),
-                wait=wait_random_exponential(multiplier=0.2, max=5),
-                reraise=True,
-            ):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        log.warning("re-publishing a chunk of %d events", len(chunk))
-                        await publisher.close()
-                    published += await publisher.publish(chunk)
-            if on_confirmed is not None:
-                on_confirmed(published)
-    finally:
-        await publisher.close()
-    return published
+    return await publish_events(settings, contents.events, on_confirmed)

@@ -15,8 +15,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from processor.publishing.broker_errors import connection_failure_reason
-from processor.publishing.errors import TopologyError
+from processor.publishing.connection import CONNECTION_NAME_PREFIX, open_blocking_connection
+from processor.publishing.errors import BrokerUnreachable, TopologyError
 from processor.settings import EXCHANGE, MAX_PARTITIONS, Settings, stream_name
 
 log = logging.getLogger(__name__)
@@ -166,18 +166,15 @@ def _check_declared(connection: pika.BlockingConnection, streams: list[str]) -> 
 
 
 def _connect(settings: Settings) -> pika.BlockingConnection:
-    """A blocking AMQP connection to ``AMQP_URL``.
+    """A blocking AMQP connection to the first node of ``AMQP_ADDRESSES`` that accepts one.
 
     Raises:
-        TopologyError: it cannot be opened (one line naming host, port and the reason).
+        TopologyError: no node accepted (one line naming each node tried and its reason).
     """
     try:
-        return pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise TopologyError(
-            f"cannot connect to the broker at {settings.amqp.host}:{settings.amqp.port}: "
-            f"{connection_failure_reason(exc)}"
-        ) from None
+        return open_blocking_connection(settings, name=f"{CONNECTION_NAME_PREFIX}-topology")
+    except BrokerUnreachable as exc:
+        raise TopologyError(str(exc)) from None
 
 
 def count_partition_streams(settings: Settings, limit: int = MAX_PARTITIONS) -> int:
