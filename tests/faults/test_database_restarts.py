@@ -132,12 +132,13 @@ def drain_through_database_faults(
 ) -> tuple[list[bytes], list[float], list[float]]:
     """Publish a backlog in ``rounds + 1`` chunks; after each chunk but the first, wait for an
     open batch, call ``fault`` (which leaves the server up), and wait until every partition is
-    leased again under a new epoch and work goes on. The processor is never restarted.
+    leased again under a new epoch and work goes on; at the end, ``fault`` once more with every
+    partition idle. The processor is never restarted.
 
     Returns:
-        Every body published; per round, the seconds from the server being back until every
-        partition was leased again; and per partition and round, the seconds from the server's
-        start to that partition's first commit under its new lease.
+        Every body published; per fault (the idle one last), the seconds from the server being
+        back until every partition was leased again; and per partition and round, the seconds
+        from the server's start to that partition's first commit under its new lease.
     """
     bodies = synthetic_events(size(12_000, 50_000), users=size(1_000, 3_000), seed=seed)
     chunks = chunked(bodies, rounds + 1)
@@ -173,6 +174,19 @@ def drain_through_database_faults(
             assert process.poll() is None, "the processor must survive its database restarting"
             drain(settings)
             first_commits += first_commits_after_start(settings, before_epochs).values()
+        # Once more with every partition idle: no batch fails on the dead lease connections,
+        # yet the processor must notice the lost leases and own every partition again.
+        before_epochs = lease_epochs(settings)
+        fault()
+        back = time.monotonic()
+        wait_until(
+            lambda before=before_epochs: (
+                lease_count(settings) == settings.partitions
+                and all(epoch > before[p] for p, epoch in lease_epochs(settings).items())
+            ),
+            "every idle partition re-owned under a new lease epoch",
+        )
+        leased_again.append(time.monotonic() - back)
         assert process.poll() is None
     assert instance.running
     return bodies, leased_again, first_commits
@@ -192,7 +206,8 @@ def failed_batches(log_path: Path) -> int:
 def figures(leased_again: list[float], first_commits: list[float]) -> str:
     return (
         f"every partition leased again {max(leased_again):.1f} s (max) after the server was "
-        f"back; first commit per partition {statistics.median(first_commits):.1f} s median, "
+        f"back ({len(leased_again)} times, the last with every partition idle); first commit "
+        f"per partition {statistics.median(first_commits):.1f} s median, "
         f"{max(first_commits):.1f} s max after the server's start ({len(first_commits)} "
         "partition resumptions)"
     )
