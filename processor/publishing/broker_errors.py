@@ -9,6 +9,7 @@ product says it once, in one line naming host, port and reason.
 
 from __future__ import annotations
 
+import ssl
 from typing import Final
 
 import pika.exceptions
@@ -49,10 +50,33 @@ def connection_failure_reason(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error or "unknown reason"
     if isinstance(error, pika.exceptions.ProbableAuthenticationError):
-        return "the broker refused the user name or password"
+        return (
+            "the broker refused the login (the user name and password, or with "
+            "BROKER_SASL_MECHANISM=EXTERNAL the client certificate: is there a broker user "
+            "named after its common name?)"
+        )
     if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
         return "the broker refused access to the virtual host (does it exist, may the user use it?)"
-    inner = _innermost(error)
+    return _reason_of(_innermost(error))
+
+
+def _tls_reason(error: ssl.SSLError) -> str:
+    """A failed TLS handshake in words: a refused certificate says what to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"the broker's TLS certificate was refused ({error.verify_message}; is "
+            "BROKER_TLS_CA_FILE the CA that signed it, and does it name this host?)"
+        )
+    return f"the TLS handshake failed ({error.reason or error}; is this port TLS?)"
+
+
+def _reason_of(inner: BaseException) -> str:
+    """The innermost cause in words: a TLS failure, the broker's close code and text, an
+    ``OSError``'s message, else the text or class name."""
+    if isinstance(inner, ssl.SSLError):
+        return _tls_reason(inner)
+    if isinstance(inner, pika.exceptions.ConnectionClosed | pika.exceptions.ChannelClosed):
+        return f"{inner.reply_code} {inner.reply_text}"
     if isinstance(inner, OSError) and inner.strerror:
         return inner.strerror.lower()
     text = str(inner).strip()

@@ -287,7 +287,9 @@ class AsyncPublisher:
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is not self._channel:
             return
-        self._fail_all(f"the channel closed before the broker confirmed ({reason})")
+        self._fail_all(
+            f"the channel closed before the broker confirmed ({connection_failure_reason(reason)})"
+        )
 
     def _fail_all(self, reason: str) -> None:
         """Fail every event still waiting for its confirm: its confirm can no longer come (a
@@ -366,10 +368,10 @@ async def _publish_chunk(
                 ) from exc
             delay = backoff_delay(settings, attempt)
             log.warning(
-                "%d events not confirmed (%s); publishing them again in %.2f s, on the next "
-                "broker node (attempt %d of %d)",
-                len(remaining),
+                "%s; publishing those %d again in %.2f s, on the next broker node "
+                "(attempt %d of %d)",
                 exc,
+                len(remaining),
                 delay,
                 attempt + 1,
                 tuning.PUBLISH_ATTEMPTS,

@@ -187,7 +187,7 @@ def verify(
     *,
     scenario: str,
     must_apply: Sequence[bytes],
-    may_apply: Sequence[bytes] = (),
+    sent: Sequence[bytes] | None = None,
     resume: tuple[float | None, float | None] = (None, None),
     notes: str = "",
 ) -> Row:
@@ -196,17 +196,21 @@ def verify(
     Args:
         must_apply: bodies that must each be applied once (published with confirms, or
             answered 202).
-        may_apply: bodies that may be applied (at most once): a publish the caller was told
-            failed may still have reached the log.
+        sent: every body sent, in publish order (default ``must_apply``): the others may be
+            applied (at most once), as a publish the caller was told failed may still have
+            reached the log.
 
-    *lost* = ``must_apply`` ids with no applied row; *applied twice* = events counted by the
-    projections beyond the fold of the applied bodies, summed per user.
+    The fold of the applied bodies, in publish order (a user's score depends on the order),
+    is the expected state. *lost* = ``must_apply`` ids with no applied row; *applied twice* =
+    events counted by the projections beyond that fold, summed per user.
     """
     must = event_ids(must_apply)
-    by_id = {uuid.UUID(json.loads(b)["event_id"]): b for b in [*may_apply, *must_apply]}
+    in_order: dict[uuid.UUID, bytes] = {}
+    for body in must_apply if sent is None else sent:
+        in_order.setdefault(uuid.UUID(json.loads(body)["event_id"]), body)
     applied = applied_ids(settings)
     stored = stored_projections(settings)
-    expected = reference_fold([by_id[i] for i in applied if i in by_id])
+    expected = reference_fold([body for i, body in in_order.items() if i in applied])
     lost = len(must - applied)
     twice = sum(
         max(0, projection["events_applied"] - expected.get(user, {}).get("events_applied", 0))
@@ -216,7 +220,7 @@ def verify(
     report.add(row)
     assert lost == 0, f"{lost} events were never applied"
     assert twice == 0, f"{twice} events were applied more than once"
-    assert not applied - set(by_id), "an event that was never sent was applied"
+    assert not applied - set(in_order), "an event that was never sent was applied"
     assert_projections_equal(stored, expected)
     assert_batches_atomic(settings)
     return row

@@ -78,6 +78,18 @@ def stream_connections(services: Services, settings: Settings) -> list[dict[str,
     return [c for c in listed or [] if c.get("protocol") == "stream"]
 
 
+def amqp_connections(services: Services, settings: Settings, label: str) -> list[dict[str, Any]]:
+    """The AMQP connections of the test's vhost whose client-chosen name is ``label`` (e.g.
+    ``friendship-stream-publisher``), as the management API lists them (a few seconds late)."""
+    vhost = urllib.parse.quote(settings.amqp.vhost, safe="")
+    listed = _management(services, "GET", f"vhosts/{vhost}/connections")
+    return [
+        c
+        for c in listed or []
+        if c.get("protocol", "").startswith("AMQP") and connection_label(c) == label
+    ]
+
+
 def connection_label(connection: dict[str, Any]) -> str:
     """The client-chosen name of a connection (``friendship-stream host:pid`` for a reader)."""
     properties = connection.get("client_properties") or {}
