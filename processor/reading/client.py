@@ -669,9 +669,11 @@ class StreamConnection:
         try:
             code, frame = await asyncio.wait_for(answer, self.read_deadline_s)
         except TimeoutError as exc:
-            raise ReadDeadlineExceeded(
+            error = ReadDeadlineExceeded(
                 f"{self._where()} did not answer in {self.read_deadline_s:g} s: {what}"
-            ) from exc
+            )
+            self.abort(error)  # a connection that does not answer within the deadline is dead
+            raise error from exc
         finally:
             self._answers.pop(correlation, None)
         if coded and code != _OK:

@@ -51,9 +51,6 @@ from processor.reading.client import (
     open_first_contact,
 )
 from processor.reading.errors import (
-    AccessRefused,
-    AuthenticationFailed,
-    SaslMechanismUnavailable,
     StreamDoesNotExist,
     StreamProtocolError,
 )
@@ -286,14 +283,23 @@ class StreamReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - no node answered: back off, try again
-                self._connection_failed(
-                    ", ".join(f"{h}:{p}" for h, p in self._settings.stream_addresses), exc, due
-                )
+                self._connection_failed(self._label(None), exc, due)
                 return
+        # A node that cannot be reached (or fails) in this round is not tried again in it: its
+        # partitions back off together, with one line per node.
+        unreachable: dict[Address | None, Exception] = {}
+        unreached: dict[Address | None, list[int]] = {}
         for partition in due:
             sink = self._wanted.get(partition)
             if sink is not None and partition not in self._subscribed:
-                await self._place(partition, sink, follow=follow)
+                placed, where = await self._place(
+                    partition, sink, follow=follow, unreachable=unreachable
+                )
+                if not placed:
+                    unreached.setdefault(where, []).append(partition)
+        for address, partitions in unreached.items():
+            self._stale.update(partitions)
+            self._connection_failed(self._label(address), unreachable[address], partitions)
 
     async def _refresh_metadata(self, partitions: list[int]) -> None:
         streams = [stream_name(p) for p in partitions]
@@ -314,50 +320,93 @@ class StreamReader:
                 self._metadata[partition] = found
                 self._stale.discard(partition)
 
+    def _label(self, address: Address | None) -> str:
+        """``host:port``; for None, the first-contact addresses (``h:p,h:p``)."""
+        if address is None:
+            return ",".join(f"{h}:{p}" for h, p in self._settings.stream_addresses)
+        return f"{address[0]}:{address[1]}"
+
     def _load(self) -> dict[Address, int]:
         return {address: len(node.ids) for address, node in self._nodes.items()}
 
-    async def _place(self, partition: int, sink: RecordSink, *, follow: bool) -> None:
-        """Subscribe ``partition`` on the best node hosting it; on failure, back off."""
-        stream = stream_name(partition)
-        addresses: list[Address | None] = [None]
-        if follow:
-            metadata = self._metadata[partition]
-            problem = metadata.error()
-            if isinstance(problem, StreamDoesNotExist):
-                self._gone(partition, sink, problem)
-                return
-            if problem is not None:
-                self._stale.add(partition)
-                self._partition_failed(partition, "the metadata", problem)
-                return
-            addresses = list(candidates(metadata, self._load()))
-        last: tuple[str, Exception] | None = None
+    def _addresses(self, partition: int, sink: RecordSink, follow: bool) -> list[Address | None]:
+        """Where ``partition`` may be read, best first ([None]: the first-contact address); empty
+        when its metadata says it cannot be read now (handled here: backed off or gone)."""
+        if not follow:
+            return [None]
+        metadata = self._metadata[partition]
+        problem = metadata.error()
+        if isinstance(problem, StreamDoesNotExist):
+            self._gone(partition, sink, problem)
+            return []
+        if problem is not None:
+            self._stale.add(partition)
+            self._partition_failed(partition, "the metadata", problem)
+            return []
+        return list(candidates(metadata, self._load()))
+
+    async def _place(
+        self,
+        partition: int,
+        sink: RecordSink,
+        *,
+        follow: bool,
+        unreachable: dict[Address | None, Exception],
+    ) -> tuple[bool, Address | None]:
+        """Subscribe ``partition`` on the best node hosting it that answers.
+
+        Returns ``(True, None)`` when it is subscribed or handled (backed off for a refusal of
+        its own, or its sink told that the stream does not exist); else ``(False, node)``: the
+        last node that could not be reached (in ``unreachable``), whose back-off it shares.
+        """
+        addresses = self._addresses(partition, sink, follow)
+        refused: tuple[str, Exception] | None = None
+        last: Address | None = None
         for address in addresses:
-            try:
-                node = await self._node(address)
-            except (AuthenticationFailed, SaslMechanismUnavailable, AccessRefused) as exc:
-                last = (_label(address), exc)
-                break
-            except (OSError, StreamProtocolError) as exc:
-                last = (_label(address), exc)
-                continue
-            try:
-                await self._subscribe_stream(partition, sink, node)
-            except asyncio.CancelledError:
-                raise
-            except StreamDoesNotExist as exc:
-                self._gone(partition, sink, exc)
-                return
-            except (OSError, StreamProtocolError) as exc:
-                last = (node.label, exc)
-                continue
-            self._attempts.pop(partition, None)
-            self._retry_at.pop(partition, None)
-            return
-        self._stale.add(partition)
-        where, error = last or (stream, StreamProtocolError(f"{stream} has no member"))
-        self._partition_failed(partition, where, error)
+            if address not in unreachable:
+                outcome = await self._try_node(partition, sink, address, unreachable)
+                if outcome is None:
+                    return True, None
+                if isinstance(outcome, tuple):
+                    refused = outcome
+                    continue
+            last = address
+        if refused is not None:  # a node hosting it refused: retry this partition alone
+            self._stale.add(partition)
+            self._partition_failed(partition, *refused)
+            return True, None
+        # No address: handled by ``_addresses``. Else every node hosting it was unreachable.
+        return not addresses, last
+
+    async def _try_node(
+        self,
+        partition: int,
+        sink: RecordSink,
+        address: Address | None,
+        unreachable: dict[Address | None, Exception],
+    ) -> tuple[str, Exception] | bool | None:
+        """One attempt on one node: None = subscribed or handled; ``(node, error)`` = refused
+        for this stream only; False = the node is unreachable (recorded in ``unreachable``)."""
+        try:
+            node = await self._node(address)
+        except (OSError, StreamProtocolError) as exc:
+            unreachable[address] = exc
+            return False
+        try:
+            await self._subscribe_stream(partition, sink, node)
+        except asyncio.CancelledError:
+            raise
+        except StreamDoesNotExist as exc:
+            self._gone(partition, sink, exc)
+            return None
+        except (OSError, StreamProtocolError) as exc:
+            if node.connection.healthy:  # refused for this stream only (not available...)
+                return (node.label, exc)
+            unreachable[address] = exc  # the node failed under the request
+            return False
+        self._attempts.pop(partition, None)
+        self._retry_at.pop(partition, None)
+        return None
 
     def _gone(self, partition: int, sink: RecordSink, error: Exception) -> None:
         """The stream does not exist: the owner is told and the partition no longer wanted."""
@@ -386,7 +435,7 @@ class StreamReader:
         log.warning(
             "stream connection to %s failed (%s: %s); reconnect %d in %.2f s, "
             "resuming every partition from its next offset (%d partitions)",
-            where.replace(" ", ""),
+            where,
             type(error).__name__,
             error,
             attempt,
@@ -583,10 +632,6 @@ class StreamReader:
             )
             node.connection.abort(exc)
             self._changed.set()
-
-
-def _label(address: Address | None) -> str:
-    return "the first-contact addresses" if address is None else f"{address[0]}:{address[1]}"
 
 
 def _chunk_handler(

@@ -1,7 +1,8 @@
 """The stream reader's reconnect back-off, against a broker port that refuses connections.
 
 Each failed attempt logs one line with its attempt number and delay; the delay grows
-exponentially (full jitter) up to ``RECONNECT_MAX_S`` and never below ``RECONNECT_MIN_S``, and
+exponentially (full jitter) up to ``RECONNECT_BACKOFF_MAX_S`` and never below
+``RECONNECT_BACKOFF_S`` (settings), and
 the attempts keep counting while the broker stays unreachable.
 """
 
@@ -17,7 +18,6 @@ import pytest
 from processor.reading.log_record import LogRecord
 from processor.reading.reader import StreamReader
 from processor.settings import Settings
-from processor.tuning import RECONNECT_MAX_S, RECONNECT_MIN_S
 from tests.faults.support import RECONNECT_LINE
 
 
@@ -46,8 +46,12 @@ def test_reconnect_attempts_count_up_with_a_bounded_jittered_back_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = Settings(
-        amqp_url="amqp://guest:guest@127.0.0.1:5672/%2F", stream_port=refused_port()
+        amqp_url="amqp://guest:guest@127.0.0.1:5672/%2F",
+        stream_port=refused_port(),
+        reconnect_backoff_s=0.1,
+        reconnect_backoff_max_s=1.5,
     )
+    low, high = settings.reconnect_backoff_s, settings.reconnect_backoff_max_s
     reader = StreamReader(settings, name="friendship-stream backoff-test")
     caplog.set_level(logging.WARNING, logger="processor.reading.reader")
     reader.start()
@@ -64,7 +68,7 @@ def test_reconnect_attempts_count_up_with_a_bounded_jittered_back_off(
     delays = [float(m.group("delay")) for m in lines]
     assert attempts[:5] == [1, 2, 3, 4, 5], "attempts must keep counting while the broker is down"
     for attempt, delay in zip(attempts, delays, strict=True):
-        assert RECONNECT_MIN_S <= delay <= min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt), (
+        assert low <= delay <= min(high, low * 2**attempt), (
             attempt,
             delay,
         )
