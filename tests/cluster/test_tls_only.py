@@ -40,19 +40,12 @@ from projections.database import connect
 from testkit.postgres_instance import postgres_instance
 from testkit.processes import api_process, free_port
 from testkit.rabbit_nodes import rabbit_cluster
-from testkit.reference import reference_fold
 from testkit.services import database_on, make_token
 from testkit.tls import TestCA
 from tests.cluster.conftest import FAST
-from tests.cluster.support import ClusterReport, Row, event_ids
-from tests.faults.support import assert_batches_atomic
+from tests.cluster.support import ClusterReport, verify
 from tests.integration.api.test_api import adjusted, encode
-from tests.integration.support import (
-    assert_projections_equal,
-    drain,
-    processor_process,
-    stored_projections,
-)
+from tests.integration.support import drain, processor_process
 
 pytestmark = pytest.mark.integration
 
@@ -163,41 +156,16 @@ def test_tls_only_broker_and_database_process_the_demo_events(
             with connect(settings.database_url) as conn:
                 dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
             assert dead == (0,)
-            # The fold of the events in publish order (each child's log order): the score is
-            # clamped, so the order matters (tests.cluster.support.verify folds the applied
-            # ids in set order, which is why it is not used here).
-            bodies = [event.body for event in demo] + posted_bodies
-            stored = stored_projections(settings)
-            expected = reference_fold(bodies)
-            with connect(settings.database_url) as conn:
-                applied = {
-                    uuid.UUID(str(row[0]))
-                    for row in conn.execute("SELECT event_id FROM applied_events")
-                }
-            lost = len(event_ids(bodies) - applied)
-            twice = sum(
-                max(
-                    0,
-                    projection["events_applied"] - expected.get(user, {}).get("events_applied", 0),
-                )
-                for user, projection in stored.items()
+            verify(
+                settings,
+                cluster_report,
+                scenario="TLS-only broker (1 node) and database: the demo's events",
+                must_apply=[event.body for event in demo] + posted_bodies,
+                notes=(
+                    f"{len(demo):,} demo events (encrypted) + 3 HTTPS ingests; node and "
+                    f"PostgreSQL up in {up_s:.0f} s; published in {published_s:.1f} s, "
+                    f"processed to zero lag {processed_s:.1f} s after the publish began; "
+                    "amqps, stream TLS, PostgreSQL verify-full with a client certificate, "
+                    "API over HTTPS"
+                ),
             )
-            cluster_report.add(
-                Row(
-                    "TLS-only broker (1 node) and database: the demo's events",
-                    events=len(bodies),
-                    lost=lost,
-                    applied_twice=twice,
-                    notes=(
-                        f"{len(demo):,} demo events (encrypted) + 3 HTTPS ingests; node and "
-                        f"PostgreSQL up in {up_s:.0f} s; published in {published_s:.1f} s, "
-                        f"processed to zero lag {processed_s:.1f} s after the publish began; "
-                        "amqps, stream TLS, PostgreSQL verify-full with a client certificate, "
-                        "API over HTTPS"
-                    ),
-                )
-            )
-            assert lost == 0 and twice == 0
-            assert applied == event_ids(bodies)
-            assert_projections_equal(stored, expected)
-            assert_batches_atomic(settings)
