@@ -3,10 +3,11 @@ restart (``pg_ctl restart -m fast``), a real crash (``pg_ctl stop -m immediate``
 configuration.
 
 ``postgres_instance()`` runs ``initdb`` and ``pg_ctl`` from ``/usr/lib/postgresql/15/bin`` (or
-``$PG_BIN``) as the ``postgres`` user (``runuser``, so the caller is root), in a temporary folder
-that user owns, listening on a free port of 127.0.0.1 only (and a Unix socket in that folder,
-never ``/var/run/postgresql``). Authentication is ``trust`` for the ``postgres`` user from
-127.0.0.1: the tests connect without a password.
+``$PG_BIN``) as the ``postgres`` user (``runuser``) when the caller is root (PostgreSQL refuses
+to run as root), else as the caller, in a temporary folder that user owns, listening on a free
+port of 127.0.0.1 only (and a Unix socket in that folder, never ``/var/run/postgresql``).
+Authentication is ``trust`` from 127.0.0.1; the URLs name the superuser ``postgres``
+(``initdb -U postgres``): the tests connect without a password.
 
 With ``tls=TestCA``: ``ssl = on`` with a server certificate for 127.0.0.1 and localhost issued by
 that CA, and ``pg_hba.conf`` accepts TCP only over TLS (``hostssl``; ``hostnossl ... reject``).
@@ -38,8 +39,21 @@ log = logging.getLogger(__name__)
 
 #: Where the PostgreSQL 15 server programs are (Debian's layout), unless ``$PG_BIN`` says.
 DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
-#: The operating-system user the server runs as.
+#: The operating-system user the server runs as when the tests run as root (else the caller),
+#: and the name of the server's superuser (``initdb -U``), whom the URLs name.
 SERVER_USER = "postgres"
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _own(path: Path) -> None:
+    """Give ``path`` to the server's user (when running as root; else it is the caller's)."""
+    if _as_root():
+        shutil.chown(path, SERVER_USER, SERVER_USER)
+
+
 #: Seconds ``pg_ctl`` waits for a start, stop or restart before it gives up.
 PG_CTL_WAIT_S = 120
 
@@ -53,7 +67,7 @@ class PostgresInstance:
 
     Attributes:
         folder: the instance's folder (data directory ``data/``, ``server.log``, the socket,
-            the TLS files), owned by ``postgres``.
+            the TLS files), owned by the server's user.
         port: the TCP port on 127.0.0.1.
         tls: whether the server accepts TLS connections only.
         start_seconds: how long each ``start()`` / ``restart()`` took until the server accepted
@@ -173,7 +187,7 @@ class PostgresInstance:
 
 def _run_as_server_user(command: list[str], cwd: Path, log_file: Path | None = None) -> None:
     result = subprocess.run(
-        ["runuser", "-u", SERVER_USER, "--", *command],
+        ["runuser", "-u", SERVER_USER, "--", *command] if _as_root() else command,
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -191,7 +205,7 @@ def _run_as_server_user(command: list[str], cwd: Path, log_file: Path | None = N
 
 def _server_files(ca: TestCA, folder: Path, client_certificates: bool) -> tuple[str, str]:
     """Copy the server's certificate, key and the CA into ``folder`` for the server (the key
-    owned by ``postgres``, mode 0600, as PostgreSQL demands); returns the ``postgresql.conf``
+    owned by the server's user, mode 0600, as PostgreSQL demands); returns the ``postgresql.conf``
     lines and the ``pg_hba.conf`` lines."""
     server = ca.server("postgres-server")
     for source, target in (
@@ -200,7 +214,7 @@ def _server_files(ca: TestCA, folder: Path, client_certificates: bool) -> tuple[
         (ca.ca_file, "ca.crt"),
     ):
         shutil.copyfile(source, folder / target)
-        shutil.chown(folder / target, SERVER_USER, SERVER_USER)
+        _own(folder / target)
         os.chmod(folder / target, 0o600 if target.endswith(".key") else 0o644)
     conf = (
         "ssl = on\n"
@@ -258,7 +272,7 @@ def postgres_instance(
     instance: PostgresInstance | None = None
     try:
         os.chmod(folder, 0o700)
-        shutil.chown(folder, SERVER_USER, SERVER_USER)
+        _own(folder)
         _run_as_server_user(
             [
                 str(pg_bin / "initdb"),
@@ -290,7 +304,7 @@ def postgres_instance(
         with (folder / "data" / "postgresql.conf").open("a") as handle:
             handle.write("\n# testkit.postgres_instance\n" + conf)
         (folder / "data" / "pg_hba.conf").write_text(hba)
-        shutil.chown(folder / "data" / "pg_hba.conf", SERVER_USER, SERVER_USER)
+        _own(folder / "data" / "pg_hba.conf")
         instance = PostgresInstance(folder, port, pg_bin=pg_bin, tls_query=query)
         took = instance.start()
         log.info("own PostgreSQL on 127.0.0.1:%d started in %.1f s", port, took)
