@@ -7,15 +7,14 @@ test CA (``clientcert=verify-ca``). libpq's default ``sslmode=prefer`` would neg
 anyway; the client certificate is what a connection gets only from the URL's ``sslcert`` and
 ``sslkey``. So every connection that works here got the query string: the migration (database
 creation on the ``postgres`` database, then Alembic through SQLAlchemy), the processor's
-control and lease connections, the API's pool and its LISTEN connection, and the
+control and lease connections, the API's pool and its LISTEN connection, replay (its shadow
+schema) and the status command, and the
 least-privilege roles' URLs derived from ``DATABASE_URL`` (``processor.access.principals``).
 The server's ``pg_stat_ssl`` confirms each session is TLS with the client certificate.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from processor.publishing.topology import declare_topology
 from processor.settings import Settings
 from projections.database import connect
 from testkit.postgres_instance import PostgresInstance, postgres_instance
-from testkit.privacy import record_output
 from testkit.processes import api_process, free_port
 from testkit.reference import reference_fold
 from testkit.services import Services, isolated_settings, make_token, settings_env
@@ -46,6 +44,7 @@ from tests.integration.support import (
     outgoing,
     processor_process,
     publish,
+    run_command,
     stored_projections,
     synthetic_events,
 )
@@ -142,6 +141,11 @@ def test_the_processor_and_the_api_run_on_a_tls_only_database(
             )
             assert waited.status_code == 200, waited.text
             assert waited.json()["events_applied"] == round_
+        # Replay (its shadow schema made through SQLAlchemy and Alembic, its own connections)
+        # and the status command, with the same DATABASE_URL.
+        for command in (["replay", "--verify", "--no-read-rate"], ["status"]):
+            done = run_command(command, settings_env(settings), timeout_s=300)
+            assert done.returncode == 0, done.stdout + done.stderr
         wait_for_sessions(
             settings,
             (
@@ -173,17 +177,8 @@ def test_the_least_privilege_roles_connect_over_tls_too(settings: Settings, tmp_
 
 def run_processor(command: str, database_url: str, settings: Settings) -> tuple[int, str]:
     """``python -m processor COMMAND`` with ``DATABASE_URL=database_url``; exit code and log."""
-    env = settings_env(settings)
-    env["DATABASE_URL"] = database_url
-    result = subprocess.run(
-        [sys.executable, "-m", "processor", command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    record_output(f"python -m processor {command} (stderr)", result.stderr)
+    env = settings_env(settings) | {"DATABASE_URL": database_url}
+    result = run_command([command], env, timeout_s=120)
     return result.returncode, result.stdout + result.stderr
 
 
