@@ -80,7 +80,11 @@ def settings(services: Services, own_postgres: PostgresInstance) -> Iterator[Set
     migrated database on the test's own PostgreSQL."""
     with isolated_settings(services.on_database_server(own_postgres.server_url())) as isolated:
         declare_topology(isolated)
-        yield isolated
+        try:
+            yield isolated
+        finally:
+            if not own_postgres.running:  # a test failed while it was down: the cleanup needs it
+                own_postgres.start()
 
 
 def lease_epochs(settings: Settings) -> dict[int, int]:
