@@ -243,7 +243,13 @@ prepare() {
     mkdir -p "$(node_dir "$n")/mnesia" "$(node_dir "$n")/log"
     write_config "$n"
   done
-  if [[ -n $RUN_AS ]]; then chown -R "$RUN_AS:" "$DIR"; fi
+  if [[ -n $RUN_AS ]]; then
+    chown -R "$RUN_AS:" "$DIR"
+    if ! runuser -u "$RUN_AS" -- test -w "$DIR/node1"; then
+      rm -rf "$DIR"
+      die "the $RUN_AS user cannot reach $DIR (a parent folder is private): choose another CLUSTER_DIR"
+    fi
+  fi
   {
     echo "NODES=$NODES"
     echo "BASE_PORT=$BASE_PORT"

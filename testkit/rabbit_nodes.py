@@ -346,9 +346,9 @@ def rabbit_cluster(
     name: str | None = None,
 ) -> Iterator[RabbitCluster]:
     """A cluster of ``nodes`` (1..3) RabbitMQ nodes of its own, up and joined on entry,
-    stopped and its folder removed on exit, also when the block fails (then the nodes' logs are
-    copied to ``tmp_path/cluster-logs`` first). Ports: free ones, picked now; node names:
-    ``fs-t<random>-N@localhost`` unless ``name``.
+    stopped and its folder removed on exit, also when the block fails (the nodes' logs are
+    copied to ``tmp_path/cluster-logs`` first, for a failure's post-mortem). Ports: free ones,
+    picked now; node names: ``fs-t<random>-N@localhost`` unless ``name``.
 
     ``tls``: the nodes also listen with TLS, with a server certificate of this CA for 127.0.0.1
     and localhost (made unless the CA's folder has ``server.pem``); ``tls_only``: only with TLS.
@@ -384,10 +384,8 @@ def rabbit_cluster(
     try:
         cluster.up()
         yield cluster
-    except BaseException:
-        _keep_logs(folder, tmp_path / "cluster-logs")
-        raise
     finally:
+        _keep_logs(folder, tmp_path / "cluster-logs")
         try:
             cluster.down()
         finally:

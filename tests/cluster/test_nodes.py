@@ -110,3 +110,20 @@ def test_existing_streams_of_another_factor_are_accepted_as_they_are(
             n: sorted(m) for n, (_, m) in before.items()
         }
         assert len(after[stream_name(3)][1]) == 2
+
+
+def test_streams_declared_while_a_node_is_down_still_get_a_member_there(
+    cluster: RabbitCluster,
+) -> None:
+    with cluster.settings(partitions=4) as settings:
+        cluster.kill(3)
+        try:
+            declare_topology(settings)
+            streams = cluster.streams(settings.amqp.vhost)
+        finally:
+            cluster.start(3)
+        down = cluster.node(3).name
+        assert len(streams) == 4
+        for name, (leader, members) in streams.items():
+            assert leader != down, name
+            assert len(members) == 3, (name, members)
