@@ -61,6 +61,7 @@ from processor.reading.chunks import ChunkEntry, chunk_entries
 from processor.reading.errors import (
     AccessRefused,
     AuthenticationFailed,
+    BrokerCertificateRejected,
     BrokerUnreachable,
     FrameTooLarge,
     ReadDeadlineExceeded,
@@ -296,6 +297,7 @@ class ConnectOptions:
             negotiated heartbeats (30 s when no heartbeat was negotiated).
         frame_max: the largest frame we accept, bytes (0 = the broker's limit).
         follow_advertised: connect to the brokers' advertised addresses after first contact.
+        ca_file: ``BROKER_TLS_CA_FILE`` (named in certificate errors only).
     """
 
     username: str
@@ -307,6 +309,7 @@ class ConnectOptions:
     read_deadline_s: float = 0.0
     frame_max: int = tuning.STREAM_FRAME_MAX
     follow_advertised: bool = True
+    ca_file: str = ""
 
 
 def connect_options(settings: Settings) -> ConnectOptions:
@@ -328,6 +331,7 @@ def connect_options(settings: Settings) -> ConnectOptions:
         heartbeat_s=max(1, math.ceil(heartbeat)) if heartbeat > 0 else 0,
         read_deadline_s=settings.stream_read_deadline_s,
         follow_advertised=settings.stream_follow_advertised,
+        ca_file=settings.broker_tls_ca_file,
     )
 
 
@@ -406,8 +410,9 @@ class StreamConnection:
             AccessRefused: the user may not use the virtual host.
             ReadDeadlineExceeded: the broker did not answer within the read deadline.
             StreamProtocolError: any other refusal or an unexpected frame.
-            OSError: the node cannot be reached, or TLS failed (``ssl.SSLError``: for example a
-                certificate not signed by ``BROKER_TLS_CA_FILE``).
+            BrokerCertificateRejected: TLS refused the broker's certificate (not signed by
+                ``BROKER_TLS_CA_FILE``, or not for this host).
+            OSError: the node cannot be reached, or TLS failed otherwise (``ssl.SSLError``).
         """
         host, port = self.address
         options = self._options
@@ -425,6 +430,12 @@ class StreamConnection:
             raise ReadDeadlineExceeded(
                 f"connecting to {host}:{port} took longer than {self.read_deadline_s:g} s"
             ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise BrokerCertificateRejected(
+                f"TLS to {host}:{port}: the broker's certificate is refused ({exc.verify_message}"
+                f"); BROKER_TLS_CA_FILE={self._options.ca_file or '(system CAs)'} must hold the "
+                f"CA that signed it, and it must name {host}"
+            ) from exc
         self.failed = asyncio.get_running_loop().create_future()
         properties = {"product": "friendship-stream", "connection_name": self._name}
         await self._handshake(_PEER_PROPERTIES, _properties(properties), "exchange properties")
@@ -441,11 +452,22 @@ class StreamConnection:
             if options.mechanism == "PLAIN"
             else b""
         )
-        await self._handshake(
-            _SASL_AUTHENTICATE,
-            _string(options.mechanism) + _INT32.pack(len(response)) + response,
-            f"authenticate with {options.mechanism}",
-        )
+        try:
+            await self._handshake(
+                _SASL_AUTHENTICATE,
+                _string(options.mechanism) + _INT32.pack(len(response)) + response,
+                f"authenticate with {options.mechanism}",
+            )
+        except StreamProtocolError as exc:
+            if options.mechanism != "EXTERNAL" or exc.code is not None:
+                raise
+            # No answer, the connection just closed: the broker's stream reader crashed.
+            raise AuthenticationFailed(
+                f"the broker at {host}:{port} closed the connection at the EXTERNAL login "
+                "instead of answering: RabbitMQ releases without the fix of "
+                "rabbitmq-server#8488 (2023; 3.10.8 is one) cannot log in with EXTERNAL on "
+                "the stream port; use BROKER_SASL_MECHANISM=PLAIN over TLS with them"
+            ) from exc
         key, tune = await self._read_frame()
         if key != _TUNE:
             raise StreamProtocolError(f"expected tune, got frame 0x{key:04x}")
@@ -733,9 +755,10 @@ class StreamConnection:
             buffer += data
             pos = 0
             end = len(buffer)
+            frame_limit, deliver_limit = self._limit(0), self._limit(_DELIVER)
             while end - pos >= _HEADER.size:
                 size, key, _ = _HEADER.unpack_from(buffer, pos)
-                if size > self._limit(key):
+                if size > (deliver_limit if key == _DELIVER else frame_limit):
                     raise FrameTooLarge(
                         f"a {size}-byte frame (key 0x{key:04x}) from {self._where()} exceeds "
                         f"the negotiated frame_max {self.frame_max}"

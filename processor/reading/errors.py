@@ -67,6 +67,11 @@ class ReadDeadlineExceeded(StreamProtocolError, TimeoutError):
     half-open connection) and given up."""
 
 
+class BrokerCertificateRejected(ReadError, ConnectionError):
+    """TLS to a stream port failed: the broker's certificate is not signed by a trusted CA
+    (``BROKER_TLS_CA_FILE``) or does not name the host connected to."""
+
+
 class BrokerUnreachable(ReadError, ConnectionError):
     """No first-contact address (``STREAM_ADDRESSES``) could be connected to; the message lists
     each address tried with its error."""
