@@ -21,7 +21,7 @@ from pika.exceptions import AMQPError
 
 from processor import tuning
 from processor.publishing.connection import BrokerNodes, backoff_delay
-from processor.publishing.errors import PublishError
+from processor.publishing.errors import PublisherClosed, PublishError
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 
@@ -92,7 +92,7 @@ class BrokerLink:
                     f"{self._last_failure}; next try in {self._retry_at - now:.1f} s",
                     self.retry_after_s,
                 )
-            publisher = AsyncPublisher(self._settings, nodes=self._nodes)
+            publisher = AsyncPublisher(self._settings, nodes=self._nodes, reconnect=False)
             try:
                 await asyncio.wait_for(
                     publisher.connect(), timeout=tuning.API_BROKER_CONNECT_TIMEOUT_S
@@ -134,9 +134,16 @@ class BrokerLink:
             return 0
         publisher = await self.ensure_open()
         try:
-            return await asyncio.wait_for(
-                publisher.publish(events), timeout=tuning.API_PUBLISH_TIMEOUT_S
-            )
+            try:
+                return await asyncio.wait_for(
+                    publisher.publish(events), timeout=tuning.API_PUBLISH_TIMEOUT_S
+                )
+            except PublisherClosed:
+                # Lost between ensure_open and publish (nothing sent): the next node, once.
+                publisher = await self.ensure_open()
+                return await asyncio.wait_for(
+                    publisher.publish(events), timeout=tuning.API_PUBLISH_TIMEOUT_S
+                )
         except TimeoutError as exc:
             log.warning(
                 "the broker at %s confirmed nothing within %.0f s; failing over",

@@ -154,9 +154,11 @@ async def open_async_connection(
             connection: pika.connection.Connection,
             done: asyncio.Future[AsyncioConnection] = opened,
         ) -> None:
-            if not done.done():
-                assert isinstance(connection, AsyncioConnection)
-                done.set_result(connection)
+            if done.done():  # the caller gave up on it (timeout, cancelled): not left open
+                connection.close()
+                return
+            assert isinstance(connection, AsyncioConnection)
+            done.set_result(connection)
 
         def on_open_error(
             _connection: object,

@@ -31,6 +31,11 @@ class PublishError(PublishingError):
         self.unconfirmed = list(unconfirmed)
 
 
+class PublisherClosed(PublishError):
+    """The publisher's connection closed before the events were sent, and it may not reconnect
+    by itself; nothing was published."""
+
+
 class BrokerUnreachable(PublishError):
     """No broker node accepted a connection; nothing was published.
 

@@ -38,7 +38,7 @@ from processor.publishing.connection import (
     describe,
     open_async_connection,
 )
-from processor.publishing.errors import BrokerUnreachable, PublishError
+from processor.publishing.errors import BrokerUnreachable, PublisherClosed, PublishError
 from processor.settings import EXCHANGE, Address, Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class AsyncPublisher:
         max_in_flight: most unconfirmed messages before ``publish`` waits for acks.
         nodes: the failover order to share with other publishers (one API, one file); a
             new ``BrokerNodes(settings.amqp_addresses)`` when None.
+        reconnect: ``publish`` on a closed publisher connects again (True), or raises
+            ``PublisherClosed`` (False: an owner such as the API's ``BrokerLink`` replaces it).
     """
 
     def __init__(
@@ -74,8 +76,11 @@ class AsyncPublisher:
         settings: Settings,
         max_in_flight: int = tuning.PUBLISH_MAX_IN_FLIGHT,
         nodes: BrokerNodes | None = None,
+        *,
+        reconnect: bool = True,
     ) -> None:
         self._settings = settings
+        self._reconnect = reconnect
         self._nodes = nodes if nodes is not None else BrokerNodes(settings.amqp_addresses)
         self._max_in_flight = max_in_flight
         self._connection: AsyncioConnection | None = None
@@ -87,6 +92,7 @@ class AsyncPublisher:
         self._returned: dict[str, str] = {}
         self._space = asyncio.Event()
         self._closed_reason: str | None = None
+        self._connecting = asyncio.Lock()
 
     @property
     def is_open(self) -> bool:
@@ -138,7 +144,11 @@ class AsyncPublisher:
         def fail_ready(reason: BaseException) -> None:
             if not ready.done():
                 ready.set_exception(
-                    PublishError(f"cannot open the broker channel on {self.address} ({reason})", 0)
+                    PublishError(
+                        f"cannot open the broker channel on {self.address} "
+                        f"({connection_failure_reason(reason)})",
+                        0,
+                    )
                 )
 
         def on_confirm_mode(_frame: Method[Confirm.SelectOk]) -> None:
@@ -200,12 +210,21 @@ class AsyncPublisher:
 
         Raises:
             BrokerUnreachable: no node accepted a connection; nothing was published.
+            PublisherClosed: the publisher is closed and may not reconnect; nothing was sent.
             PublishError: at least one event was nacked, unroutable or lost with the connection
                 (its confirm never came); ``failed`` says how many and ``unconfirmed`` lists
                 them. Others may have been published: publishing them again is safe.
         """
+        if not self.is_open and not self._reconnect:
+            raise PublisherClosed(
+                "the broker connection closed before these events were sent "
+                f"({self._closed_reason})",
+                0,
+            )
         if not self.is_open:
-            await self.connect()
+            async with self._connecting:  # concurrent callers open one connection, not several
+                if not self.is_open:
+                    await self.connect()
         sent: list[tuple[OutgoingEvent, asyncio.Future[None]]] = []
         for event in events:
             while len(self._pending) >= self._max_in_flight:

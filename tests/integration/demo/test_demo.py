@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from demo import background
 from demo.background import read_record
 from processor.settings import Settings
 from testkit.privacy import leaks
+from testkit.tls import TestCA
 from tests.integration.support import run_command, settings_env
 
 #: demo + down cycles per test run.
@@ -158,3 +161,24 @@ def test_demo_refuses_an_api_port_held_by_a_process_it_did_not_start(
     finally:
         down = _command(["down"], demo_env, tmp_path)
     assert down.returncode == 0
+
+
+def test_the_demo_serves_its_api_over_https_and_prints_curl_lines_that_verify_it(
+    demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    server = ca.server()
+    demo_env |= {"API_TLS_CERT_FILE": str(server.cert), "API_TLS_KEY_FILE": str(server.key)}
+    port = demo_env["API_PORT"]
+    try:
+        demo = _command(["demo"], demo_env, tmp_path)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        flat = " ".join(demo.stdout.split())
+        assert f"curl --cacert {server.cert} " in flat
+        assert f"https://127.0.0.1:{port}/v1/stats" in flat
+        verified = ssl.create_default_context(cafile=ca.ca_file)
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=verified).status_code == 200
+    finally:
+        down = _command(["down"], demo_env, tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert not _port_open(int(port))

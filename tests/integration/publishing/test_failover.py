@@ -104,3 +104,25 @@ def test_http_ingest_fails_over_and_answers_202_once_confirmed(settings: Setting
         assert response.status_code == 202, response.text
         assert response.json()["accepted"] == 20
     assert _logged(settings) == 20
+
+
+def test_http_ingest_with_no_node_answering_is_503_with_retry_after_and_backs_off(
+    settings: Settings,
+) -> None:
+    nowhere = settings.with_overrides(
+        amqp_addresses_raw=f"127.0.0.1:{_closed_port()},127.0.0.1:{_closed_port()}",
+        reconnect_backoff_s=30.0,
+        reconnect_backoff_max_s=60.0,
+    )
+    body = synthetic_events(1, users=1, seed=10)[0]
+    with TestClient(app=create_app(nowhere)) as client:
+        client.headers["Authorization"] = f"Bearer {make_token(settings, 'ingest')}"
+        answers = [client.post("/v1/events", content=body) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "broker_unavailable"
+        assert "nothing was published" in answer.json()["error"]["message"]
+        assert int(answer.headers["retry-after"]) >= 1
+    # Within the back-off the second request does not try the nodes again: it says when.
+    assert "next try in" in answers[1].json()["error"]["message"]
+    assert "cannot connect to any of the 2 broker nodes" in answers[1].json()["error"]["message"]
