@@ -315,13 +315,18 @@ def test_the_api_answers_reads_and_waits_after_the_database_came_back(
         for round_ in range(1, 4):  # the pool holds connections, the listener listens
             answer = post_then_read(round_)
             assert answer.status_code == 200, answer.text
+            stats = client.get("/v1/stats", headers={"Authorization": f"Bearer {read}"})
+            assert stats.status_code == 200, stats.text
         if fault == "restart":
             own_postgres.restart()
         else:
             own_postgres.crash()
             time.sleep(DOWN_AFTER_CRASH_S)
             own_postgres.start()
-        for _ in range(8):  # more reads than stale pooled connections
+        for _ in range(8):  # more reads than stale pooled connections, the stats first
+            stats = client.get("/v1/stats", headers={"Authorization": f"Bearer {read}"})
+            assert stats.status_code == 200, stats.text
+        for _ in range(8):
             plain = client.get(
                 f"/v1/users/{user}/friendship", headers={"Authorization": f"Bearer {read}"}
             )
