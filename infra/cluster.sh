@@ -237,6 +237,7 @@ prepare() {
   if [[ $TLS == 1 ]]; then
     mkdir -p "$DIR/tls"
     cp "$TLS_DIR/ca.pem" "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$DIR/tls/"
+    chmod 600 "$DIR/tls/server.key"
   fi
   local n
   for ((n = 1; n <= NODES; n++)); do

@@ -316,9 +316,12 @@ class Settings:
             (the client certificate's subject; needs TLS and a client certificate). The client
             asks the broker which it offers and refuses clearly when it is not among them.
         stream_heartbeat_s: the heartbeat, in seconds, the stream client asks for at tune (the
-            lower of it and the broker's wins; 0 = the broker's).
-        stream_read_deadline_s: seconds without any frame after which a stream connection is
-            taken as dead and reconnected; 0 = two heartbeats (``read_deadline_s``).
+            lower of it and the broker's wins; 0 = the broker's; rounded up to whole seconds,
+            the protocol's unit).
+        stream_read_deadline_s: seconds without any frame (or without the answer to a request)
+            after which a stream connection is taken as dead and reconnected; 0 = two
+            heartbeats: the stream client doubles the heartbeat it negotiated with the broker
+            (``read_deadline_s`` is the same from the settings alone).
         reconnect_backoff_s, reconnect_backoff_max_s: the reconnect back-off of the stream
             reader and the publishers: the first wait and its cap, in seconds (exponential with
             full jitter).

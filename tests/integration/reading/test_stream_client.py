@@ -24,6 +24,7 @@ from processor.reading.client import (
 from processor.reading.errors import (
     AuthenticationFailed,
     BrokerUnreachable,
+    FrameTooLarge,
     ReadDeadlineExceeded,
     SaslMechanismUnavailable,
     StreamDoesNotExist,
@@ -200,3 +201,12 @@ def test_a_partition_whose_stream_does_not_exist_fails_alone(settings: Settings)
         assert reader.node_of(0) is not None
     finally:
         reader.stop()
+
+
+def test_a_frame_larger_than_frame_max_is_refused_clearly(settings: Settings) -> None:
+    options = connect_options(settings)
+    tiny = ConnectOptions(options.username, options.password, options.vhost, frame_max=64)
+    host, port = settings.stream_addresses[0]
+    # The broker's answer to the peer properties (its product, version...) is over 64 bytes.
+    with pytest.raises(FrameTooLarge, match="exceeds frame_max 64"):
+        asyncio.run(StreamConnection(host, port, tiny, "frame-max-test").open())
