@@ -7,6 +7,7 @@ starts them where a Docker engine exists. Nothing here is mocked.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -33,7 +34,13 @@ class Services:
     amqp_port: int
     stream_port: int
     management_url: str
-    postgres_url: str  # server URL without a database name
+    postgres_url: str  # server URL without a database name (a query string is kept)
+
+    def on_database_server(self, postgres_url: str) -> Services:
+        """The same broker with the databases on another PostgreSQL server: ``postgres_url``
+        without a database name, its query string kept in every database URL made on it
+        (``testkit.postgres_instance.PostgresInstance.server_url()``)."""
+        return dataclasses.replace(self, postgres_url=postgres_url)
 
 
 def _answers(host: str, port: int) -> bool:
@@ -105,9 +112,19 @@ def _management(services: Services, method: str, path: str, body: object | None 
             raise
 
 
+def database_on(server_url: str, name: str) -> str:
+    """The URL of database ``name`` on the server of ``server_url`` (``postgresql://user@host:
+    port``, with or without a path), keeping its query string (``sslmode``, ``sslrootcert``...)."""
+    parts = urllib.parse.urlsplit(server_url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
 @contextmanager
 def isolated_settings(services: Services, **overrides: object) -> Iterator[Settings]:
     """A fresh vhost and database, migrated, as ``Settings``; both are deleted afterwards.
+
+    The database is made on ``services.postgres_url`` (its query string, such as ``sslmode``,
+    kept in the database URL); ``services.on_database_server(url)`` puts it on another server.
 
     Processors started with them serve their metrics on an ephemeral port
     (``PROCESSOR_METRICS_PORT=0``), so tests in parallel never collide.
@@ -124,7 +141,7 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
     settings = Settings(
         amqp_url=f"amqp://guest:guest@{services.amqp_host}:{services.amqp_port}/{vhost}",
         stream_port=services.stream_port,
-        database_url=f"{services.postgres_url}/{name}",
+        database_url=database_on(services.postgres_url, name),
         hash_key=new_key(),
         key_encryption_key=new_key(),
         metrics_port=0,  # processors of parallel tests never share a metrics port

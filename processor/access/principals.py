@@ -119,8 +119,12 @@ class Principals:
 
 
 def _with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` with ``user`` and ``password``; host, port, database and query string (TLS
+    parameters such as ``sslmode``, ``sslrootcert``) kept."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:
         netloc += f":{parts.port}"

@@ -113,7 +113,10 @@ def with_driver(engine: Engine, action: Callable[[psycopg.Connection], T]) -> T:
     (blocking); what it wrote is committed when it returns and rolled back when it raises.
 
     SQLAlchemy does not see statements sent to the driver directly, so the commit is the
-    driver's own: the pool would otherwise roll them back when the connection returns.
+    driver's own: the pool would otherwise roll them back when the connection returns. A
+    connection the failure left broken (the database restarted or ended the session) is
+    invalidated, not rolled back: the pool discards it instead of resetting a dead connection
+    (which it would log as an error with a traceback), and the action's own error is raised.
 
     Raises:
         TypeError: the pool's driver is not psycopg 3.
@@ -125,7 +128,10 @@ def with_driver(engine: Engine, action: Callable[[psycopg.Connection], T]) -> T:
         try:
             result = action(driver)
         except BaseException:
-            driver.rollback()
+            if driver.broken or driver.closed:
+                conn.invalidate()
+            else:
+                driver.rollback()
             raise
         driver.commit()
         return result

@@ -1,6 +1,11 @@
 """Database faults: every processor session killed mid-batch, a statement timeout, a deadlock
 with an admin transaction. Each batch either commits whole or retries whole.
 
+A real restart and a real crash of the server are in ``test_database_restarts.py`` (on a
+PostgreSQL of the test's own). The session kills here stay: they end only the processor's
+sessions while the server and every other session stay up, as fencing does and as a cut
+connection looks, on the shared server in a few seconds.
+
 - ``pg_terminate_backend`` on every session of the processor (its lease connections and its
   control connection), repeatedly, each time while a batch transaction is open: the owners
   release their partitions and take them again from the committed checkpoint; the member rejoins.

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +72,19 @@ def _logged_event_ids(settings: Settings) -> list[str]:
 
 
 def _close_new_publishers(
-    services: Services, settings: Settings, closed: set[str], until: threading.Event, rounds: int
+    services: Services,
+    settings: Settings,
+    closed: set[str],
+    until: threading.Event,
+    rounds: int,
+    more: Callable[[], bool] = lambda: False,
+    most: int = 0,
 ) -> None:
-    """Close each publisher connection of the vhost once it is listed, ``rounds`` in all,
-    while ``until`` is not set."""
-    while len(closed) < rounds and not until.is_set():
+    """Close each publisher connection of the vhost once it is listed, ``rounds`` in all (and
+    on while ``more()`` says so, up to ``most``), while ``until`` is not set."""
+    while not until.is_set() and (
+        len(closed) < rounds or (more() and len(closed) < max(most, rounds))
+    ):
         fresh = [
             c for c in amqp_connections(services, settings, PUBLISHER) if c["name"] not in closed
         ]
@@ -153,9 +161,14 @@ class Answer:
 
 
 async def _post_until(
-    base: str, token: str, batches: Iterator[list[bytes]], until: threading.Event
-) -> list[Answer]:
-    answers: list[Answer] = []
+    base: str,
+    token: str,
+    batches: Iterator[list[bytes]],
+    until: threading.Event,
+    answers: list[Answer],
+) -> None:
+    """POST the next batch until there are none or ``until`` is set; each answer is appended
+    to ``answers`` as it comes."""
     timeout = httpx.Timeout(API_PUBLISH_TIMEOUT_S + 15)
     async with httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
@@ -175,7 +188,6 @@ async def _post_until(
                     time.monotonic() - started,
                 )
             )
-    return answers
 
 
 def test_http_ingest_during_broker_connection_losses_answers_202_only_for_confirmed_events(
@@ -190,28 +202,38 @@ def test_http_ingest_during_broker_connection_losses_answers_202_only_for_confir
     token = make_token(settings, "ingest")
     closed: set[str] = set()
     stop = threading.Event()
-    results: list[list[Answer]] = []
+    answers: list[Answer] = []
+    posted_all = threading.Event()  # the clients stopped (every batch sent, or told to stop)
 
     def post() -> None:
-        async def all_clients() -> list[list[Answer]]:
+        async def all_clients() -> None:
             base = api_base_url(api_settings)
-            return await asyncio.gather(
-                *(_post_until(base, token, batches, stop) for _ in range(clients))
+            await asyncio.gather(
+                *(_post_until(base, token, batches, stop, answers) for _ in range(clients))
             )
 
-        results.extend(asyncio.run(all_clients()))
+        try:
+            asyncio.run(all_clients())
+        finally:
+            posted_all.set()
+
+    def none_refused() -> bool:
+        return all(a.status == 202 for a in list(answers))
 
     with api_process(api_settings, tmp_path / "api.log"):
         poster = threading.Thread(target=post)
         poster.start()
         try:
-            _close_new_publishers(services, settings, closed, threading.Event(), rounds)
+            # Most of a request's time is spent sealing its events, not waiting for confirms:
+            # close more connections (a bounded number) until one landed on a request.
+            _close_new_publishers(
+                services, settings, closed, posted_all, rounds, none_refused, 4 * rounds
+            )
             # A few more requests after the last close: they reach the next node.
             time.sleep(1.0)
         finally:
             stop.set()
             poster.join()
-        answers = [answer for client in results for answer in client]
         refused = [a for a in answers if a.status != 202]
         # What a client does with a 503: send the same request again, once the broker is back.
         in_log_before = set(_logged_event_ids(settings))
@@ -225,9 +247,9 @@ def test_http_ingest_during_broker_connection_losses_answers_202_only_for_confir
                 for a in refused
             ]
     accepted = [a for a in answers if a.status == 202]
-    assert len(closed) == rounds
+    assert len(closed) >= rounds
     assert accepted, "no request was accepted"
-    assert refused, "no request was in flight when a connection was closed"
+    assert refused, f"no request was in flight when any of {len(closed)} connections closed"
     assert {(a.status, a.code) for a in refused} <= {
         (503, "publish_failed"),
         (503, "broker_unavailable"),
