@@ -25,6 +25,7 @@ from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.api.waiting import WaitRoom
 from processor.applying.checkpoint import read_totals
+from processor.ownership.leases import LeaseHolder
 from processor.privacy.keys import Keys, load_keys
 from processor.reading.errors import ReadError
 from processor.reading.tails import TailCache, Tails
@@ -37,6 +38,9 @@ from projections.write_tokens import WantedEvents, done_events
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: ``read_partition_rows``' answer: checkpoint offsets and lease holders, by partition.
+PartitionRowsFound = tuple[dict[int, int], dict[int, LeaseHolder]]
 
 #: ``application_name`` of the API's database sessions.
 APPLICATION_NAME: Final = "friendship-stream api"
@@ -130,6 +134,11 @@ def with_driver(engine: Engine, action: Callable[[psycopg.Connection], T]) -> T:
         except BaseException:
             if driver.broken or driver.closed:
                 conn.invalidate()
+                # A broken session most often means the server restarted: every pooled
+                # connection is then dead too. A new pool (the old one's checked-in
+                # connections closed) makes the caller's one retry meet a live connection, as
+                # SQLAlchemy's own disconnect handling does for statements it runs itself.
+                engine.dispose()
             else:
                 driver.rollback()
             raise
@@ -264,13 +273,16 @@ class ApiContext:
             TailsUnknown: the tails were never read (the broker did not answer since start).
         """
         tails = self._known_tails()
-        with self.engine.connect() as conn:
-            applied, dead_lettered = read_totals(conn)
-            driver = conn.connection.driver_connection
-            if not isinstance(driver, psycopg.Connection):
-                raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
-            versions = read_version_status(driver)
-            checkpoints, holders = read_partition_rows(driver)
+
+        def once() -> tuple[tuple[int, int], VersionStatus, PartitionRowsFound]:
+            with self.engine.connect() as conn:
+                totals = read_totals(conn)  # first: a dead session is found by SQLAlchemy
+                driver = conn.connection.driver_connection
+                if not isinstance(driver, psycopg.Connection):
+                    raise TypeError(f"expected a psycopg connection, got {type(driver).__name__}")
+                return totals, read_version_status(driver), read_partition_rows(driver)
+
+        (applied, dead_lettered), versions, (checkpoints, holders) = _read_once_more(once)
         return StatsSnapshot(
             totals=Totals(events_applied=applied, dead_lettered=dead_lettered),
             versions=versions,
