@@ -110,7 +110,7 @@ ON CONFLICT (partition, log_offset) DO NOTHING
 
 def event_id_columns(
     partition: int, first_seen: Mapping[str, tuple[Event, int]], encrypted: Set[int]
-) -> tuple[list[object], ...]:
+) -> tuple[Sequence[object], ...]:
     """The columns of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: event ids,
     partition, offsets, users, types, times and whether the log holds them encrypted."""
     candidates = list(first_seen.values())
@@ -125,7 +125,7 @@ def event_id_columns(
     )
 
 
-def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[list[object], ...]:
+def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[Sequence[object], ...]:
     """The columns of ``_UPSERT_FRIENDSHIPS``: users, scores, counts, last event times."""
     states = list(friendships.values())
     return (
@@ -136,7 +136,7 @@ def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[list[obje
     )
 
 
-def topic_columns(topics: Mapping[TopicKey, TopicMetrics]) -> tuple[list[object], ...]:
+def topic_columns(topics: Mapping[TopicKey, TopicMetrics]) -> tuple[Sequence[object], ...]:
     """The columns of ``_UPSERT_TOPICS``: users, topics, conversations, turns, seconds, the
     eight sentiment counts and the last discussed times."""
     keys = list(topics)
