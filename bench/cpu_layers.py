@@ -49,7 +49,7 @@ from processor.applying.postgres import (
 from processor.privacy.crypto import encrypt_event, new_data_key, wrap_data_key
 from processor.privacy.data_keys import seal_events
 from processor.privacy.keys import Keys, load_keys
-from processor.privacy.opening import encrypted_users, open_records
+from processor.privacy.opening import open_records, sealed_records
 from processor.reading.log_record import LogRecord
 from processor.settings import Settings
 from projections.database import connect
@@ -146,7 +146,7 @@ def measure_open(cut: list[list[LogRecord]], runs: int) -> LayerFigure:
 
     def run() -> None:
         for batch in sealed:
-            open_records(batch, encrypted_users(batch), wrapped, keys)
+            open_records(batch, sealed_records(batch), wrapped, keys)
 
     return _figure("open", events, [_cpu_us(run) for _ in range(runs)])
 
