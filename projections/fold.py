@@ -111,7 +111,7 @@ def _later(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None or candidate > current else current
 
 
-class Friendship(msgspec.Struct, frozen=True):
+class Friendship(msgspec.Struct, frozen=True, gc=False):
     """Friendship of one user: score 0..100, applied event count, greatest occurred_at."""
 
     score: int = 0
@@ -124,7 +124,7 @@ class Friendship(msgspec.Struct, frozen=True):
         return level_of(self.score)
 
 
-class TopicMetrics(msgspec.Struct, frozen=True):
+class TopicMetrics(msgspec.Struct, frozen=True, gc=False):
     """Metrics of one (user, topic).
 
     ``duration_s`` is in seconds; ``sentiment`` holds the child-turn count per label in the order

@@ -193,7 +193,7 @@ def encrypt_event(body: bytes, data_key: bytes) -> bytes:
     return _with_data(body, fields, _ENCODER.encode(sealed))
 
 
-class _SealedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class _SealedData(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """An encrypted ``data`` object: exactly these three members (``_SEALED_MEMBERS``)."""
 
     encryption: str
@@ -201,7 +201,7 @@ class _SealedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ciphertext: str
 
 
-class SealedEvent(msgspec.Struct, frozen=True):
+class SealedEvent(msgspec.Struct, frozen=True, gc=False):
     """The parts of an encrypted event that opening it needs, read once (``sealed_event``):
     the envelope's ``event_id`` and ``user_id`` (bound to the ciphertext; the user's data key
     opens it) and ``data`` as it is in the body."""
