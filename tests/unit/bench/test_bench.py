@@ -94,7 +94,7 @@ def test_baseline_run_gets_the_sizes_but_not_this_runs_own_flags() -> None:
     assert passed_on(["--baseline", "abc123", "--steps", "drain"]) == ["--steps", "drain"]
 
 
-def test_comparison_derives_cpu_per_event_from_an_older_baselines_keys() -> None:
+def test_comparison_takes_cpu_per_event_alike_from_both_runs() -> None:
     older = {
         "drain": {
             "events": 1_000,
@@ -108,14 +108,20 @@ def test_comparison_derives_cpu_per_event_from_an_older_baselines_keys() -> None
             "events": 1_000,
             "seconds": 1.0,
             "events_per_s": 1_000.0,
-            "cpu_us_per_event": 250.0,
+            "cpu_us_per_event": 200.0,
+            "cpu_us_per_event_with_startup": 250.0,
         }
     }
     found = {row.figure: row for row in compare(newer, older)}
     cpu = found["drain, processor CPU per event (us)"]
-    assert cpu.baseline == 1_000.0  # 0.5 cores x 2 s over 1,000 events
+    # Like with like: the older run has no figure from the first commit, so both include
+    # start-up (0.5 cores x 2 s over 1,000 events).
+    assert (cpu.baseline, cpu.current) == (1_000.0, 250.0)
     assert cpu.ratio == 0.25
-    assert "processor_cpu_cores" in cpu.note
+    assert "with start-up" in cpu.note
+    newer_still = {"drain": {**newer["drain"], "cpu_us_per_event": 100.0}}
+    both_steady = {r.figure: r for r in compare(newer_still, newer)}
+    assert both_steady["drain, processor CPU per event (us)"].ratio == 0.5
     assert found["drain (events/s)"].ratio == 2.0
     assert found["replay (events/s)"].ratio is None
     table = baseline_markdown(list(found.values()), "old", "new")
