@@ -36,9 +36,10 @@ WHERE event_id = ANY(%b::uuid[])
 _RECORD_EVENT_IDS: Final = """
 INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
                             encrypted)
-SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
-                     %b::timestamptz[], %b::bool[])
-     AS candidate (event_id, partition, log_offset, user_id, type, occurred_at, encrypted)
+SELECT candidate.event_id, %b::int, candidate.log_offset, candidate.user_id, candidate.type,
+       candidate.occurred_at, candidate.encrypted
+FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::bool[])
+     AS candidate (event_id, log_offset, user_id, type, occurred_at, encrypted)
 WHERE NOT EXISTS (SELECT 1 FROM erased_event_ids e WHERE e.event_id = candidate.event_id)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
@@ -110,13 +111,14 @@ ON CONFLICT (partition, log_offset) DO NOTHING
 
 def event_id_columns(
     partition: int, first_seen: Mapping[str, tuple[Event, int]], encrypted: Set[int]
-) -> tuple[Sequence[object], ...]:
-    """The columns of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: event ids,
-    partition, offsets, users, types, times and whether the log holds them encrypted."""
+) -> tuple[object, ...]:
+    """The parameters of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: the partition
+    (one value for every row), then the columns of event ids, offsets, users, types, times and
+    whether the log holds them encrypted."""
     candidates = list(first_seen.values())
     return (
+        partition,
         [event.event_id for event, _ in candidates],
-        [partition] * len(candidates),
         [offset for _, offset in candidates],
         [event.user_id for event, _ in candidates],
         [type(event).__struct_config__.tag for event, _ in candidates],
