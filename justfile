@@ -139,7 +139,12 @@ bench-rule-change *ARGS: services
 bench-read-your-writes *ARGS: services
     {{python}} -m bench.read_your_writes "$@"
 
-# the benchmark (about 6 min; --quick: 1 min, README untouched): table, bench-results/, README
+# the benchmark (about 6 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
     {{python}} -m bench --readme README.md "$@"
+
+# a worker's CPU per event, layer by layer (decode, decrypt, fold and rows, statements; about 1 min, no broker load)
+[group('bench')]
+bench-cpu *ARGS: services
+    {{python}} -m bench.cpu_layers "$@"

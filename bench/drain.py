@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.harness import (
     DRAIN_POLL_S,
     cpu_sample,
+    cpu_us_per_event,
     cpu_use,
     deployment,
     mismatched_users,
@@ -76,13 +77,16 @@ def measure_drain(
             observer(process) if observer else nullcontext(),
         ):
             before = cpu_sample(process.pid)
-            times = wait_until_committed(settings, tails, timeout_s)
-            cpu = cpu_use(before, cpu_sample(process.pid), time.monotonic() - started)
+            times = wait_until_committed(settings, tails, timeout_s, pid=process.pid)
+            after = cpu_sample(process.pid)
+            cpu = cpu_use(before, after, time.monotonic() - started)
         stored = stored_projections(settings) if verify else {}
     mismatched = mismatched_users(stored, reference_fold(workload.bodies)) if verify else -1
     seconds = times.done_at - started
     steady = times.done_at - times.first_commit_at
     events = len(workload.events)
+    first_cpu = times.first_commit_cpu or before
+    steady_events = events - times.first_commit_offsets
     return DrainResult(
         events=events,
         users=workload.distinct_users(),
@@ -94,4 +98,6 @@ def measure_drain(
         poll_interval_ms=DRAIN_POLL_S * 1000,
         processor_cpu_cores=cpu.process_cores,
         machine_cpu_busy=cpu.machine_busy,
+        cpu_us_per_event=cpu_us_per_event(first_cpu, after, steady_events),
+        cpu_us_per_event_with_startup=cpu_us_per_event(before, after, events),
     )

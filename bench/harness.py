@@ -84,10 +84,13 @@ def read_tails(settings: Settings) -> dict[int, int]:
 @dataclass(frozen=True)
 class CommitTimes:
     """``time.monotonic()`` of the first poll that saw a new commit, and of the poll that saw
-    every partition at its tail."""
+    every partition at its tail; with a ``pid``, that process's CPU at the first commit and how
+    many offsets the first commits covered (so CPU per event can leave start-up out)."""
 
     first_commit_at: float
     done_at: float
+    first_commit_cpu: CpuSample | None = None
+    first_commit_offsets: int = 0
 
 
 def wait_until_committed(
@@ -95,6 +98,7 @@ def wait_until_committed(
     tails: Mapping[int, int],
     timeout_s: float,
     poll_s: float = DRAIN_POLL_S,
+    pid: int | None = None,
 ) -> CommitTimes:
     """Poll the checkpoint table until every partition's checkpoint reached its tail.
 
@@ -103,6 +107,7 @@ def wait_until_committed(
         tails: the last offset of each partition that must be committed.
         timeout_s: give up after this many seconds.
         poll_s: seconds between polls (the resolution of the returned times).
+        pid: a process whose CPU is sampled at the first commit seen (None: none).
 
     Raises:
         BenchError: not every partition reached its tail in time (names the lagging ones).
@@ -111,6 +116,8 @@ def wait_until_committed(
     with connect(settings.database_url, application_name="bench-drain-poll") as conn:
         initial = read_checkpoints(conn)
         first_commit_at: float | None = None
+        first_cpu: CpuSample | None = None
+        first_offsets = 0
         while True:
             offsets = read_checkpoints(conn)
             now = time.monotonic()
@@ -118,11 +125,18 @@ def wait_until_committed(
                 offsets.get(p, -1) != initial.get(p, -1) for p in offsets
             ):
                 first_commit_at = now
+                first_cpu = cpu_sample(pid) if pid is not None else None
+                first_offsets = sum(o - initial.get(p, -1) for p, o in offsets.items())
             lagging = {
                 p: t - offsets.get(p, -1) for p, t in tails.items() if offsets.get(p, -1) < t
             }
             if not lagging:
-                return CommitTimes(first_commit_at if first_commit_at is not None else now, now)
+                return CommitTimes(
+                    first_commit_at if first_commit_at is not None else now,
+                    now,
+                    first_cpu,
+                    first_offsets,
+                )
             if now >= deadline:
                 detail = ", ".join(f"p{p}: lag {lag}" for p, lag in sorted(lagging.items())[:6])
                 raise BenchError(f"not drained after {timeout_s:.0f} s ({detail})")
@@ -176,6 +190,15 @@ def cpu_use(before: CpuSample, after: CpuSample, seconds: float) -> CpuUse:
         process_cores=(after.process - before.process) / ticks_per_s / seconds if seconds else 0.0,
         machine_busy=(after.busy - before.busy) / total if total > 0 else 0.0,
     )
+
+
+def cpu_us_per_event(before: CpuSample, after: CpuSample, events: int) -> float:
+    """A process's CPU time between two samples over ``events``, in microseconds per event
+    (0.0 when nothing was counted: no events, or no ``/proc``)."""
+    ticks = after.process - before.process
+    if events <= 0 or ticks <= 0:
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK") / events * 1e6
 
 
 def mismatched_users(stored: Mapping[str, object], expected: Mapping[str, object]) -> int:

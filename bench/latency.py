@@ -38,6 +38,7 @@ from bench.drain import Observer
 from bench.harness import (
     BenchError,
     cpu_sample,
+    cpu_us_per_event,
     cpu_use,
     deployment,
     publish_timed,
@@ -231,7 +232,8 @@ def measure_latency(
                 drained_after = times.done_at - last_publish
             except BenchError:
                 pass
-            cpu = cpu_use(before, cpu_sample(process.pid), time.monotonic() - load_started)
+            after = cpu_sample(process.pid)
+            cpu = cpu_use(before, after, time.monotonic() - load_started)
         offsets = _event_offsets(settings)
     changes, polls, poll_seconds = poller.result
     in_order = commit_latencies(load.events, published_at, offsets, changes)
@@ -253,6 +255,7 @@ def measure_latency(
         drained_after_s=drained_after,
         processor_cpu_cores=cpu.process_cores,
         machine_cpu_busy=cpu.machine_busy,
+        cpu_us_per_event=cpu_us_per_event(before, after, committed),
         worst_partitions=worst_partitions(load.events, in_order, offsets, changes),
     )
 

@@ -14,6 +14,7 @@ The replay rate is compared with the faster of the two raw reads: the stricter b
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,15 @@ class ReplayTiming:
     raw_records: int = 0
     raw_seconds: float = 0.0
     identical: bool | None = None
+    cpu_seconds: float = 0.0
 
 
 def time_replay(settings: Settings) -> ReplayTiming:
     """``processor.replay.run.verify`` in this process, its progress bars sent nowhere."""
+    cpu_started = time.process_time()
     with ReplayProgress(Console(file=io.StringIO())) as progress:
         report = verify(settings, ReplayOptions(), progress)
+    cpu_seconds = time.process_time() - cpu_started
     replayed = report.replayed
     raw = report.raw_read
     comparison = report.comparison
@@ -57,6 +61,7 @@ def time_replay(settings: Settings) -> ReplayTiming:
         raw_records=int(raw.records) if raw is not None else 0,
         raw_seconds=float(raw.seconds) if raw is not None else 0.0,
         identical=bool(comparison.identical) if comparison is not None else None,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -83,4 +88,7 @@ def measure_replay(services: Services, workload: Workload, log_dir: Path) -> Rep
             timing.raw_records / timing.raw_seconds if timing.raw_seconds > 0 else 0.0
         ),
         replay_identical=timing.identical,
+        replay_cpu_us_per_event=(
+            timing.cpu_seconds / timing.records * 1e6 if timing.records > 0 else 0.0
+        ),
     )

@@ -36,11 +36,13 @@ REPLAY_TARGET: Final = 0.8
 
 @dataclass(frozen=True)
 class Row:
-    """One measurement: what, its headline figure, and the detail behind it."""
+    """One measurement: what, its headline figure, the detail behind it, and the processor's
+    CPU per event where the step measures it (``""`` where it does not)."""
 
     step: str
     figure: str
     detail: str
+    cpu: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ def ms(value: float) -> str:
 
 def _previous(results: BenchResults, threads: int) -> PreviousDesignResult | None:
     return next((p for p in results.previous if p.threads == threads), None)
+
+
+def cpu_per_event(us: float) -> str:
+    """Microseconds of CPU per event for a table (``-`` when not measured)."""
+    return f"{us:,.1f} us/event" if us > 0 else "-"
 
 
 def _cpu(cores: float, busy: float) -> str:
@@ -124,10 +131,12 @@ def _drain_row(title: str, drain: DrainResult | None) -> Row:
             f"{drain.events:,} events, {drain.users:,} users, {drain.seconds:.2f} s from "
             f"process start ({_rate(drain.steady_events_per_s)} from the first commit); "
             f"{drain.mismatched_users} users differ from the sequential fold; "
-            f"{_cpu(drain.processor_cpu_cores, drain.machine_cpu_busy)}"
+            f"{_cpu(drain.processor_cpu_cores, drain.machine_cpu_busy)}; "
+            f"{cpu_per_event(drain.cpu_us_per_event_with_startup)} with start-up"
         )
         if drain
         else "",
+        cpu_per_event(drain.cpu_us_per_event) if drain else "",
     )
 
 
@@ -144,6 +153,7 @@ def _latency_rows(results: BenchResults) -> list[Row]:
                 title,
                 f"p50 {ms(latency.p50_ms)}, p99 {ms(latency.p99_ms)}" if latency else "not run",
                 _latency_detail(latency) if latency else "",
+                cpu_per_event(latency.cpu_us_per_event) if latency else "",
             )
         )
     return table
@@ -190,7 +200,10 @@ def _replay_rows(results: BenchResults) -> list[Row]:
                 "4. replay",
                 _rate(replay.replay_events_per_s),
                 f"{replay.events:,} events in {replay.replay_seconds:.2f} s "
-                f"({replay.replay_method}); verify: {verdict[replay.replay_identical]}",
+                f"({replay.replay_method}); verify: {verdict[replay.replay_identical]}; "
+                "CPU: the verify run in the benchmark's process (its raw read, the rebuild, the "
+                "comparison)",
+                cpu_per_event(replay.replay_cpu_us_per_event),
             )
         )
     return table
@@ -262,9 +275,10 @@ def print_report(results: BenchResults, console: Console) -> None:
     measurements = Table(title="benchmark")
     measurements.add_column("step")
     measurements.add_column("figure", justify="right")
+    measurements.add_column("CPU per event", justify="right")
     measurements.add_column("detail")
     for row in rows(results):
-        measurements.add_row(row.step, row.figure, row.detail)
+        measurements.add_row(row.step, row.figure, row.cpu, row.detail)
     console.print(measurements)
     goals = Table(title="targets")
     for column in ("target", "measured", "goal", "result"):
@@ -337,8 +351,11 @@ def markdown_profiles(results: BenchResults, top: int = 5) -> str:
 
 def markdown(results: BenchResults) -> str:
     """The measurements and targets as Markdown tables (the README section's body)."""
-    lines = ["| step | figure | detail |", "| --- | ---: | --- |"]
-    lines += [f"| {r.step} | {r.figure} | {r.detail} |" for r in rows(results)]
+    lines = [
+        "| step | figure | processor CPU per event | detail |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {r.step} | {r.figure} | {r.cpu} | {r.detail} |" for r in rows(results)]
     lines += ["", "| target | measured | goal | result |", "| --- | --- | --- | --- |"]
     lines += [
         f"| {t.name} | {t.measured} | {t.goal} | {_verdict(t.passed)} |" for t in targets(results)

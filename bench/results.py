@@ -32,6 +32,10 @@ class DrainResult:
     ``mismatched_users`` counts users whose stored projection differs from the sequential fold.
     ``processor_cpu_cores`` is the processor's CPU time over the drain's wall time (one Python
     process: its threads share one GIL); ``machine_cpu_busy`` the share of all cores busy.
+    ``cpu_us_per_event`` is the processor's CPU time from the first commit seen to the end over
+    the events committed in that time, in microseconds (start-up left out: the figure the
+    per-event work sets); ``cpu_us_per_event_with_startup`` the same from the process start
+    over every event.
     """
 
     events: int
@@ -44,6 +48,8 @@ class DrainResult:
     poll_interval_ms: float
     processor_cpu_cores: float = 0.0
     machine_cpu_busy: float = 0.0
+    cpu_us_per_event: float = 0.0
+    cpu_us_per_event_with_startup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class LatencyResult:
     drained_after_s: float
     processor_cpu_cores: float = 0.0
     machine_cpu_busy: float = 0.0
+    cpu_us_per_event: float = 0.0
     worst_partitions: list[PartitionLatency] = field(default_factory=list)
 
 
@@ -113,6 +120,9 @@ class ReplayResult:
     connection and extracts each body; nothing is decoded or stored. ``replay_*`` is the replay
     feature's own run over the same log, when it exists: its rebuild phases, its own raw read of
     the same records (its reader, no database) and whether its verify found live identical.
+    ``replay_cpu_us_per_event`` is the CPU time of the verify run (it runs in the benchmark's
+    process: its raw read, the rebuild and the comparison with live) over the replayed events,
+    in microseconds.
     """
 
     events: int
@@ -126,6 +136,7 @@ class ReplayResult:
     replay_raw_read_seconds: float = 0.0
     replay_raw_read_events_per_s: float = 0.0
     replay_identical: bool | None = None
+    replay_cpu_us_per_event: float = 0.0
 
     @property
     def best_raw_read_events_per_s(self) -> float:

@@ -1,6 +1,8 @@
 """``python -m bench``: every step on one seeded workload, then the report.
 
-Usage: ``python -m bench [--events N] [--quick] [--out bench-results/] [--readme README.md]``.
+Usage: ``python -m bench [--events N] [--quick] [--out bench-results/] [--readme README.md]
+[--baseline COMMIT]``; ``--baseline`` runs the same benchmark on a worktree of that commit first
+and prints both runs' figures side by side (``bench.baseline``).
 Exit codes: 0 the run finished (targets missed are reported, not failures), 1 a step failed,
 2 the services are down or the arguments are wrong.
 """
@@ -8,6 +10,7 @@ Exit codes: 0 the run finished (targets missed are reported, not failures), 1 a 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -19,11 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from rich.console import Console
+from rich.table import Table
 
+from bench.baseline import Compared, as_json, compare, run_baseline
+from bench.baseline import markdown as baseline_markdown
 from bench.chart import write_chart
 from bench.drain import measure_drain
 from bench.harness import BenchError, require_services
@@ -278,6 +284,35 @@ def publish_to_readme(results: BenchResults, out: Path, readme: Path) -> bool:
     return write_readme_section(readme, body)
 
 
+def report_baseline(
+    baseline: dict[str, Any], commit: str, out: Path, console: Console
+) -> list[Compared]:
+    """Print this run's figures next to the baseline's, write ``baseline.md`` and add the
+    comparison to ``bench.json`` (key ``baseline``)."""
+    path = out / "bench.json"
+    current = json.loads(path.read_text())
+    compared = compare(current, baseline)
+    current_commit = str(current.get("meta", {}).get("commit", ""))
+    base_commit = str(baseline.get("meta", {}).get("commit", "")) or commit
+    table = Table(title=f"this run ({current_commit}) vs baseline {base_commit}")
+    for column in ("figure", "baseline", "this run", "this / baseline", "note"):
+        table.add_column(column, justify="left" if column in ("figure", "note") else "right")
+    for row in compared:
+        ratio = row.ratio
+        table.add_row(
+            row.figure,
+            f"{row.baseline:,.2f}" if row.baseline is not None else "-",
+            f"{row.current:,.2f}" if row.current is not None else "-",
+            f"{ratio:.2f}x ({row.better} is better)" if ratio is not None else "-",
+            row.note,
+        )
+    console.print(table)
+    (out / "baseline.md").write_text(baseline_markdown(compared, base_commit, current_commit))
+    current["baseline"] = as_json(compared, base_commit)
+    path.write_text(json.dumps(current, indent=2, default=str) + "\n")
+    return compared
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m bench``."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -292,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
     parser.add_argument("--readme", type=Path, help="README whose bench section is replaced")
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="also run the benchmark on a worktree of COMMIT (first) and compare the figures",
+    )
     return parser
 
 
@@ -329,8 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    baseline: dict[str, Any] | None = None
     try:
         config = config_from_args(args)
+        if args.baseline:
+            console.print(f"[bold]baseline[/bold]: the same benchmark on {args.baseline} first")
+            raw_argv = list(sys.argv[1:] if argv is None else argv)
+            baseline = run_baseline(args.baseline, raw_argv, config.out / "baseline")
         results, failed = run_bench(config, console)
     except ValueError as exc:
         parser.error(str(exc))
@@ -338,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]{exc}")
         return 2
     print_report(results, console)
+    if baseline is not None:
+        report_baseline(baseline, args.baseline, config.out, console)
     if args.readme is not None and args.quick:
         console.print(f"a --quick run is a smoke test: {args.readme} was left as it was")
     elif args.readme is not None:

@@ -104,6 +104,9 @@ def judge_event_ids(
     Returns:
         The verdict for every occurrence in ``valid``.
     """
+    if not earlier and len({event.event_id.lower() for event, _ in valid}) == len(valid):
+        # Every id is new and none repeats in the batch: every occurrence is a first use.
+        return EventIdVerdict(to_apply=list(valid))
     verdict = EventIdVerdict()
     first_use: dict[str, FirstUse] = dict(earlier)
     for event, offset in valid:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -111,7 +111,7 @@ def _later(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None or candidate > current else current
 
 
-class Friendship(msgspec.Struct, frozen=True):
+class Friendship(msgspec.Struct, frozen=True, gc=False):
     """Friendship of one user: score 0..100, applied event count, greatest occurred_at."""
 
     score: int = 0
@@ -124,7 +124,7 @@ class Friendship(msgspec.Struct, frozen=True):
         return level_of(self.score)
 
 
-class TopicMetrics(msgspec.Struct, frozen=True):
+class TopicMetrics(msgspec.Struct, frozen=True, gc=False):
     """Metrics of one (user, topic).
 
     ``duration_s`` is in seconds; ``sentiment`` holds the child-turn count per label in the order
@@ -200,6 +200,88 @@ def evolve_topic(state: TopicMetrics, event: TurnRecorded | ConversationComplete
         sentiment=state.sentiment,
         last_discussed_at=last,
     )
+
+
+def _start_friendship(
+    users: dict[str, list[Any]], friendships: Mapping[str, Friendship], user: str
+) -> list[Any]:
+    """A user's state as ``[score, events applied, last event at]``, kept in ``users``."""
+    start = friendships.get(user) or Friendship()
+    state = users[user] = [start.score, start.events_applied, start.last_event_at]
+    return state
+
+
+def _start_topic(
+    rows: dict[tuple[str, str], list[Any]],
+    topics: Mapping[tuple[str, str], TopicMetrics],
+    key: tuple[str, str],
+) -> list[Any]:
+    """A topic row's state as ``[conversations, turns, duration_s, sentiment counts, last
+    discussed at]``, kept in ``rows``."""
+    begin = topics.get(key) or TopicMetrics()
+    row = rows[key] = [
+        begin.conversations,
+        begin.turns,
+        begin.duration_s,
+        list(begin.sentiment),
+        begin.last_discussed_at,
+    ]
+    return row
+
+
+def fold_rows(
+    events: Iterable[Event],
+    friendships: dict[str, Friendship],
+    topics: dict[tuple[str, str], TopicMetrics],
+    rules: FoldRules = CONTRACT_RULES,
+) -> None:
+    """Fold a batch's events (log order) into its rows' states, in place: the same result as
+    ``evolve_friendship`` and ``evolve_topic`` event by event, with each touched row taken
+    once, changed as plain numbers, and written back once as a new ``Friendship`` or
+    ``TopicMetrics`` (a missing row starts empty).
+
+    Args:
+        events: the batch's events to apply, in log order.
+        friendships: each user's state by user id; updated.
+        topics: each ``(user, topic)``'s state; updated.
+        rules: the scoring rule to fold with.
+    """
+    sentiment_delta, rating_delta = rules.sentiment_delta, rules.rating_delta
+    users: dict[str, list[Any]] = {}
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for event in events:
+        user = event.user_id
+        at = event.occurred_at
+        state = users.get(user) or _start_friendship(users, friendships, user)
+        if isinstance(event, FriendshipAdjusted):
+            delta = event.data.delta
+        else:
+            key = (user, event.data.topic)
+            row = rows.get(key) or _start_topic(rows, topics, key)
+            if isinstance(event, TurnRecorded):
+                turn = event.data
+                row[1] += 1
+                if turn.speaker == "child":
+                    label = turn.sentiment.label
+                    row[3][_SENTIMENT_INDEX[label]] += 1
+                    delta = sentiment_delta[label]
+                else:
+                    delta = 0
+            else:
+                completed = event.data
+                row[0] += 1
+                row[2] = row[2] + completed.duration_s
+                delta = rating_delta[completed.rating]
+            if row[4] is None or at > row[4]:
+                row[4] = at
+        state[0] = max(SCORE_MIN, min(SCORE_MAX, state[0] + delta))
+        state[1] += 1
+        if state[2] is None or at > state[2]:
+            state[2] = at
+    for user, (score, applied, last_at) in users.items():
+        friendships[user] = Friendship(score, applied, last_at)
+    for key, (conversations, turns, duration_s, sentiment, last) in rows.items():
+        topics[key] = TopicMetrics(conversations, turns, duration_s, tuple(sentiment), last)
 
 
 def evolve(

@@ -64,7 +64,7 @@ RATINGS: Final[tuple[Rating, ...]] = ("excellent", "good", "passable", "not_good
 Confidence = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
-class SentimentReading(msgspec.Struct, frozen=True):
+class SentimentReading(msgspec.Struct, frozen=True, gc=False):
     """``data.sentiment`` of a turn since version 2: the label and the classifier's confidence
     (0..1). Only the label changes the projections."""
 
@@ -72,7 +72,7 @@ class SentimentReading(msgspec.Struct, frozen=True):
     confidence: Confidence
 
 
-class TurnRecordedData(msgspec.Struct, frozen=True):
+class TurnRecordedData(msgspec.Struct, frozen=True, gc=False):
     """`data` of ``conversation.turn_recorded`` (version 2): one turn of a conversation."""
 
     conversation_id: ConversationId
@@ -81,7 +81,7 @@ class TurnRecordedData(msgspec.Struct, frozen=True):
     sentiment: SentimentReading
 
 
-class ConversationCompletedData(msgspec.Struct, frozen=True):
+class ConversationCompletedData(msgspec.Struct, frozen=True, gc=False):
     """`data` of ``conversation.completed``: turns (count), duration_s (seconds), rating."""
 
     conversation_id: ConversationId
@@ -91,14 +91,16 @@ class ConversationCompletedData(msgspec.Struct, frozen=True):
     rating: Rating
 
 
-class FriendshipAdjustedData(msgspec.Struct, frozen=True):
+class FriendshipAdjustedData(msgspec.Struct, frozen=True, gc=False):
     """`data` of ``friendship.adjusted``: a direct score change in -100..100 points."""
 
     delta: Annotated[int, msgspec.Meta(ge=-100, le=100)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class TurnRecorded(msgspec.Struct, frozen=True, tag_field="type", tag="conversation.turn_recorded"):
+class TurnRecorded(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="conversation.turn_recorded"
+):
     """A conversation turn by the child or the robot (version 2; version 1 is upcast)."""
 
     event_id: EventId
@@ -109,7 +111,7 @@ class TurnRecorded(msgspec.Struct, frozen=True, tag_field="type", tag="conversat
 
 
 class ConversationCompleted(
-    msgspec.Struct, frozen=True, tag_field="type", tag="conversation.completed"
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="conversation.completed"
 ):
     """A finished conversation with its rating (version 1)."""
 
@@ -120,7 +122,9 @@ class ConversationCompleted(
     version: Literal[1] = 1
 
 
-class FriendshipAdjusted(msgspec.Struct, frozen=True, tag_field="type", tag="friendship.adjusted"):
+class FriendshipAdjusted(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="friendship.adjusted"
+):
     """An operator's or a rule's direct adjustment of the score (version 1)."""
 
     event_id: EventId

@@ -54,7 +54,7 @@ ADJUSTED: Final = "friendship.adjusted"
 V1_CONFIDENCE: Final = 1.0
 
 
-class TurnRecordedDataV1(msgspec.Struct, frozen=True):
+class TurnRecordedDataV1(msgspec.Struct, frozen=True, gc=False):
     """``data`` of ``conversation.turn_recorded`` version 1: ``sentiment`` is the label."""
 
     conversation_id: ConversationId
@@ -63,7 +63,7 @@ class TurnRecordedDataV1(msgspec.Struct, frozen=True):
     sentiment: Sentiment
 
 
-class TurnRecordedV1(msgspec.Struct, frozen=True, tag_field="type", tag=TURN_RECORDED):
+class TurnRecordedV1(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag=TURN_RECORDED):
     """``conversation.turn_recorded`` version 1 (no ``version`` in its envelope)."""
 
     event_id: EventId

@@ -50,6 +50,8 @@ _LONE_SURROGATE: Final = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"  # a high one without its low one
     rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a low one alone
 )
+#: The years whose times may fall outside years 1-9999 in UTC (an offset is under a day).
+_EDGE_YEARS: Final = frozenset({1, 9999})
 #: Why a body nested deeper than the decoder's recursion limit is invalid.
 TOO_DEEP: Final = "nested too deeply to decode"
 
@@ -150,16 +152,17 @@ def decode_event(body: bytes | bytearray | memoryview | str) -> Event:
             section 4), nesting deeper than the decoder's recursion limit, or a ``version``
             that is not a whole number from 1 or is newer than this code knows.
     """
-    if not isinstance(body, str):
-        # msgspec skips unknown fields without checking their bytes; the whole body must be UTF-8.
+    if isinstance(body, memoryview):
+        body = bytes(body)
+    if not isinstance(body, str) and not body.isascii():
+        # msgspec skips unknown fields without checking their bytes; the whole body must be UTF-8
+        # (ASCII is: most bodies pass that check without a decoded copy).
         try:
             codecs.utf_8_decode(body, "strict", True)
         except UnicodeDecodeError as exc:
             raise EventValidationError(
                 "", f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
             ) from exc
-    if isinstance(body, memoryview):
-        body = bytes(body)
     scanned = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if _LONG_FRACTION.search(scanned):
         body = _truncate_fractions(body)
@@ -207,7 +210,10 @@ def _decoder_for(body: bytes | bytearray | str) -> Any:
 
 def _check_utc_range(event: Event) -> None:
     """The instant must exist in UTC between years 1 and 9999 (``9999-12-31T23:59:59-01:00``
-    does not: it is in year 10000 in UTC, which no timestamp store can hold)."""
+    does not: it is in year 10000 in UTC, which no timestamp store can hold). Only a time in
+    year 1 or 9999 can be a day from the edge, so no other is converted."""
+    if event.occurred_at.year not in _EDGE_YEARS:
+        return
     try:
         event.occurred_at.astimezone(UTC)
     except OverflowError as exc:

@@ -35,8 +35,7 @@ from projections.fold import (
     FoldRules,
     Friendship,
     TopicMetrics,
-    evolve_friendship,
-    evolve_topic,
+    fold_rows,
 )
 from schemas.events import Event, FriendshipAdjusted
 
@@ -156,13 +155,9 @@ def fold_into(
     topics: dict[TopicKey, TopicMetrics],
     rules: FoldRules = CONTRACT_RULES,
 ) -> None:
-    """Fold ``events`` (log order) into the row states, in place. Pure but for the dicts."""
-    for event in events:
-        user = event.user_id
-        friendships[user] = evolve_friendship(friendships.get(user, Friendship()), event, rules)
-        if not isinstance(event, FriendshipAdjusted):
-            key = (user, event.data.topic)
-            topics[key] = evolve_topic(topics.get(key, TopicMetrics()), event)
+    """Fold ``events`` (log order) into the row states, in place (``projections.fold.fold_rows``:
+    each touched row once, not a new state per event). Pure but for the dicts."""
+    fold_rows(events, friendships, topics, rules)
 
 
 def write_projections(

@@ -180,9 +180,11 @@ def decode_records(
             place of the record's body; a dead letter keeps the bytes of the log).
     """
     decoded = DecodedBatch()
+    poisoned = poisoned or {}
+    plaintexts = plaintexts or {}
     for record in records:
-        reason = record.error or (poisoned or {}).get(record.offset)
-        body = (plaintexts or {}).get(record.offset, record.body)
+        reason = record.error or (poisoned.get(record.offset) if poisoned else None)
+        body = plaintexts.get(record.offset, record.body) if plaintexts else record.body
         if reason is not None:
             decoded.dead.append(dead_letter(partition, record, "", reason, body))
             continue

@@ -36,9 +36,10 @@ WHERE event_id = ANY(%b::uuid[])
 _RECORD_EVENT_IDS: Final = """
 INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
                             encrypted)
-SELECT * FROM unnest(%b::uuid[], %b::int[], %b::bigint[], %b::text[], %b::text[],
-                     %b::timestamptz[], %b::bool[])
-     AS candidate (event_id, partition, log_offset, user_id, type, occurred_at, encrypted)
+SELECT candidate.event_id, %b::int, candidate.log_offset, candidate.user_id, candidate.type,
+       candidate.occurred_at, candidate.encrypted
+FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::bool[])
+     AS candidate (event_id, log_offset, user_id, type, occurred_at, encrypted)
 WHERE NOT EXISTS (SELECT 1 FROM erased_event_ids e WHERE e.event_id = candidate.event_id)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text
@@ -108,6 +109,53 @@ ON CONFLICT (partition, log_offset) DO NOTHING
 """
 
 
+def event_id_columns(
+    partition: int, first_seen: Mapping[str, tuple[Event, int]], encrypted: Set[int]
+) -> tuple[object, ...]:
+    """The parameters of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: the partition
+    (one value for every row), then the columns of event ids, offsets, users, types, times and
+    whether the log holds them encrypted."""
+    candidates = list(first_seen.values())
+    return (
+        partition,
+        [event.event_id for event, _ in candidates],
+        [offset for _, offset in candidates],
+        [event.user_id for event, _ in candidates],
+        [type(event).__struct_config__.tag for event, _ in candidates],
+        [event.occurred_at for event, _ in candidates],
+        [offset in encrypted for _, offset in candidates],
+    )
+
+
+def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[Sequence[object], ...]:
+    """The columns of ``_UPSERT_FRIENDSHIPS``: users, scores, counts, last event times."""
+    states = list(friendships.values())
+    return (
+        list(friendships),
+        [f.score for f in states],
+        [f.events_applied for f in states],
+        [f.last_event_at for f in states],
+    )
+
+
+def topic_columns(topics: Mapping[TopicKey, TopicMetrics]) -> tuple[Sequence[object], ...]:
+    """The columns of ``_UPSERT_TOPICS``: users, topics, conversations, turns, seconds, the
+    eight sentiment counts and the last discussed times."""
+    keys = list(topics)
+    metrics = list(topics.values())
+    sentiment_columns = [[m.sentiment[i] for m in metrics] for i in range(len(SENTIMENT_COLUMNS))]
+    last_discussed: list[datetime | None] = [m.last_discussed_at for m in metrics]
+    return (
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [m.conversations for m in metrics],
+        [m.turns for m in metrics],
+        [m.duration_s for m in metrics],
+        *sentiment_columns,
+        last_discussed,
+    )
+
+
 class PostgresStore:
     """Batches applied to the database of ``conn`` (an autocommit connection).
 
@@ -162,19 +210,7 @@ class _PostgresTransaction:
     ) -> dict[str, FirstUse]:
         if not first_seen:
             return {}
-        candidates = list(first_seen.values())
-        self._cur.execute(
-            _RECORD_EVENT_IDS,
-            (
-                [event.event_id for event, _ in candidates],
-                [partition] * len(candidates),
-                [offset for _, offset in candidates],
-                [event.user_id for event, _ in candidates],
-                [type(event).__struct_config__.tag for event, _ in candidates],
-                [event.occurred_at for event, _ in candidates],
-                [offset in encrypted for _, offset in candidates],
-            ),
-        )
+        self._cur.execute(_RECORD_EVENT_IDS, event_id_columns(partition, first_seen, encrypted))
         new_ids = {row[0] for row in self._cur.fetchall()}
         return self._earlier_uses(partition, first_seen, new_ids)
 
@@ -228,37 +264,9 @@ class _PostgresTransaction:
     def write_rows(
         self, friendships: Mapping[str, Friendship], topics: Mapping[TopicKey, TopicMetrics]
     ) -> None:
-        users = list(friendships)
-        states = list(friendships.values())
-        self._cur.execute(
-            _UPSERT_FRIENDSHIPS,
-            (
-                users,
-                [f.score for f in states],
-                [f.events_applied for f in states],
-                [f.last_event_at for f in states],
-            ),
-        )
-        if not topics:
-            return
-        keys = list(topics)
-        metrics = list(topics.values())
-        sentiment_columns = [
-            [m.sentiment[i] for m in metrics] for i in range(len(SENTIMENT_COLUMNS))
-        ]
-        last_discussed: list[datetime | None] = [m.last_discussed_at for m in metrics]
-        self._cur.execute(
-            _UPSERT_TOPICS,
-            (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [m.conversations for m in metrics],
-                [m.turns for m in metrics],
-                [m.duration_s for m in metrics],
-                *sentiment_columns,
-                last_discussed,
-            ),
-        )
+        self._cur.execute(_UPSERT_FRIENDSHIPS, friendship_columns(friendships))
+        if topics:
+            self._cur.execute(_UPSERT_TOPICS, topic_columns(topics))
 
     def write_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         self._cur.execute(

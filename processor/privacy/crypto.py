@@ -17,7 +17,6 @@ Source: NIST SP 800-38D (GCM; 96-bit random nonces, at most 2^32 per key), throu
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import secrets
@@ -40,6 +39,7 @@ _MARKER: Final = b'"encryption"'
 _ENVELOPE: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ENCRYPTED_DATA: Final = msgspec.json.Decoder(dict[str, str])
 _STRING: Final = msgspec.json.Decoder(str)
+_RAW: Final = msgspec.json.Decoder(msgspec.Raw)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -67,6 +67,9 @@ def _with_data(body: bytes, fields: dict[str, msgspec.Raw], data: bytes) -> byte
     with ``data`` twice (the decoder keeps the last; a splice would leave the first one, maybe
     a child's words, in clear text in the log, so the re-encoded object keeps the last only)."""
     old = bytes(fields["data"])
+    quick = _splice(body, old, data)
+    if quick is not None:
+        return quick
     candidates = _DATA_KEY_AT.finditer(body) if _data_members(body) == 1 else iter(())
     for match in candidates:
         start = match.end()
@@ -85,6 +88,32 @@ def _with_data(body: bytes, fields: dict[str, msgspec.Raw], data: bytes) -> byte
     rebuilt = dict(fields)
     rebuilt["data"] = msgspec.Raw(data)
     return _ENCODER.encode(rebuilt)
+
+
+def _splice(body: bytes, old: bytes, data: bytes) -> bytes | None:
+    """``body`` with its ``data`` value ``old`` replaced by ``data`` when that is sure to be
+    right without parsing the result, else None (``_with_data`` then proves it).
+
+    Sure means: ``"data"`` occurs once in the body and no ``\\u`` escape does, so that one is
+    the top-level member's name spelled plainly, its value ``old`` follows it, and ``data`` is
+    one JSON value as it stands.
+    """
+    if body.count(b'"data"') != 1 or b"\\u" in body:
+        return None
+    match = _DATA_KEY_AT.search(body)
+    if match is None or not body.startswith(old, match.end()) or not _one_value(data):
+        return None
+    start = match.end()
+    return body[:start] + data + body[start + len(old) :]
+
+
+def _one_value(data: bytes) -> bool:
+    """True when ``data`` is exactly one JSON value, no space around it (as a spliced body's
+    ``data`` member must be to read back the same bytes)."""
+    try:
+        return bytes(_RAW.decode(data)) == data
+    except (msgspec.DecodeError, RecursionError):
+        return False
 
 
 def new_data_key() -> bytes:
@@ -106,14 +135,16 @@ def wrap_data_key(kek: bytes, data_key: bytes, user_id: str) -> bytes:
     return nonce + AESGCM(kek).encrypt(nonce, data_key, _key_aad(user_id))
 
 
-def unwrap_data_key(kek: bytes, wrapped: bytes, user_id: str) -> bytes:
-    """The data key of ``user_id`` from its wrapped form.
+def unwrap_data_key(kek: bytes | AESGCM, wrapped: bytes, user_id: str) -> bytes:
+    """The data key of ``user_id`` from its wrapped form (``kek``: the key-encryption key, or
+    its cipher when many keys are unwrapped).
 
     Raises:
         DecryptionFailed: another key-encryption key wrapped it, or the bytes were altered.
     """
     try:
-        return AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(user_id))
+        cipher = kek if isinstance(kek, AESGCM) else AESGCM(kek)
+        return cipher.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _key_aad(user_id))
     except (InvalidTag, ValueError) as exc:
         raise DecryptionFailed("the data key does not open with this key-encryption key") from exc
 
@@ -162,6 +193,73 @@ def encrypt_event(body: bytes, data_key: bytes) -> bytes:
     return _with_data(body, fields, _ENCODER.encode(sealed))
 
 
+class _SealedData(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """An encrypted ``data`` object: exactly these three members (``_SEALED_MEMBERS``)."""
+
+    encryption: str
+    nonce: str
+    ciphertext: str
+
+
+class SealedEvent(msgspec.Struct, frozen=True, gc=False):
+    """The parts of an encrypted event that opening it needs, read once (``sealed_event``):
+    the envelope's ``event_id`` and ``user_id`` (bound to the ciphertext; the user's data key
+    opens it) and ``data`` as it is in the body."""
+
+    event_id: str
+    user_id: str
+    data: msgspec.Raw
+
+
+_SEALED_EVENT: Final = msgspec.json.Decoder(SealedEvent)
+_SEALED_DATA: Final = msgspec.json.Decoder(_SealedData)
+
+
+def sealed_event(body: bytes) -> tuple[SealedEvent, str, str] | None:
+    """``(parts, nonce, ciphertext)`` of an encrypted event (nonce and ciphertext in base64 as
+    in the body), None when ``body`` is not one (as ``envelope_of``)."""
+    try:
+        parts = _SEALED_EVENT.decode(body)
+        data = _SEALED_DATA.decode(parts.data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if data.encryption != SCHEME:
+        return None
+    return parts, data.nonce, data.ciphertext
+
+
+def data_cipher(data_key: bytes) -> AESGCM:
+    """The cipher of one data key, made once for every event of its child in a batch.
+
+    Raises:
+        ValueError: the key is not 16, 24 or 32 bytes.
+    """
+    return AESGCM(data_key)
+
+
+def open_sealed(body: bytes, sealed: tuple[SealedEvent, str, str], cipher: AESGCM) -> bytes:
+    """``decrypt_event`` of a body already read (``sealed_event(body)``), with its child's
+    cipher (``data_cipher``).
+
+    Raises:
+        DecryptionFailed: as ``decrypt_event``.
+    """
+    parts, nonce_text, ciphertext_text = sealed
+    try:
+        nonce = base64.b64decode(nonce_text, validate=True)
+        ciphertext = base64.b64decode(ciphertext_text, validate=True)
+    except ValueError as exc:  # binascii.Error, or a str that is not ASCII
+        raise DecryptionFailed(f"not an encrypted event of scheme {SCHEME}") from exc
+    try:
+        plaintext = cipher.decrypt(nonce, ciphertext, _event_aad(parts.event_id, parts.user_id))
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptionFailed("the event's data does not open with its child's data key") from exc
+    spliced = _splice(body, bytes(parts.data), plaintext)
+    if spliced is not None:
+        return spliced
+    return _with_data(body, _ENVELOPE.decode(body), plaintext)
+
+
 def decrypt_event(body: bytes, data_key: bytes) -> bytes:
     """The event ``body`` with its ``data`` decrypted: the bytes the producer sent as ``data``.
 
@@ -175,7 +273,8 @@ def decrypt_event(body: bytes, data_key: bytes) -> bytes:
         sealed = _ENCRYPTED_DATA.decode(fields["data"])
         nonce = base64.b64decode(sealed["nonce"], validate=True)
         ciphertext = base64.b64decode(sealed["ciphertext"], validate=True)
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, binascii.Error) as exc:
+    # ValueError: binascii.Error, or a nonce or ciphertext that is not ASCII.
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError) as exc:
         raise DecryptionFailed(f"not an encrypted event of scheme {SCHEME}") from exc
     try:
         plaintext = AESGCM(data_key).decrypt(nonce, ciphertext, _event_aad(event_id, user_id))

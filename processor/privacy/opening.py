@@ -2,8 +2,9 @@
 
 Two steps of ``processor.applying.batch.apply_batch`` (docs/contract.md, "Erasure"):
 
-- ``open_records``: each encrypted record is decrypted with its child's data key (the store
-  gives the wrapped keys, the key-encryption key unwraps them). A record that does not open is
+- ``open_records``: each encrypted record (its body read once: ``sealed_records``) is
+  decrypted with its child's data key (the store gives the wrapped keys, the key-encryption
+  key unwraps them; one cipher per child and batch). A record that does not open is
   dead-lettered, unless its child was erased: then its key is gone on purpose;
 - ``drop_erased``: valid events and dead letters of erased children are skipped (counted, not
   applied, not kept): the log still holds them, and neither live processing nor a replay brings
@@ -17,12 +18,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from processor.applying.decode import DeadLetter, DecodedBatch, erased_key_reason
 from processor.applying.store import BatchStore, WrappedKey
-from processor.privacy.crypto import decrypt_event, envelope_of, is_encrypted, unwrap_data_key
+from processor.privacy.crypto import (
+    SealedEvent,
+    data_cipher,
+    is_encrypted,
+    open_sealed,
+    sealed_event,
+    unwrap_data_key,
+)
 from processor.privacy.errors import DecryptionFailed
 from processor.privacy.keys import Keys
 from processor.reading.log_record import LogRecord
+
+#: An encrypted record's parts (``processor.privacy.crypto.sealed_event``).
+Sealed = tuple[SealedEvent, str, str]
 
 NO_DATA_KEY = "the event's data is encrypted and its child has no data key here"
 
@@ -46,20 +59,21 @@ class OpenedBatch:
         return set(self.plaintexts) | set(self.unopened)
 
 
-def encrypted_users(records: Sequence[LogRecord]) -> dict[int, str]:
-    """The ``user_id`` of each encrypted record, by offset (records with a read error skipped)."""
-    users = {}
+def sealed_records(records: Sequence[LogRecord]) -> dict[int, Sealed]:
+    """The parts of each encrypted record, by offset (records with a read error skipped); each
+    body is read once here and not again to open it."""
+    sealed = {}
     for record in records:
         if record.error is None and is_encrypted(record.body):
-            envelope = envelope_of(record.body)
-            if envelope is not None:
-                users[record.offset] = envelope[1]
-    return users
+            parts = sealed_event(record.body)
+            if parts is not None:
+                sealed[record.offset] = parts
+    return sealed
 
 
 def open_records(
     records: Sequence[LogRecord],
-    owners: Mapping[int, str],
+    sealed: Mapping[int, Sealed],
     wrapped: Mapping[str, WrappedKey],
     keys: Keys | None,
 ) -> OpenedBatch:
@@ -67,23 +81,25 @@ def open_records(
 
     Args:
         records: the batch, in log order.
-        owners: ``encrypted_users(records)``.
-        wrapped: the wrapped data key of each of those users that has one.
+        sealed: ``sealed_records(records)``.
+        wrapped: the wrapped data key of each of their users that has one.
         keys: the key-encryption key (None: none configured, nothing opens).
     """
     opened = OpenedBatch()
-    data_keys: dict[str, bytes | DecryptionFailed] = {}
+    kek = None if keys is None else AESGCM(keys.kek)
+    ciphers: dict[str, AESGCM | DecryptionFailed] = {}
     for record in records:
-        user_id = owners.get(record.offset)
-        if user_id is None:
+        parts = sealed.get(record.offset)
+        if parts is None:
             continue
-        if user_id not in data_keys:
-            data_keys[user_id] = _unwrap(keys, wrapped.get(user_id), user_id)
-        data_key = data_keys[user_id]
+        user_id = parts[0].user_id
+        cipher = ciphers.get(user_id)
+        if cipher is None:
+            cipher = ciphers[user_id] = _cipher(kek, wrapped.get(user_id), user_id)
         try:
-            if isinstance(data_key, DecryptionFailed):
-                raise data_key
-            opened.plaintexts[record.offset] = decrypt_event(record.body, data_key)
+            if isinstance(cipher, DecryptionFailed):
+                raise cipher
+            opened.plaintexts[record.offset] = open_sealed(record.body, parts, cipher)
         except DecryptionFailed as exc:
             opened.unopened[record.offset] = str(exc)
     return opened
@@ -91,21 +107,34 @@ def open_records(
 
 def open_batch(store: BatchStore, records: Sequence[LogRecord], keys: Keys) -> OpenedBatch:
     """Decrypt the encrypted events of ``records`` with the data keys ``store`` holds."""
-    owners = encrypted_users(records)
-    if not owners:
+    sealed = sealed_records(records)
+    if not sealed:
         return OpenedBatch()
-    wrapped = store.data_keys(sorted(set(owners.values())))
-    return open_records(records, owners, wrapped, keys)
+    wrapped = store.data_keys(sorted({parts[0].user_id for parts in sealed.values()}))
+    return open_records(records, sealed, wrapped, keys)
+
+
+def _cipher(
+    kek: AESGCM | None, wrapped: WrappedKey | None, user_id: str
+) -> AESGCM | DecryptionFailed:
+    """The child's data cipher, or why there is none (the dead letters' reason)."""
+    key = _unwrap(kek, wrapped, user_id)
+    if isinstance(key, DecryptionFailed):
+        return key
+    try:
+        return data_cipher(key)
+    except ValueError:
+        return DecryptionFailed("the event's data does not open with its child's data key")
 
 
 def _unwrap(
-    keys: Keys | None, wrapped: WrappedKey | None, user_id: str
+    kek: AESGCM | None, wrapped: WrappedKey | None, user_id: str
 ) -> bytes | DecryptionFailed:
     """The child's data key, or why there is none (the dead letters' reason)."""
-    if keys is None or wrapped is None:
+    if kek is None or wrapped is None:
         return DecryptionFailed(NO_DATA_KEY)
     try:
-        return unwrap_data_key(keys.kek, wrapped[0], user_id)
+        return unwrap_data_key(kek, wrapped[0], user_id)
     except DecryptionFailed as exc:
         return exc
 

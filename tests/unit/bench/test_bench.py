@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+from bench.baseline import compare, passed_on
+from bench.baseline import markdown as baseline_markdown
+from bench.harness import CpuSample, cpu_us_per_event
 from bench.latency import commit_latencies, percentile
 from bench.profile import summarise
 from bench.report import README_END, README_START, targets, write_readme_section
@@ -82,3 +86,51 @@ def test_readme_section_is_replaced_between_the_markers_only(tmp_path: Path) -> 
     bare.write_text("no markers\n")
     assert not write_readme_section(bare, "x")
     assert bare.read_text() == "no markers\n"
+
+
+def test_baseline_run_gets_the_sizes_but_not_this_runs_own_flags() -> None:
+    argv = ["--quick", "--readme", "README.md", "--baseline=abc123", "--out", "x", "--events", "9"]
+    assert passed_on(argv) == ["--quick", "--events", "9"]
+    assert passed_on(["--baseline", "abc123", "--steps", "drain"]) == ["--steps", "drain"]
+
+
+def test_comparison_takes_cpu_per_event_alike_from_both_runs() -> None:
+    older = {
+        "drain": {
+            "events": 1_000,
+            "seconds": 2.0,
+            "processor_cpu_cores": 0.5,
+            "events_per_s": 500.0,
+        }
+    }
+    newer = {
+        "drain": {
+            "events": 1_000,
+            "seconds": 1.0,
+            "events_per_s": 1_000.0,
+            "cpu_us_per_event": 200.0,
+            "cpu_us_per_event_with_startup": 250.0,
+        }
+    }
+    found = {row.figure: row for row in compare(newer, older)}
+    cpu = found["drain, processor CPU per event (us)"]
+    # Like with like: the older run has no figure from the first commit, so both include
+    # start-up (0.5 cores x 2 s over 1,000 events).
+    assert (cpu.baseline, cpu.current) == (1_000.0, 250.0)
+    assert cpu.ratio == 0.25
+    assert "with start-up" in cpu.note
+    newer_still = {"drain": {**newer["drain"], "cpu_us_per_event": 100.0}}
+    both_steady = {r.figure: r for r in compare(newer_still, newer)}
+    assert both_steady["drain, processor CPU per event (us)"].ratio == 0.5
+    assert found["drain (events/s)"].ratio == 2.0
+    assert found["replay (events/s)"].ratio is None
+    table = baseline_markdown(list(found.values()), "old", "new")
+    assert "| drain (events/s) | 500.00 | 1,000.00 | 2.00x (higher is better) |" in table
+
+
+def test_cpu_per_event_is_the_process_ticks_over_the_events() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    before, after = CpuSample(10, 0, 0), CpuSample(10 + ticks, 0, 0)
+    assert cpu_us_per_event(before, after, 1_000_000) == 1.0
+    assert cpu_us_per_event(before, before, 10) == 0.0
+    assert cpu_us_per_event(before, after, 0) == 0.0

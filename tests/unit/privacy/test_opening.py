@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
-from processor.privacy.crypto import encrypt_event, new_data_key, wrap_data_key
+import pytest
+
+from processor.privacy.crypto import (
+    data_cipher,
+    decrypt_event,
+    encrypt_event,
+    new_data_key,
+    open_sealed,
+    sealed_event,
+    wrap_data_key,
+)
+from processor.privacy.errors import DecryptionFailed
 from processor.privacy.keys import Keys
-from processor.privacy.opening import NO_DATA_KEY, encrypted_users, open_records
+from processor.privacy.opening import NO_DATA_KEY, open_records, sealed_records
 from processor.reading.log_record import LogRecord
 from tests.strategies import ADJUSTED, make_event
 
@@ -34,10 +46,58 @@ def test_each_record_that_does_not_open_names_its_reason() -> None:
         "kid-good": (wrap_data_key(keys.kek, good_key, "kid-good"), keys.kek_id),
         "kid-other-kek": (wrap_data_key(other_kek, other_key, "kid-other-kek"), "another"),
     }
-    opened = open_records(records, encrypted_users(records), wrapped, keys)
+    opened = open_records(records, sealed_records(records), wrapped, keys)
     assert opened.plaintexts == {0: bodies["kid-good"]}
     assert opened.unopened == {
         1: "the data key does not open with this key-encryption key",
         2: NO_DATA_KEY,
     }
     assert opened.encrypted == {0, 1, 2}
+
+
+def test_a_nonce_that_is_not_ascii_is_a_record_that_does_not_open() -> None:
+    # It used to raise ValueError out of the batch (base64 refuses a non-ASCII str).
+    keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    data_key = new_data_key()
+    sealed = encrypt_event(adjusted("kid"), data_key)
+    nonce = json.loads(sealed)["data"]["nonce"]
+    broken = sealed.replace(nonce.encode(), "é".encode() + nonce[1:].encode())
+    records = [LogRecord(0, broken)]
+    wrapped = {"kid": (wrap_data_key(keys.kek, data_key, "kid"), keys.kek_id)}
+    opened = open_records(records, sealed_records(records), wrapped, keys)
+    assert opened.plaintexts == {}
+    assert opened.unopened == {0: "not an encrypted event of scheme aes-256-gcm/1"}
+    with pytest.raises(DecryptionFailed):
+        decrypt_event(broken, data_key)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_id":"e","user_id":"u","data":{"a":1}}',
+        b'{"event_id":"e","user_id":"u","data" : {"a": [1, 2,  3]} , "z": "data"}',
+        b'{"event_id":"e","user_id":"u","x":{"data":1},"data":{"a":"\\u00e9"}}',
+        b'{"event_id":"e","user_id":"u","reason":"say \\"data\\": {}","data":{"a":1}}',
+        b'{"event_id":"e","user_id":"u","data":  {"a":1}  }',
+    ],
+)
+def test_opening_gives_back_the_bytes_the_producer_sent(body: bytes) -> None:
+    data_key = new_data_key()
+    sealed = encrypt_event(body, data_key)
+    parts = sealed_event(sealed)
+    assert parts is not None
+    assert open_sealed(sealed, parts, data_cipher(data_key)) == body
+    assert decrypt_event(sealed, data_key) == body
+
+
+def test_a_body_with_data_twice_opens_as_the_last_one_alone() -> None:
+    # The splice cannot be proven right: the object is re-encoded with the last ``data`` only.
+    body = b'{"event_id":"e","user_id":"u","data":{"a":1},"data":{"b":2}}'
+    data_key = new_data_key()
+    sealed = encrypt_event(body, data_key)
+    parts = sealed_event(sealed)
+    assert parts is not None
+    opened = open_sealed(sealed, parts, data_cipher(data_key))
+    assert opened == decrypt_event(sealed, data_key)
+    assert json.loads(opened)["data"] == {"b": 2}
+    assert b'"a"' not in opened

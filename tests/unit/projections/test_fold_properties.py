@@ -9,8 +9,19 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.fold import UserProjection, fold, fold_by_user, level_of
+from projections.fold import (
+    Friendship,
+    TopicMetrics,
+    UserProjection,
+    evolve_friendship,
+    evolve_topic,
+    fold,
+    fold_by_user,
+    fold_rows,
+    level_of,
+)
 from schemas import Event, decode_event
+from schemas.events import FriendshipAdjusted
 from testkit.reference import reference_fold
 from tests.strategies import ADJUSTED, make_event, valid_event_logs, valid_events
 
@@ -146,3 +157,36 @@ def test_reference_fold_ignores_a_repeated_event_id_in_any_case() -> None:
     first = "3f2b8c1e-9a4d-4e6f-8b7a-0c1d2e3f4a5b"
     user = reference_fold([_adjust(10, first), _adjust(10, first.upper()), _adjust(1)])["alice"]
     assert (user["score"], user["events_applied"]) == (11, 2)
+
+
+@PROPERTY_SETTINGS
+@given(logs, logs)
+def test_fold_rows_of_a_batch_equals_evolving_each_row_event_by_event(
+    earlier: tuple[list[bytes], list[Event]], batch: tuple[list[bytes], list[Event]]
+) -> None:
+    # Rows that exist before the batch (folded from ``earlier``) and rows the batch creates.
+    start_friendships: dict[str, Friendship] = {}
+    start_topics: dict[tuple[str, str], TopicMetrics] = {}
+    for event in earlier[1]:
+        user = event.user_id
+        start_friendships[user] = evolve_friendship(
+            start_friendships.get(user, Friendship()), event
+        )
+        if not isinstance(event, FriendshipAdjusted):
+            key = (user, event.data.topic)
+            start_topics[key] = evolve_topic(start_topics.get(key, TopicMetrics()), event)
+    expected_friendships, expected_topics = dict(start_friendships), dict(start_topics)
+    for event in batch[1]:
+        user = event.user_id
+        expected_friendships[user] = evolve_friendship(
+            expected_friendships.get(user, Friendship()), event
+        )
+        if not isinstance(event, FriendshipAdjusted):
+            key = (user, event.data.topic)
+            expected_topics[key] = evolve_topic(expected_topics.get(key, TopicMetrics()), event)
+
+    friendships, topics = dict(start_friendships), dict(start_topics)
+    fold_rows(batch[1], friendships, topics)
+
+    assert friendships == expected_friendships
+    assert topics == expected_topics
