@@ -1,6 +1,9 @@
 """A TCP forwarding proxy for fault tests: put it between a client and a server, then ``stall()``
 it to make every connection through it silent (nothing forwarded either way, nothing closed:
 what a half-open connection or a frozen middlebox looks like to both ends), and ``resume()``.
+With ``cut_after_bytes`` it cuts connections instead (both ends aborted, as a lost network or
+a node's crash looks to a client) once one has sent that many bytes to the server: the cut
+lands while the client is sending, so whatever it sent just then is unanswered.
 
 It runs its own asyncio loop in a daemon thread, so synchronous tests and subprocesses can use
 it. It listens on 127.0.0.1 only.
@@ -22,13 +25,28 @@ class TcpProxy:
     Args:
         target_host, target_port: where connections are forwarded.
         port: the port to listen on (0: a free one; see ``address``).
+        cut_after_bytes: cut a connection once it forwarded this many bytes from the client to
+            the server (None: never).
+        cuts: how many connections are cut that way, the first ones to reach the limit.
 
     Attributes:
         accepted: connections accepted so far.
+        cut: connections cut so far.
     """
 
-    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        port: int = 0,
+        *,
+        cut_after_bytes: int | None = None,
+        cuts: int = 1,
+    ) -> None:
         self._target = (target_host, target_port)
+        self._cut_after = cut_after_bytes
+        self._cuts_left = cuts
+        self.cut = 0
         self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="proxy")
@@ -109,7 +127,7 @@ class TcpProxy:
             return
         self._writers.add(upstream_writer)
         await asyncio.gather(
-            self._pipe(reader, upstream_writer),
+            self._pipe(reader, upstream_writer, cut=(writer, upstream_writer)),
             self._pipe(upstream_reader, writer),
             return_exceptions=True,
         )
@@ -117,7 +135,15 @@ class TcpProxy:
             self._writers.discard(end)
             end.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cut: tuple[asyncio.StreamWriter, asyncio.StreamWriter] | None = None,
+    ) -> None:
+        """Forward ``reader`` to ``writer``; with ``cut`` (the client's and the server's ends)
+        this is the client-to-server direction, counted against ``cut_after_bytes``."""
+        sent = 0
         try:
             while True:
                 await self._forwarding.wait()
@@ -127,6 +153,18 @@ class TcpProxy:
                 await self._forwarding.wait()
                 writer.write(data)
                 await writer.drain()
+                sent += len(data)
+                if (
+                    cut is not None
+                    and self._cut_after is not None
+                    and sent >= self._cut_after
+                    and self._cuts_left > 0
+                ):
+                    self._cuts_left -= 1
+                    self.cut += 1
+                    for end in cut:
+                        end.transport.abort()
+                    break
         except (OSError, asyncio.IncompleteReadError):
             pass  # one end went away: the other is closed by ``_serve``
         finally:

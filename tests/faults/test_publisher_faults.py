@@ -3,9 +3,10 @@ confirms. A lost confirm is never a confirm: ``just publish`` publishes the unco
 again on the next broker node (duplicates in the log are no-ops by event id), and the HTTP
 ingest answers a clear 503 for them, never a 202.
 
-Two broker addresses that reach the machine's node (``127.0.0.1`` and ``localhost``) stand for
-two nodes: the failover order is exercised, the node itself is never touched. Only connections
-of the test's own vhost are closed (management API).
+Two broker addresses stand for two nodes: for ``just publish``, two proxies to the machine's
+node that cut a connection mid-file; for the HTTP ingest, ``127.0.0.1`` and ``localhost``, whose
+connections of the test's own vhost are closed through the management API. The node itself is
+never touched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from processor.settings import Settings
 from processor.tuning import API_PUBLISH_TIMEOUT_S
 from testkit.processes import api_process, free_port
 from testkit.services import Services, make_token
+from testkit.tcp_proxy import TcpProxy
 from tests.faults.scale import size
 from tests.faults.support import (
     FaultReport,
@@ -94,42 +96,41 @@ def _close_new_publishers(
         time.sleep(0.05)
 
 
-def test_publishing_a_file_while_the_broker_closes_its_connection_loses_and_doubles_nothing(
+def test_publishing_a_file_while_its_connections_are_cut_loses_and_doubles_nothing(
     services: Services, settings: Settings, tmp_path: Path, fault_report: FaultReport
 ) -> None:
-    rounds = size(2, 4)
+    """``just publish`` through two "nodes" (two proxies to the machine's node), each of which
+    cuts its first connection mid-file while events wait for their confirms: the publisher
+    goes on on the other, publishes the unconfirmed events again, and the log holds every event
+    (duplicates are no-ops for the processor)."""
     bodies = synthetic_events(size(60_000, 150_000), users=2_000, seed=401)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(bodies) + b"\n")
     log_path = tmp_path / "publish.log"
-    closed: set[str] = set()
-    done = threading.Event()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "publish", str(path)],
-            env=settings_env(_two_nodes(settings)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    cut_after = len(path.read_bytes()) // 6  # a sixth of the file through each first connection
+    node = (settings.amqp.host, settings.amqp.port)
+    with (
+        TcpProxy(*node, cut_after_bytes=cut_after) as first,
+        TcpProxy(*node, cut_after_bytes=cut_after) as second,
+    ):
+        two_nodes = _two_nodes(settings).with_overrides(
+            amqp_addresses_raw=",".join(f"{h}:{p}" for h, p in (first.address, second.address))
         )
-    try:
-        closer = threading.Thread(
-            target=_close_new_publishers, args=(services, settings, closed, done, rounds)
-        )
-        closer.start()
-        try:
-            process.wait(timeout=600)
-        finally:
-            done.set()
-            closer.join()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with log_path.open("wb") as log:
+            process = subprocess.run(
+                [sys.executable, "-m", "processor", "publish", str(path)],
+                env=settings_env(two_nodes),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+                check=False,
+            )
+        cuts = first.cut + second.cut
     text = log_path.read_text()
     assert process.returncode == 0, text
+    assert cuts == 2, f"{cuts} connections cut: the file ended before both limits"
     republished = text.count("publishing those")
-    assert closed, "no publisher connection was closed"
-    assert republished >= 1, f"no close landed while events waited for confirms:\n{text}"
+    assert republished >= cuts, f"a cut connection's events were not published again:\n{text}"
     logged = _logged_event_ids(settings)
     plain = {json.loads(body)["event_id"]: body for body in bodies}
     assert set(plain) <= set(logged), f"{len(set(plain) - set(logged))} events are not in the log"
@@ -139,11 +140,11 @@ def test_publishing_a_file_while_the_broker_closes_its_connection_loses_and_doub
     verify(
         settings,
         fault_report,
-        scenario="broker closes `just publish`'s connection mid-file",
-        rounds=len(closed),
+        scenario="`just publish`'s connections cut mid-file (two proxies as two nodes)",
+        rounds=cuts,
         valid=[plain[event_id] for event_id in logged],
         notes=(
-            f"{len(closed)} connections closed, {republished} republished parts, "
+            f"{cuts} connections cut, {republished} republished parts, "
             f"{duplicates} duplicates in the log (no-ops)"
         ),
     )
