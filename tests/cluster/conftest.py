@@ -7,7 +7,6 @@ database, the figures table printed at the end (``CLUSTER_REPORT=path`` also wri
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
+from testkit.figures import print_figures
 from testkit.rabbit_nodes import RabbitCluster, rabbit_cluster
 from tests.cluster.support import ClusterReport, Row, render_table
 
@@ -91,10 +91,4 @@ def pytest_terminal_summary(
     report = config.stash.get(_REPORT, None)
     if report is None or not report.rows:
         return
-    table = render_table(report.rows)
-    terminalreporter.write_sep("=", "cluster figures")
-    terminalreporter.write_line(table)
-    target = os.environ.get("CLUSTER_REPORT")
-    if target:
-        Path(target).write_text(table + "\n")
-        terminalreporter.write_line(f"(written to {target})")
+    print_figures(terminalreporter, "cluster figures", render_table(report.rows), "CLUSTER_REPORT")

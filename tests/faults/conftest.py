@@ -7,7 +7,6 @@ twice) before it asserts; the rows are printed as a table at the end of the sess
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
+from testkit.figures import print_figures
 from testkit.privacy import no_personal_data
 from testkit.services import Services, isolated_settings
 from tests.faults.support import FaultReport, render_table
@@ -47,13 +47,7 @@ def pytest_terminal_summary(
     report = config.stash.get(_REPORT, None)
     if report is None or not report.rows:
         return
-    table = render_table(report.rows)
-    terminalreporter.write_sep("=", "fault scenarios")
-    terminalreporter.write_line(table)
-    target = os.environ.get("FAULTS_REPORT")
-    if target:
-        Path(target).write_text(table + "\n")
-        terminalreporter.write_line(f"(written to {target})")
+    print_figures(terminalreporter, "fault scenarios", render_table(report.rows), "FAULTS_REPORT")
 
 
 @pytest.fixture(autouse=True)
