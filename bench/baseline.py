@@ -25,6 +25,8 @@ from bench.harness import BenchError
 
 #: Issue 16's goal for the drain's CPU per event: at most this share of the baseline's.
 CPU_GOAL: Final = 0.5
+#: The comparison's row of the drain's CPU per event (the report's CPU target reads it).
+DRAIN_CPU_FIGURE: Final = "drain, processor CPU per event (us)"
 #: Flags of ``python -m bench`` that are not passed on to the baseline run.
 _OWN_FLAGS: Final = ("--baseline", "--readme", "--out")
 
@@ -227,7 +229,7 @@ def compare(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[Com
     base_rows, current_rows = rows(baseline), rows(current)
     found = [
         Compared(
-            "drain, processor CPU per event (us)",
+            DRAIN_CPU_FIGURE,
             baseline_cpu,
             current_cpu,
             "lower",
@@ -277,13 +279,22 @@ def _figure(value: float | None) -> str:
     return f"{value:,.2f}"
 
 
-def markdown(compared: Sequence[Compared], commit: str, current_commit: str) -> str:
-    """The comparison as a Markdown table (``baseline.md``)."""
+def compared_rows(comparison: Mapping[str, Any]) -> list[Compared]:
+    """``as_json``'s figures back as ``Compared`` rows."""
+    return [
+        Compared(str(f["figure"]), f.get("baseline"), f.get("current"), str(f["better"]), f["note"])
+        for f in comparison.get("figures", [])
+    ]
+
+
+def markdown(comparison: Mapping[str, Any], current_commit: str) -> str:
+    """The comparison (``as_json``'s shape) as a Markdown table (``baseline.md``, README)."""
     lines = [
-        f"| figure | baseline {commit} | this run {current_commit} | this / baseline | note |",
+        f"| figure | baseline {comparison['commit']} | this run {current_commit} "
+        "| this / baseline | note |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
-    for row in compared:
+    for row in compared_rows(comparison):
         ratio = row.ratio
         shown = f"{ratio:.2f}x ({row.better} is better)" if ratio is not None else "-"
         lines.append(

@@ -14,6 +14,8 @@ from typing import Final
 from rich.console import Console
 from rich.table import Table
 
+from bench.baseline import CPU_GOAL, DRAIN_CPU_FIGURE
+from bench.baseline import markdown as comparison_markdown
 from bench.results import (
     BenchResults,
     DrainResult,
@@ -27,9 +29,10 @@ from bench.results import (
 README_START: Final = "<!-- bench:start -->"
 README_END: Final = "<!-- bench:end -->"
 
-#: Targets of the issue, as ratios measured in one run.
-SPEEDUP_TARGET: Final = 60.0
-DRAIN_TARGET: Final = 1.0
+#: Issue 16's goals, as ratios measured in one run.
+SPEEDUP_TARGET: Final = 150.0
+DRAIN_TARGET: Final = 2.0
+DRAIN_VS_RAW_TARGET: Final = 0.6
 P99_TARGET_MS: Final = 100.0
 REPLAY_TARGET: Final = 0.8
 
@@ -210,60 +213,106 @@ def _replay_rows(results: BenchResults) -> list[Row]:
 
 
 def targets(results: BenchResults) -> list[Target]:
-    """The issue's four targets, computed from this run's figures."""
-    drain, ingest, latency, replay = results.drain, results.ingest, results.latency, results.replay
-    previous = _previous(results, 10)
-    found: list[Target] = []
-    if drain and previous and previous.events_per_s > 0:
-        speedup = drain.events_per_s / previous.events_per_s
-        found.append(
-            Target(
-                "processor vs previous design at 10 threads",
-                f"{speedup:,.1f}x; processor {drain.mismatched_users} mismatched users "
-                f"(previous design {previous.mismatched_users})",
-                f">= {SPEEDUP_TARGET:.0f}x and 0 mismatched users",
-                speedup >= SPEEDUP_TARGET and drain.mismatched_users == 0,
-            )
-        )
-    else:
-        found.append(Target("processor vs previous design at 10 threads", "-", "", None))
-    if drain and ingest and ingest.events_per_s > 0:
-        ratio = drain.events_per_s / ingest.events_per_s
-        found.append(
-            Target(
-                "backlog drain vs ingest ceiling",
-                f"{ratio:.2f}x",
-                f">= {DRAIN_TARGET:.2f}x",
-                ratio >= DRAIN_TARGET,
-            )
-        )
-    else:
-        found.append(Target("backlog drain vs ingest ceiling", "-", "", None))
-    if latency:
-        found.append(
-            Target(
-                "p99 publish-to-commit at half the ceiling",
-                ms(latency.p99_ms),
-                f"<= {P99_TARGET_MS:.0f} ms",
-                math.isfinite(latency.p99_ms) and latency.p99_ms <= P99_TARGET_MS,
-            )
-        )
-    else:
-        found.append(Target("p99 publish-to-commit at half the ceiling", "-", "", None))
-    if replay and replay.available and replay.best_raw_read_events_per_s > 0:
-        ratio = replay.replay_events_per_s / replay.best_raw_read_events_per_s
-        found.append(
-            Target(
-                "replay vs raw stream read",
-                f"{ratio:.0%}",
-                f">= {REPLAY_TARGET:.0%}",
-                ratio >= REPLAY_TARGET,
-            )
-        )
-    else:
-        reason = replay.reason if replay and not replay.available else "-"
-        found.append(Target("replay vs raw stream read", reason or "-", "", None))
-    return found
+    """Issue 16's goals, each computed from this run's figures (``n/a`` when a figure it needs
+    was not measured: the CPU goal needs ``--baseline``)."""
+    return [
+        _cpu_target(results),
+        _ratio_target(
+            "backlog drain vs raw stream read",
+            results.drain.events_per_s if results.drain else None,
+            results.replay.best_raw_read_events_per_s if results.replay else None,
+            DRAIN_VS_RAW_TARGET,
+            percent=True,
+        ),
+        _ratio_target(
+            "backlog drain vs ingest ceiling",
+            results.drain.events_per_s if results.drain else None,
+            results.ingest.events_per_s if results.ingest else None,
+            DRAIN_TARGET,
+        ),
+        _ratio_target(
+            "replay vs raw stream read",
+            results.replay.replay_events_per_s
+            if results.replay and results.replay.available
+            else None,
+            results.replay.best_raw_read_events_per_s if results.replay else None,
+            REPLAY_TARGET,
+            percent=True,
+        ),
+        _latency_target(results),
+        _speedup_target(results),
+    ]
+
+
+def _ratio_target(
+    name: str,
+    numerator: float | None,
+    denominator: float | None,
+    goal: float,
+    *,
+    percent: bool = False,
+) -> Target:
+    """``numerator / denominator >= goal``, shown as a percentage or a multiple."""
+    if not numerator or not denominator:
+        return Target(name, "-", _at_least(goal, percent=percent), None)
+    ratio = numerator / denominator
+    shown = f"{ratio:.0%}" if percent else f"{ratio:.2f}x"
+    return Target(name, shown, _at_least(goal, percent=percent), ratio >= goal)
+
+
+def _at_least(goal: float, *, percent: bool) -> str:
+    return f">= {goal:.0%}" if percent else f">= {goal:g}x"
+
+
+def _cpu_target(results: BenchResults) -> Target:
+    """The drain's CPU per event against the ``--baseline`` commit's, in the same run."""
+    name = "processor CPU per applied event, drain, vs the baseline commit"
+    goal = f"<= {CPU_GOAL:.0%} of the baseline's"
+    comparison = results.baseline or {}
+    row = next(
+        (f for f in comparison.get("figures", []) if f.get("figure") == DRAIN_CPU_FIGURE),
+        None,
+    )
+    if row is None or row.get("ratio") is None:
+        return Target(name, "- (run with --baseline COMMIT)", goal, None)
+    ratio = float(row["ratio"])
+    return Target(
+        name,
+        f"{row['current']:,.1f} vs {row['baseline']:,.1f} us/event at {comparison['commit']} "
+        f"({ratio:.0%})",
+        goal,
+        ratio <= CPU_GOAL,
+    )
+
+
+def _latency_target(results: BenchResults) -> Target:
+    name = "p99 publish-to-commit at half the ceiling"
+    goal = f"<= {P99_TARGET_MS:.0f} ms"
+    latency = results.latency
+    if latency is None:
+        return Target(name, "-", goal, None)
+    return Target(
+        name,
+        ms(latency.p99_ms),
+        goal,
+        math.isfinite(latency.p99_ms) and latency.p99_ms <= P99_TARGET_MS,
+    )
+
+
+def _speedup_target(results: BenchResults) -> Target:
+    name = "processor vs previous design at 10 threads"
+    goal = f">= {SPEEDUP_TARGET:.0f}x and 0 mismatched users"
+    drain, previous = results.drain, _previous(results, 10)
+    if not drain or not previous or previous.events_per_s <= 0:
+        return Target(name, "-", goal, None)
+    speedup = drain.events_per_s / previous.events_per_s
+    return Target(
+        name,
+        f"{speedup:,.1f}x; processor {drain.mismatched_users} mismatched users "
+        f"(previous design {previous.mismatched_users})",
+        goal,
+        speedup >= SPEEDUP_TARGET and drain.mismatched_users == 0,
+    )
 
 
 def _verdict(passed: bool | None) -> str:
@@ -361,7 +410,17 @@ def markdown(results: BenchResults) -> str:
         f"| {t.name} | {t.measured} | {t.goal} | {_verdict(t.passed)} |" for t in targets(results)
     ]
     lines += [f"\nStep {step} failed: {error}" for step, error in results.failures.items()]
+    if results.baseline:
+        lines += ["", baseline_markdown(results).rstrip()]
     return "\n".join(lines) + "\n" + markdown_profiles(results)
+
+
+def baseline_markdown(results: BenchResults) -> str:
+    """The comparison with the ``--baseline`` commit's run, same run, as Markdown (``""``
+    without one)."""
+    if not results.baseline:
+        return ""
+    return comparison_markdown(results.baseline, str(results.meta.get("commit", "")))
 
 
 def _finite(value: object) -> object:
@@ -379,6 +438,8 @@ def write_json(results: BenchResults, path: Path) -> None:
     """Every figure, the targets and the run's metadata as JSON."""
     document = asdict(results)
     document["targets"] = [asdict(t) for t in targets(results)]
+    if results.baseline is None:
+        del document["baseline"]
     path.write_text(json.dumps(_finite(document), indent=2, default=str) + "\n")
 
 

@@ -7,6 +7,7 @@ keeps its record with ``available = False`` and a ``reason``, so the report alwa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,6 @@ class BenchResults:
     profiles: list[ProfileResult] = field(default_factory=list)
     #: Steps that failed, with the error (their rows say "not run").
     failures: dict[str, str] = field(default_factory=dict)
+    #: With ``--baseline``: the comparison with that commit's run (``bench.baseline.as_json``:
+    #: ``commit`` and ``figures``, each with ``baseline``, ``current`` and ``ratio``).
+    baseline: dict[str, Any] | None = None

@@ -28,8 +28,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from bench.baseline import Compared, as_json, compare, run_baseline
-from bench.baseline import markdown as baseline_markdown
+from bench.baseline import as_json, compare, compared_rows, run_baseline
 from bench.chart import write_chart
 from bench.drain import measure_drain
 from bench.harness import BenchError, require_services
@@ -38,7 +37,13 @@ from bench.latency import measure_latency
 from bench.previous_design import measure_previous_design
 from bench.profile import profile_drain, profile_live
 from bench.replay_rate import measure_replay
-from bench.report import markdown, print_report, write_json, write_readme_section
+from bench.report import (
+    baseline_markdown,
+    markdown,
+    print_report,
+    write_json,
+    write_readme_section,
+)
 from bench.results import BenchResults, LatencyResult
 from bench.workload import make_workload
 from processor.errors import ProcessorError
@@ -220,7 +225,10 @@ class _Steps:
 
 
 def run_bench(
-    config: BenchConfig, console: Console | None = None, services: Services | None = None
+    config: BenchConfig,
+    console: Console | None = None,
+    services: Services | None = None,
+    baseline: tuple[str, dict[str, Any]] | None = None,
 ) -> tuple[BenchResults, list[str]]:
     """Run the configured steps and write the report files into ``config.out``.
 
@@ -228,6 +236,7 @@ def run_bench(
         config: sizes, steps and the results folder.
         console: where progress goes (default: the terminal).
         services: the broker and database (default: this machine's, ``require_services``).
+        baseline: the ``--baseline`` commit and its run's ``bench.json``, compared in the report.
 
     Returns:
         The results and the names of the steps that failed.
@@ -256,14 +265,18 @@ def run_bench(
         runner.step(name, action)
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     results.meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if baseline is not None:
+        compare_with_baseline(results, baseline[1], baseline[0])
     write_report(results, config.out)
     return results, runner.failed
 
 
 def write_report(results: BenchResults, out: Path) -> None:
-    """``bench.json``, ``bench.md`` and ``bench.png`` in ``out``."""
+    """``bench.json``, ``bench.md``, ``bench.png`` (and ``baseline.md``) in ``out``."""
     write_json(results, out / "bench.json")
     (out / "bench.md").write_text(markdown(results))
+    if results.baseline:
+        (out / "baseline.md").write_text(baseline_markdown(results))
     write_chart(results, out / "bench.png")
 
 
@@ -284,20 +297,24 @@ def publish_to_readme(results: BenchResults, out: Path, readme: Path) -> bool:
     return write_readme_section(readme, body)
 
 
-def report_baseline(
-    baseline: dict[str, Any], commit: str, out: Path, console: Console
-) -> list[Compared]:
-    """Print this run's figures next to the baseline's, write ``baseline.md`` and add the
-    comparison to ``bench.json`` (key ``baseline``)."""
-    path = out / "bench.json"
-    current = json.loads(path.read_text())
-    compared = compare(current, baseline)
-    current_commit = str(current.get("meta", {}).get("commit", ""))
+def compare_with_baseline(results: BenchResults, baseline: dict[str, Any], commit: str) -> None:
+    """Put this run's figures next to the baseline run's into ``results.baseline`` (the
+    report's CPU target, ``bench.json``'s ``baseline`` key and the README section read it)."""
+    current = json.loads(json.dumps(asdict(results), default=str))
     base_commit = str(baseline.get("meta", {}).get("commit", "")) or commit
-    table = Table(title=f"this run ({current_commit}) vs baseline {base_commit}")
+    results.baseline = as_json(compare(current, baseline), base_commit)
+
+
+def print_baseline(results: BenchResults, console: Console) -> None:
+    """The comparison with the baseline run as a table (nothing without ``--baseline``)."""
+    comparison = results.baseline
+    if not comparison:
+        return
+    current_commit = str(results.meta.get("commit", ""))
+    table = Table(title=f"this run ({current_commit}) vs baseline {comparison['commit']}")
     for column in ("figure", "baseline", "this run", "this / baseline", "note"):
         table.add_column(column, justify="left" if column in ("figure", "note") else "right")
-    for row in compared:
+    for row in compared_rows(comparison):
         ratio = row.ratio
         table.add_row(
             row.figure,
@@ -307,10 +324,6 @@ def report_baseline(
             row.note,
         )
     console.print(table)
-    (out / "baseline.md").write_text(baseline_markdown(compared, base_commit, current_commit))
-    current["baseline"] = as_json(compared, base_commit)
-    path.write_text(json.dumps(current, indent=2, default=str) + "\n")
-    return compared
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,15 +389,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"[bold]baseline[/bold]: the same benchmark on {args.baseline} first")
             raw_argv = list(sys.argv[1:] if argv is None else argv)
             baseline = run_baseline(args.baseline, raw_argv, config.out / "baseline")
-        results, failed = run_bench(config, console)
+        compared_to = (args.baseline, baseline) if baseline is not None else None
+        results, failed = run_bench(config, console, baseline=compared_to)
     except ValueError as exc:
         parser.error(str(exc))
     except BenchError as exc:
         console.print(f"[red]{exc}")
         return 2
     print_report(results, console)
-    if baseline is not None:
-        report_baseline(baseline, args.baseline, config.out, console)
+    print_baseline(results, console)
     if args.readme is not None and args.quick:
         console.print(f"a --quick run is a smoke test: {args.readme} was left as it was")
     elif args.readme is not None:
