@@ -52,15 +52,25 @@ _ADVANCE: Final = (
 #: an erasure ``erasure``, a replay's swap ``swap``. PostgreSQL delivers a notification when
 #: (and only if) its transaction commits.
 PROGRESS_CHANNEL: Final = "friendship_progress"
-# One statement: the commit's audit row and its announcement (one round trip, as before).
-_LOG_COMMIT: Final = """
-WITH logged AS (
+# A live owner's advance is one statement: the compare-and-set, the commit's audit row and its
+# announcement (one round trip per batch instead of two; nothing is logged when nothing moved).
+_ADVANCE_AND_LOG: Final = """
+WITH moved AS (
+  UPDATE checkpoints SET committed_offset = %(last)s, owner = %(owner)s, updated_at = now(),
+    applied_count = applied_count + %(applied)s,
+    dead_lettered_count = dead_lettered_count + %(dead)s
+  WHERE partition = %(partition)s AND committed_offset = %(expected)s
+    AND lease_epoch = %(epoch)s
+  RETURNING partition, committed_offset
+), logged AS (
   INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
                               dead_lettered, committed_at)
-  VALUES (%s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+  SELECT partition, %(first)s, committed_offset, %(owner)s, %(epoch)s, %(applied)s, %(dead)s,
+         clock_timestamp()
+  FROM moved
   RETURNING partition, last_offset
 )
-SELECT pg_notify(%s, partition || ':' || last_offset) FROM logged
+SELECT pg_notify(%(channel)s, partition || ':' || last_offset) FROM logged
 """
 _LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
 
@@ -106,35 +116,39 @@ def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
         CheckpointConflict: the row no longer holds ``expected`` and the epoch (nothing moved).
     """
     epoch = advance.lease_epoch
-    cur.execute(
-        _ADVANCE,
-        (
-            advance.last_offset,
-            advance.owner,
-            advance.applied,
-            advance.dead_lettered,
-            advance.partition,
-            advance.expected,
-            epoch,
-            epoch,
-        ),
-    )
-    if cur.rowcount != 1:
-        raise CheckpointConflict(advance.partition, advance.expected, None)
-    if epoch is not None:
+    if epoch is None:
         cur.execute(
-            _LOG_COMMIT,
+            _ADVANCE,
             (
-                advance.partition,
-                advance.first_offset,
                 advance.last_offset,
                 advance.owner,
-                epoch,
                 advance.applied,
                 advance.dead_lettered,
-                PROGRESS_CHANNEL,
+                advance.partition,
+                advance.expected,
+                epoch,
+                epoch,
             ),
         )
+        moved = cur.rowcount == 1
+    else:
+        cur.execute(
+            _ADVANCE_AND_LOG,
+            {
+                "last": advance.last_offset,
+                "first": advance.first_offset,
+                "owner": advance.owner,
+                "applied": advance.applied,
+                "dead": advance.dead_lettered,
+                "partition": advance.partition,
+                "expected": advance.expected,
+                "epoch": epoch,
+                "channel": PROGRESS_CHANNEL,
+            },
+        )
+        moved = len(cur.fetchall()) == 1
+    if not moved:
+        raise CheckpointConflict(advance.partition, advance.expected, None)
 
 
 def announce(cur: psycopg.Cursor, what: str) -> None:

@@ -65,6 +65,13 @@ SELECT user_id, topic, 0, 0, 0, {_ZERO_SENTIMENTS}, NULL
 FROM unnest(%b::text[], %b::text[]) AS k(user_id, topic) ORDER BY user_id, topic
 ON CONFLICT (user_id, topic) DO NOTHING
 """
+# Both kinds of missing rows in one statement (one round trip) when the batch touches topics.
+# The order of a WITH's inserts is unspecified; no other transaction can interleave on these
+# rows: every batch locks its partition's checkpoint row first, and a child's rows belong to
+# one partition.
+_CREATE_MISSING_BOTH: Final = (
+    "WITH missing_friendships AS (" + _CREATE_MISSING_FRIENDSHIPS + ")" + _CREATE_MISSING_TOPICS
+)
 _LOCK_FRIENDSHIPS: Final = """
 SELECT user_id, score, events_applied, last_event_at FROM friendships
 WHERE user_id = ANY(%b::text[]) ORDER BY user_id FOR UPDATE
@@ -100,6 +107,8 @@ ON CONFLICT (user_id, topic) DO UPDATE SET
   {_SENTIMENT_SET},
   last_discussed_at = excluded.last_discussed_at
 """
+# Both upserts in one statement (one round trip), as ``_CREATE_MISSING_BOTH``.
+_UPSERT_BOTH: Final = "WITH upserted_friendships AS (" + _UPSERT_FRIENDSHIPS + ")" + _UPSERT_TOPICS
 _INSERT_DEAD_LETTERS: Final = """
 INSERT INTO dead_letters (partition, log_offset, event_id, field, reason, raw, user_id,
                           routing_key)
@@ -242,9 +251,10 @@ class _PostgresTransaction:
     ) -> tuple[dict[str, Friendship], dict[TopicKey, TopicMetrics]]:
         cur = self._cur
         topic_users, topic_names = [k[0] for k in topics], [k[1] for k in topics]
-        cur.execute(_CREATE_MISSING_FRIENDSHIPS, (users,))
         if topics:
-            cur.execute(_CREATE_MISSING_TOPICS, (topic_users, topic_names))
+            cur.execute(_CREATE_MISSING_BOTH, (users, topic_users, topic_names))
+        else:
+            cur.execute(_CREATE_MISSING_FRIENDSHIPS, (users,))
         friendships = {
             user_id: Friendship(score, applied, last_at)
             for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (users,))
@@ -264,9 +274,12 @@ class _PostgresTransaction:
     def write_rows(
         self, friendships: Mapping[str, Friendship], topics: Mapping[TopicKey, TopicMetrics]
     ) -> None:
-        self._cur.execute(_UPSERT_FRIENDSHIPS, friendship_columns(friendships))
         if topics:
-            self._cur.execute(_UPSERT_TOPICS, topic_columns(topics))
+            self._cur.execute(
+                _UPSERT_BOTH, (*friendship_columns(friendships), *topic_columns(topics))
+            )
+        else:
+            self._cur.execute(_UPSERT_FRIENDSHIPS, friendship_columns(friendships))
 
     def write_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         self._cur.execute(
