@@ -18,6 +18,7 @@ from bench.results import (
     BenchResults,
     DrainResult,
     LatencyResult,
+    LatencySweepResult,
     PreviousDesignResult,
     ProfileResult,
     ReplayResult,
@@ -120,6 +121,10 @@ def _ingest_rows(results: BenchResults) -> list[Row]:
         ),
         _drain_row("2. processor: backlog drain (data encrypted, the default)", results.drain),
         _drain_row("2. processor: backlog drain, plain data (same run)", results.drain_plain),
+        _drain_row(
+            "2. processor: backlog drain, two processes (PROCESSOR_PROCESSES=2, encrypted)",
+            results.drain_two_processes,
+        ),
     ]
 
 
@@ -156,7 +161,27 @@ def _latency_rows(results: BenchResults) -> list[Row]:
                 cpu_per_event(latency.cpu_us_per_event) if latency else "",
             )
         )
+    if results.latency_sweep is not None:
+        table.append(_sweep_row(results.latency_sweep))
     return table
+
+
+def _sweep_row(sweep: LatencySweepResult) -> Row:
+    best = (
+        f"{sweep.best_share:.0%} of the ceiling ({_rate(sweep.best_rate or 0.0)})"
+        if sweep.best_share is not None
+        else f"none of {len(sweep.points)} rates"
+    )
+    points = "; ".join(
+        f"{p.share:.0%} ({p.offered_rate:,.0f}/s): p50 {ms(p.p50_ms)}, p99 {ms(p.p99_ms)}"
+        for p in sweep.points
+    )
+    return Row(
+        f"2. processor: highest offered rate with p99 <= {sweep.goal_ms:.0f} ms",
+        best,
+        f"{sweep.seconds_each:.0f} s per rate, {sweep.processes} process"
+        f"{'es' if sweep.processes > 1 else ''}, rising until p99 went over: {points}",
+    )
 
 
 def _previous_rows(results: BenchResults) -> list[Row]:

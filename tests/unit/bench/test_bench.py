@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.baseline import compare, passed_on
 from bench.baseline import markdown as baseline_markdown
 from bench.harness import CpuSample, cpu_us_per_event
-from bench.latency import commit_latencies, percentile
+from bench.latency import best_within, commit_latencies, percentile
 from bench.profile import summarise
 from bench.report import README_END, README_START, targets, write_readme_section
 from bench.results import (
@@ -18,6 +18,7 @@ from bench.results import (
     IngestResult,
     LatencyResult,
     PreviousDesignResult,
+    SweepPoint,
 )
 from processor.publishing.publisher import OutgoingEvent
 
@@ -134,3 +135,14 @@ def test_cpu_per_event_is_the_process_ticks_over_the_events() -> None:
     assert cpu_us_per_event(before, after, 1_000_000) == 1.0
     assert cpu_us_per_event(before, before, 10) == 0.0
     assert cpu_us_per_event(before, after, 0) == 0.0
+
+
+def test_the_sweep_keeps_the_highest_share_within_the_goal() -> None:
+    def point(share: float, p99_ms: float) -> SweepPoint:
+        return SweepPoint(1000 * share, share, 1000 * share, 1.0, p99_ms, 10, 10)
+
+    points = [point(0.05, 40.0), point(0.1, 99.0), point(0.2, 180.0)]
+    best = best_within(points, 100.0)
+    assert best is not None and best.share == 0.1
+    assert best_within([point(0.05, math.inf), point(0.1, math.nan)], 100.0) is None
+    assert best_within([], 100.0) is None
