@@ -37,7 +37,7 @@ topology: services
 
 # --- run ------------------------------------------------------------------------------------
 
-# run a processor process (owns partitions, applies batches; Ctrl-C finishes the batch in flight)
+# run the processor: one member process per CPU core (PROCESSOR_PROCESSES; owns partitions, applies batches; Ctrl-C finishes the batches in flight)
 [group('run')]
 run-processor: services
     {{python}} -m processor run
