@@ -37,7 +37,7 @@ topology: services
 
 # --- run ------------------------------------------------------------------------------------
 
-# run a processor process (owns partitions, applies batches; Ctrl-C finishes the batch in flight)
+# run the processor: one member process per CPU core (PROCESSOR_PROCESSES; owns partitions, applies batches; Ctrl-C finishes the batches in flight)
 [group('run')]
 run-processor: services
     {{python}} -m processor run
@@ -139,7 +139,7 @@ bench-rule-change *ARGS: services
 bench-read-your-writes *ARGS: services
     {{python}} -m bench.read_your_writes "$@"
 
-# the benchmark (about 6 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
+# the benchmark (about 7 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
     {{python}} -m bench --readme README.md "$@"

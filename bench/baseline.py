@@ -254,6 +254,12 @@ def compare(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[Com
             "higher",
         ),
         Compared("drain (events/s)", drain(baseline), drain(current), "higher"),
+        Compared(
+            "drain, two processes (events/s)",
+            _get(baseline, "drain_two_processes", "events_per_s"),
+            _get(current, "drain_two_processes", "events_per_s"),
+            "higher",
+        ),
         Compared("replay (events/s)", replay(baseline), replay(current), "higher"),
         Compared("raw stream read (events/s)", best_raw(baseline), best_raw(current), "higher"),
         Compared(

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from bench.harness import (
     DRAIN_POLL_S,
+    BenchError,
+    child_pids,
     cpu_sample,
     cpu_us_per_event,
     cpu_use,
@@ -45,6 +47,29 @@ def sealed(settings: Settings, events: list[OutgoingEvent]) -> list[OutgoingEven
 Observer = Callable[[subprocess.Popen[bytes]], AbstractContextManager[object]]
 
 
+@contextmanager
+def processor_members(
+    settings: Settings, log_path: Path, processes: int, timeout_s: float = 60.0
+) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
+    """``python -m processor run`` with ``PROCESSOR_PROCESSES=processes`` (the product's own
+    supervisor when more than one), logging to ``log_path``; yields the process and the pids
+    whose CPU is the processor's (the supervisor and its member processes, once all started).
+
+    Raises:
+        BenchError: the member processes did not all start within ``timeout_s``.
+    """
+    with processor_process(settings.with_overrides(processes=processes), log_path) as process:
+        pids = [process.pid]
+        if processes > 1:
+            deadline = time.monotonic() + timeout_s
+            while len(children := child_pids(process.pid)) < processes:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"{processes} member processes did not start; see {log_path}")
+                time.sleep(0.01)
+            pids += children
+        yield process, pids
+
+
 def measure_drain(
     services: Services,
     workload: Workload,
@@ -54,8 +79,10 @@ def measure_drain(
     observer: Observer | None = None,
     verify: bool = True,
     encrypted: bool = True,
+    processes: int = 1,
 ) -> DrainResult:
-    """Drain ``workload`` from the streams with one processor process (default settings).
+    """Drain ``workload`` from the streams with ``processes`` processor processes (default
+    settings otherwise) started together on this machine.
 
     Args:
         services: the broker and database server.
@@ -66,6 +93,8 @@ def measure_drain(
         verify: compare every user with the sequential fold (else ``mismatched_users = -1``).
         encrypted: publish every event with its data encrypted, as the HTTP ingest and
             ``just publish`` do (the product's default); false publishes them in plain text.
+        processes: ``PROCESSOR_PROCESSES``: member processes sharing the partitions under
+            one ``processor run``; their CPU is summed (the observer sees the supervisor).
     """
     with deployment(services) as settings:
         published = sealed(settings, workload.events) if encrypted else workload.events
@@ -73,12 +102,12 @@ def measure_drain(
         tails = read_tails(settings)
         started = time.monotonic()
         with (
-            processor_process(settings, log_path) as process,
+            processor_members(settings, log_path, processes) as (process, pids),
             observer(process) if observer else nullcontext(),
         ):
-            before = cpu_sample(process.pid)
-            times = wait_until_committed(settings, tails, timeout_s, pid=process.pid)
-            after = cpu_sample(process.pid)
+            before = cpu_sample(*pids)
+            times = wait_until_committed(settings, tails, timeout_s, pid=pids)
+            after = cpu_sample(*pids)
             cpu = cpu_use(before, after, time.monotonic() - started)
         stored = stored_projections(settings) if verify else {}
     mismatched = mismatched_users(stored, reference_fold(workload.bodies)) if verify else -1
@@ -100,4 +129,5 @@ def measure_drain(
         machine_cpu_busy=cpu.machine_busy,
         cpu_us_per_event=cpu_us_per_event(first_cpu, after, steady_events),
         cpu_us_per_event_with_startup=cpu_us_per_event(before, after, events),
+        processes=processes,
     )

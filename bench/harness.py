@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from processor.applying.checkpoint import ensure_checkpoints, read_checkpoints
@@ -98,7 +99,7 @@ def wait_until_committed(
     tails: Mapping[int, int],
     timeout_s: float,
     poll_s: float = DRAIN_POLL_S,
-    pid: int | None = None,
+    pid: int | Sequence[int] | None = None,
 ) -> CommitTimes:
     """Poll the checkpoint table until every partition's checkpoint reached its tail.
 
@@ -107,12 +108,14 @@ def wait_until_committed(
         tails: the last offset of each partition that must be committed.
         timeout_s: give up after this many seconds.
         poll_s: seconds between polls (the resolution of the returned times).
-        pid: a process whose CPU is sampled at the first commit seen (None: none).
+        pid: a process (or processes, summed) whose CPU is sampled at the first commit seen
+            (None: none).
 
     Raises:
         BenchError: not every partition reached its tail in time (names the lagging ones).
     """
     deadline = time.monotonic() + timeout_s
+    pids = () if pid is None else (pid,) if isinstance(pid, int) else tuple(pid)
     with connect(settings.database_url, application_name="bench-drain-poll") as conn:
         initial = read_checkpoints(conn)
         first_commit_at: float | None = None
@@ -125,7 +128,7 @@ def wait_until_committed(
                 offsets.get(p, -1) != initial.get(p, -1) for p in offsets
             ):
                 first_commit_at = now
-                first_cpu = cpu_sample(pid) if pid is not None else None
+                first_cpu = cpu_sample(*pids) if pids else None
                 first_offsets = sum(o - initial.get(p, -1) for p, o in offsets.items())
             lagging = {
                 p: t - offsets.get(p, -1) for p, t in tails.items() if offsets.get(p, -1) < t
@@ -158,19 +161,34 @@ class CpuSample:
     total: int
 
 
-def cpu_sample(pid: int) -> CpuSample:
-    """The CPU ticks used so far by process ``pid`` and by the machine."""
+def cpu_sample(*pids: int) -> CpuSample:
+    """The CPU ticks used so far by the processes ``pids`` (summed) and by the machine."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # Fields after the command name, which may hold spaces: utime and stime are 14, 15.
-            fields = stat.read().rpartition(")")[2].split()
-        process = int(fields[11]) + int(fields[12])
+        process = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                # Fields after the command name, which may hold spaces: utime and stime are 14, 15.
+                fields = stat.read().rpartition(")")[2].split()
+            process += int(fields[11]) + int(fields[12])
         with open("/proc/stat") as machine:
             ticks = [int(v) for v in machine.readline().split()[1:]]
     except (OSError, ValueError, IndexError):
         return CpuSample(0, 0, 0)
     idle = ticks[_IDLE] + (ticks[_IOWAIT] if len(ticks) > _IOWAIT else 0)
     return CpuSample(process, sum(ticks) - idle, sum(ticks))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``/proc/*/stat`` field 4; empty without ``/proc``)."""
+    children = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 1 and fields[1] == str(pid):
+            children.append(int(entry.parent.name))
+    return sorted(children)
 
 
 @dataclass(frozen=True)

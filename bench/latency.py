@@ -34,7 +34,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Final
 
-from bench.drain import Observer
+from bench.drain import Observer, processor_members
 from bench.harness import (
     BenchError,
     cpu_sample,
@@ -45,13 +45,12 @@ from bench.harness import (
     read_tails,
     wait_until_committed,
 )
-from bench.results import LatencyResult, PartitionLatency
+from bench.results import LatencyResult, PartitionLatency, SweepPoint
 from bench.workload import Workload
 from processor.applying.checkpoint import read_checkpoints
 from processor.publishing.publisher import AsyncPublisher, OutgoingEvent
 from processor.settings import Settings
 from projections.database import connect
-from testkit.processes import processor_process
 from testkit.services import Services
 
 #: Seconds between two checkpoint polls (the resolution of commit times).
@@ -204,6 +203,7 @@ def measure_latency(
     *,
     drain_timeout_s: float = 120.0,
     observer: Observer | None = None,
+    processes: int = 1,
 ) -> LatencyResult:
     """Publish ``load`` at ``rate`` events/s to a running processor; publish-to-commit latency.
 
@@ -215,16 +215,21 @@ def measure_latency(
         log_path: the processor's log file.
         drain_timeout_s: how long, after the last publish, the processor may take to catch up.
         observer: entered with the processor's process around the measured load (a profiler).
+        processes: ``PROCESSOR_PROCESSES`` of the processor (member CPU summed; the observer
+            sees the supervisor).
     """
     drained_after = math.inf
-    with deployment(services) as settings, processor_process(settings, log_path) as process:
+    with (
+        deployment(services) as settings,
+        processor_members(settings, log_path, processes) as (process, pids),
+    ):
         publish_timed(settings, warmup.events)
         wait_until_committed(settings, read_tails(settings), timeout_s=120.0)
         with (
             _CheckpointPoller(settings.database_url) as poller,
             observer(process) if observer else nullcontext(),
         ):
-            before, load_started = cpu_sample(process.pid), time.monotonic()
+            before, load_started = cpu_sample(*pids), time.monotonic()
             published_at, seconds = asyncio.run(_offered_load(settings, load.events, rate))
             last_publish = time.monotonic()
             try:
@@ -232,7 +237,7 @@ def measure_latency(
                 drained_after = times.done_at - last_publish
             except BenchError:
                 pass
-            after = cpu_sample(process.pid)
+            after = cpu_sample(*pids)
             cpu = cpu_use(before, after, time.monotonic() - load_started)
         offsets = _event_offsets(settings)
     changes, polls, poll_seconds = poller.result
@@ -298,3 +303,10 @@ def worst_partitions(
         )
     summaries.sort(key=lambda s: s.p99_ms, reverse=True)
     return summaries[:count]
+
+
+def best_within(points: Sequence[SweepPoint], goal_ms: float) -> SweepPoint | None:
+    """The highest offered share whose p99 is within ``goal_ms`` (None when none is; an event
+    never committed makes p99 infinite, a run without events NaN: both miss)."""
+    within = [p for p in points if p.p99_ms <= goal_ms]
+    return max(within, key=lambda p: p.share) if within else None

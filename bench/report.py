@@ -20,6 +20,7 @@ from bench.results import (
     BenchResults,
     DrainResult,
     LatencyResult,
+    LatencySweepResult,
     PreviousDesignResult,
     ProfileResult,
     ReplayResult,
@@ -123,6 +124,10 @@ def _ingest_rows(results: BenchResults) -> list[Row]:
         ),
         _drain_row("2. processor: backlog drain (data encrypted, the default)", results.drain),
         _drain_row("2. processor: backlog drain, plain data (same run)", results.drain_plain),
+        _drain_row(
+            "2. processor: backlog drain, two processes (PROCESSOR_PROCESSES=2, encrypted)",
+            results.drain_two_processes,
+        ),
     ]
 
 
@@ -159,7 +164,27 @@ def _latency_rows(results: BenchResults) -> list[Row]:
                 cpu_per_event(latency.cpu_us_per_event) if latency else "",
             )
         )
+    if results.latency_sweep is not None:
+        table.append(_sweep_row(results.latency_sweep))
     return table
+
+
+def _sweep_row(sweep: LatencySweepResult) -> Row:
+    best = (
+        f"{sweep.best_share:.0%} of the ceiling ({_rate(sweep.best_rate or 0.0)})"
+        if sweep.best_share is not None
+        else f"none of {len(sweep.points)} rates"
+    )
+    points = "; ".join(
+        f"{p.share:.0%} ({p.offered_rate:,.0f}/s): p50 {ms(p.p50_ms)}, p99 {ms(p.p99_ms)}"
+        for p in sweep.points
+    )
+    return Row(
+        f"2. processor: highest offered rate with p99 <= {sweep.goal_ms:.0f} ms",
+        best,
+        f"{sweep.seconds_each:.0f} s per rate, {sweep.processes} process"
+        f"{'es' if sweep.processes > 1 else ''}, rising until p99 went over: {points}",
+    )
 
 
 def _previous_rows(results: BenchResults) -> list[Row]:
@@ -214,19 +239,23 @@ def _replay_rows(results: BenchResults) -> list[Row]:
 
 def targets(results: BenchResults) -> list[Target]:
     """Issue 16's goals, each computed from this run's figures (``n/a`` when a figure it needs
-    was not measured: the CPU goal needs ``--baseline``)."""
+    was not measured: the CPU goal needs ``--baseline``). The drain's rate is the product's
+    default on a machine of more than one core: two member processes (``PROCESSOR_PROCESSES``
+    = ``auto``) when that drain ran, else the one-process drain."""
+    drain, processes = _default_drain(results)
+    raw = results.replay.best_raw_read_events_per_s if results.replay else None
     return [
         _cpu_target(results),
         _ratio_target(
-            "backlog drain vs raw stream read",
-            results.drain.events_per_s if results.drain else None,
-            results.replay.best_raw_read_events_per_s if results.replay else None,
+            f"backlog drain ({processes}) vs raw stream read",
+            drain.events_per_s if drain else None,
+            raw,
             DRAIN_VS_RAW_TARGET,
             percent=True,
         ),
         _ratio_target(
-            "backlog drain vs ingest ceiling",
-            results.drain.events_per_s if results.drain else None,
+            f"backlog drain ({processes}) vs ingest ceiling",
+            drain.events_per_s if drain else None,
             results.ingest.events_per_s if results.ingest else None,
             DRAIN_TARGET,
         ),
@@ -235,13 +264,20 @@ def targets(results: BenchResults) -> list[Target]:
             results.replay.replay_events_per_s
             if results.replay and results.replay.available
             else None,
-            results.replay.best_raw_read_events_per_s if results.replay else None,
+            raw,
             REPLAY_TARGET,
             percent=True,
         ),
         _latency_target(results),
         _speedup_target(results),
     ]
+
+
+def _default_drain(results: BenchResults) -> tuple[DrainResult | None, str]:
+    """The drain run with the product's default process count, and how many processes."""
+    if results.drain_two_processes is not None:
+        return results.drain_two_processes, "2 processes"
+    return results.drain, "1 process"
 
 
 def _ratio_target(
@@ -291,12 +327,21 @@ def _latency_target(results: BenchResults) -> Target:
     latency = results.latency
     if latency is None:
         return Target(name, "-", goal, None)
-    return Target(
-        name,
-        ms(latency.p99_ms),
-        goal,
-        math.isfinite(latency.p99_ms) and latency.p99_ms <= P99_TARGET_MS,
-    )
+    passed = math.isfinite(latency.p99_ms) and latency.p99_ms <= P99_TARGET_MS
+    measured = ms(latency.p99_ms)
+    sweep = results.latency_sweep
+    if not passed and sweep is not None:
+        # The issue's fallback: the highest offered rate that met the goal, as a share.
+        if sweep.best_share is not None and sweep.best_rate is not None:
+            measured += (
+                f"; highest rate within {P99_TARGET_MS:.0f} ms: {sweep.best_share:.0%} of the "
+                f"ceiling ({_rate(sweep.best_rate)})"
+            )
+        else:
+            lowest = min((p.share for p in sweep.points), default=None)
+            below = f" (lowest tried: {lowest:.0%})" if lowest is not None else ""
+            measured += f"; no rate tried met {P99_TARGET_MS:.0f} ms{below}"
+    return Target(name, measured, goal, passed)
 
 
 def _speedup_target(results: BenchResults) -> Target:

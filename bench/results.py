@@ -36,7 +36,8 @@ class DrainResult:
     ``cpu_us_per_event`` is the processor's CPU time from the first commit seen to the end over
     the events committed in that time, in microseconds (start-up left out: the figure the
     per-event work sets); ``cpu_us_per_event_with_startup`` the same from the process start
-    over every event.
+    over every event. ``processes`` is the number of member processes that shared the partitions
+    (their CPU summed).
     """
 
     events: int
@@ -51,6 +52,7 @@ class DrainResult:
     machine_cpu_busy: float = 0.0
     cpu_us_per_event: float = 0.0
     cpu_us_per_event_with_startup: float = 0.0
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,40 @@ class LatencyResult:
     machine_cpu_busy: float = 0.0
     cpu_us_per_event: float = 0.0
     worst_partitions: list[PartitionLatency] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One offered rate of the latency sweep: ``rate`` in events/s, ``share`` of the ingest
+    ceiling (0..1), the p50 and p99 publish-to-commit latency in milliseconds (as in
+    ``LatencyResult``) and the processors' CPU per committed event in microseconds."""
+
+    rate: float
+    share: float
+    offered_rate: float
+    p50_ms: float
+    p99_ms: float
+    events: int
+    committed: int
+    cpu_us_per_event: float = 0.0
+
+
+@dataclass(frozen=True)
+class LatencySweepResult:
+    """Short latency runs at rising shares of the ingest ceiling, run when p99 at half the
+    ceiling misses its goal; ascending, stopped after the first rate over ``goal_ms``.
+
+    ``best_share`` (0..1) and ``best_rate`` (events/s) are the highest offered rate whose p99
+    was within ``goal_ms`` (None when none was); ``processes`` the member processes used.
+    """
+
+    ceiling: float
+    goal_ms: float
+    seconds_each: float
+    processes: int
+    points: list[SweepPoint] = field(default_factory=list)
+    best_share: float | None = None
+    best_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,8 +233,12 @@ class BenchResults:
     drain: DrainResult | None = None
     #: The same drain with plain events, in the same run: what encryption costs.
     drain_plain: DrainResult | None = None
+    #: The encrypted drain with two member processes (``PROCESSOR_PROCESSES=2``), same run.
+    drain_two_processes: DrainResult | None = None
     latency: LatencyResult | None = None
     light_latency: LatencyResult | None = None
+    #: Rising offered rates when ``latency`` missed its p99 goal (None: not needed or not run).
+    latency_sweep: LatencySweepResult | None = None
     previous: list[PreviousDesignResult] = field(default_factory=list)
     replay: ReplayResult | None = None
     profiles: list[ProfileResult] = field(default_factory=list)

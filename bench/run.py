@@ -33,18 +33,19 @@ from bench.chart import write_chart
 from bench.drain import measure_drain
 from bench.harness import BenchError, require_services
 from bench.ingest import measure_ingest
-from bench.latency import measure_latency
+from bench.latency import best_within, measure_latency
 from bench.previous_design import measure_previous_design
 from bench.profile import profile_drain, profile_live
 from bench.replay_rate import measure_replay
 from bench.report import (
+    P99_TARGET_MS,
     baseline_markdown,
     markdown,
     print_report,
     write_json,
     write_readme_section,
 )
-from bench.results import BenchResults, LatencyResult
+from bench.results import BenchResults, LatencyResult, LatencySweepResult, SweepPoint
 from bench.workload import make_workload
 from processor.errors import ProcessorError
 from processor.settings import Settings
@@ -74,6 +75,12 @@ class BenchConfig:
         profile_live_seconds: seconds of the profiled steady load, offered at the light load's
             rate (0 = no live profile).
         previous_threads: thread counts of the previous design.
+        drain_processes: member processes of the second encrypted drain
+            (``PROCESSOR_PROCESSES``; 0 = no such drain).
+        sweep_shares: shares of the ingest ceiling offered, rising, when p99 at half the
+            ceiling misses ``P99_TARGET_MS`` (empty = no sweep).
+        sweep_seconds: duration of each sweep load.
+        sweep_processes: ``PROCESSOR_PROCESSES`` of the sweep's processor.
         steps: which steps run.
         out: the results folder (``bench.json``, ``bench.md``, ``bench.png``, logs).
     """
@@ -88,6 +95,10 @@ class BenchConfig:
     profile_events: int = 60_000
     profile_live_seconds: float = 10.0
     previous_threads: tuple[int, ...] = (1, 10)
+    drain_processes: int = 2
+    sweep_shares: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    sweep_seconds: float = 8.0
+    sweep_processes: int = 1
     steps: tuple[str, ...] = STEPS
     out: Path = Path("bench-results")
 
@@ -101,6 +112,8 @@ class BenchConfig:
             latency_seconds=5.0,
             profile_events=0,
             profile_live_seconds=0.0,
+            sweep_shares=(0.1,),
+            sweep_seconds=3.0,
             out=out,
         )
 
@@ -154,6 +167,7 @@ def _meta(config: BenchConfig) -> dict[str, object]:
             "batch_size": defaults.batch_size,
             "batch_wait_s": defaults.batch_wait_s,
             "partitions": defaults.partitions,
+            "processes": "auto" if defaults.processes is None else defaults.processes,
         },
     }
 
@@ -181,6 +195,13 @@ class _Steps:
         self.results.drain_plain = measure_drain(
             self.services, load, self.logs / "drain-plain.log", encrypted=False
         )
+        if self.config.drain_processes > 0:
+            self.results.drain_two_processes = measure_drain(
+                self.services,
+                load,
+                self.logs / "drain-processes.log",
+                processes=self.config.drain_processes,
+            )
 
     def latency(self) -> None:
         config, ceiling = self.config, self._ceiling()
@@ -193,13 +214,54 @@ class _Steps:
         if ceiling is not None and config.light_load_fraction > 0:
             light = ceiling * config.light_load_fraction
             self.results.light_latency = self._latency_at(light, "latency-light.log")
+        missed = not self.results.latency.p99_ms <= P99_TARGET_MS  # NaN and inf miss too
+        if ceiling is not None and missed and config.sweep_shares:
+            self.results.latency_sweep = self._sweep(ceiling)
 
-    def _latency_at(self, rate: float, log_name: str) -> LatencyResult:
+    def _latency_at(
+        self, rate: float, log_name: str, seconds: float | None = None, processes: int = 1
+    ) -> LatencyResult:
         config = self.config
-        count = max(1, int(rate * config.latency_seconds))
+        count = max(1, int(rate * (seconds or config.latency_seconds)))
         load = make_workload(count, config.users, config.seed + 1)
         warmup = make_workload(min(2_000, count), config.users, config.seed + 2)
-        return measure_latency(self.services, load, warmup, rate, self.logs / log_name)
+        return measure_latency(
+            self.services, load, warmup, rate, self.logs / log_name, processes=processes
+        )
+
+    def _sweep(self, ceiling: float) -> LatencySweepResult:
+        """Latency at each of ``sweep_shares`` of the ceiling, rising, until p99 misses."""
+        config = self.config
+        points: list[SweepPoint] = []
+        for share in sorted(config.sweep_shares):
+            rate = ceiling * share
+            run = self._latency_at(
+                rate, f"latency-sweep-{share:.2f}.log", config.sweep_seconds, config.sweep_processes
+            )
+            points.append(
+                SweepPoint(
+                    rate=rate,
+                    share=share,
+                    offered_rate=run.offered_rate,
+                    p50_ms=run.p50_ms,
+                    p99_ms=run.p99_ms,
+                    events=run.events,
+                    committed=run.committed,
+                    cpu_us_per_event=run.cpu_us_per_event,
+                )
+            )
+            if not run.p99_ms <= P99_TARGET_MS:
+                break
+        best = best_within(points, P99_TARGET_MS)
+        return LatencySweepResult(
+            ceiling=ceiling,
+            goal_ms=P99_TARGET_MS,
+            seconds_each=config.sweep_seconds,
+            processes=config.sweep_processes,
+            points=points,
+            best_share=best.share if best else None,
+            best_rate=best.rate if best else None,
+        )
 
     def previous(self) -> None:
         load = self.workload.head(self.config.previous_events)

@@ -65,6 +65,8 @@ DRAIN_TIMEOUT_S: Final = 600.0
 #: The line a processor logs at start when it serves its metrics.
 _METRICS_URL: Final = re.compile(r"processor metrics at (http://\S+/metrics)")
 _STARTED: Final = re.compile(r"processor \S+ started: ")
+#: The line ``processor run`` logs when it started several member processes (``supervisor``).
+_MEMBERS_STARTED: Final = re.compile(r"processor started (\d+) member processes")
 #: Seconds the demo waits for the API's ``/healthz`` to answer.
 API_START_TIMEOUT_S: Final = 30.0
 _POLL_S: Final = 0.2
@@ -348,11 +350,10 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    metrics_url = processor_metrics_url(background.log_tail("processor", lines=100_000))
-    if metrics_url is not None:
-        metrics_auth = (
-            ' -H "Authorization: Bearer $PROCESSOR_METRICS_TOKEN"' if settings.metrics_token else ""
-        )
+    metrics_auth = (
+        ' -H "Authorization: Bearer $PROCESSOR_METRICS_TOKEN"' if settings.metrics_token else ""
+    )
+    for metrics_url in processor_metrics_urls(background.log_tail("processor", lines=100_000)):
         console.print(
             f"  curl{metrics_auth} {metrics_url}   (the processor's own metrics: "
             "friendship_processor_*)",
@@ -367,18 +368,26 @@ def _summary(settings: Settings, console: Console, base_url: str) -> None:
     )
 
 
-def processor_metrics_url(log_lines: list[str]) -> str | None:
-    """The metrics URL the running processor logged at its start (its last start in the log),
-    None when it serves none (``PROCESSOR_METRICS_PORT=off``)."""
-    current: str | None = None
-    pending: str | None = None
+def processor_metrics_urls(log_lines: list[str]) -> list[str]:
+    """The metrics URLs the running processor logged at its last start: one per member process
+    (``PROCESSOR_PROCESSES``; the supervisor's line says how many follow), none when they serve
+    none (``PROCESSOR_METRICS_PORT=off``)."""
+    urls: list[str] = []
+    pending: list[str] = []
+    members_left = 0
     for line in log_lines:
-        match = _METRICS_URL.search(line)
-        if match:
-            pending = match.group(1)
+        if match := _MEMBERS_STARTED.search(line):
+            urls, pending, members_left = [], [], int(match.group(1))
+        elif match := _METRICS_URL.search(line):
+            pending.append(match.group(1))
         elif _STARTED.search(line):
-            current, pending = pending, None
-    return current
+            url = [pending.pop(0)] if pending else []
+            if members_left > 0:
+                members_left -= 1
+                urls += url
+            else:
+                urls = url
+    return urls
 
 
 def _read_token(settings: Settings) -> str:

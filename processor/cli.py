@@ -26,14 +26,27 @@ log = logging.getLogger("processor")
 
 
 def _run_processor(settings: Settings, args: argparse.Namespace) -> int:
-    from processor.runtime import Processor  # noqa: PLC0415 - keeps `--help` fast
-
     overrides: dict[str, object] = {}
+    passed_on: list[str] = []
     if args.threads:
         overrides["threads"] = args.threads
+        passed_on += ["--threads", str(args.threads)]
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    processor = Processor(settings.with_overrides(**overrides) if overrides else settings)
+        passed_on += ["--batch-size", str(args.batch_size)]
+    if args.processes:
+        overrides["processes"] = args.processes
+    settings = settings.with_overrides(**overrides) if overrides else settings
+    from processor.supervisor import Supervisor, cpu_count, process_count  # noqa: PLC0415
+
+    count = process_count(settings.processes, settings.partitions, cpu_count())
+    if count > 1:
+        supervisor = Supervisor(settings, count, passed_on)
+        with foreground_process_group():
+            return supervisor.run()
+    from processor.runtime import Processor  # noqa: PLC0415 - keeps `--help` fast
+
+    processor = Processor(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the batches in flight", signal.Signals(signum).name)
@@ -198,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="own partitions and apply their events")
     run.add_argument("--threads", type=int, default=0, help="worker threads (PROCESSOR_THREADS)")
     run.add_argument("--batch-size", type=int, default=0, help="events per batch (BATCH_SIZE)")
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="member processes on this machine (PROCESSOR_PROCESSES; default auto: one per core)",
+    )
     run.set_defaults(handler=_run_processor)
 
     commands.add_parser("migrate", help="create the database and tables").set_defaults(

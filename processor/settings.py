@@ -24,6 +24,7 @@ ENV_PARTITIONS: Final = "PARTITIONS"
 ENV_API_HOST: Final = "API_HOST"
 ENV_API_PORT: Final = "API_PORT"
 ENV_THREADS: Final = "PROCESSOR_THREADS"
+ENV_PROCESSES: Final = "PROCESSOR_PROCESSES"
 ENV_BATCH_SIZE: Final = "BATCH_SIZE"
 ENV_BATCH_WAIT_S: Final = "BATCH_WAIT_S"
 ENV_STREAM_MAX_AGE: Final = "STREAM_MAX_AGE"
@@ -208,6 +209,27 @@ def parse_metrics_port(raw: str | None) -> int | None:
     return port
 
 
+def parse_processes(raw: str | None) -> int | None:
+    """``PROCESSOR_PROCESSES``: unset, empty or ``auto`` = None (one member process per CPU core,
+    at most the partition count: ``processor.supervisor.process_count``); else an integer >= 1.
+
+    Raises:
+        SettingsError: anything else (the message names the variable).
+    """
+    text = (raw or "").strip().lower()
+    if text in {"", "auto"}:
+        return None
+    try:
+        count = int(text)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{ENV_PROCESSES}={raw!r} is not a number of processes or auto"
+        ) from exc
+    if count < 1:
+        raise SettingsError(f"{ENV_PROCESSES}={count} must be >= 1 (or auto)")
+    return count
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if not raw:
@@ -249,6 +271,8 @@ class Settings:
         database_url: PostgreSQL URL; its database isolates a deployment.
         partitions: number of partition streams ``events.p000``...
         threads: worker threads applying batches in one process (each batch: one transaction).
+        processes: member processes ``processor run`` starts on this machine; None = ``auto``
+            (one per CPU core, at most the partition count).
         batch_size: most events in one batch (one transaction).
         batch_wait_s: longest wait, in seconds, for a batch to fill before it is applied.
         stream_max_age: stream retention by age (RabbitMQ ``x-max-age``, e.g. ``"30D"``); empty
@@ -336,6 +360,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     threads: int = 4
+    processes: int | None = None
     batch_size: int = 2000
     batch_wait_s: float = 0.005
     stream_max_age: str = ""
@@ -457,6 +482,7 @@ class Settings:
             api_host=source.get(ENV_API_HOST) or defaults.api_host,
             api_port=_int(source, ENV_API_PORT, defaults.api_port, 1),
             threads=_int(source, ENV_THREADS, defaults.threads, 1),
+            processes=parse_processes(source.get(ENV_PROCESSES)),
             batch_size=_int(source, ENV_BATCH_SIZE, defaults.batch_size, 1),
             batch_wait_s=_float(source, ENV_BATCH_WAIT_S, defaults.batch_wait_s),
             stream_max_age=source.get(ENV_STREAM_MAX_AGE, defaults.stream_max_age),

@@ -127,7 +127,8 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
     kept in the database URL); ``services.on_database_server(url)`` puts it on another server.
 
     Processors started with them serve their metrics on an ephemeral port
-    (``PROCESSOR_METRICS_PORT=0``), so tests in parallel never collide.
+    (``PROCESSOR_METRICS_PORT=0``), so tests in parallel never collide, and each is one member
+    (``PROCESSOR_PROCESSES=1``): a test that wants a supervisor of several sets ``processes``.
     """
     name = f"fs_test_{uuid.uuid4().hex[:10]}"
     vhost = urllib.parse.quote(name, safe="")
@@ -145,6 +146,7 @@ def isolated_settings(services: Services, **overrides: object) -> Iterator[Setti
         hash_key=new_key(),
         key_encryption_key=new_key(),
         metrics_port=0,  # processors of parallel tests never share a metrics port
+        processes=1,  # one member per processor process started: tests count members
     ).with_overrides(**overrides)
     try:
         migrate(settings.database_url)
@@ -165,6 +167,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "DATABASE_URL": settings.database_url,
             "PARTITIONS": str(settings.partitions),
             "PROCESSOR_THREADS": str(settings.threads),
+            "PROCESSOR_PROCESSES": "auto"
+            if settings.processes is None
+            else str(settings.processes),
             "BATCH_SIZE": str(settings.batch_size),
             "BATCH_WAIT_S": str(settings.batch_wait_s),
             "LEASE_INTERVAL_S": str(settings.lease_interval_s),

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import socket
@@ -195,12 +196,14 @@ def _become_terminal_session() -> None:
 
 
 @pytest.mark.skipif(JUST is None, reason="just is installed with the dev extra")
-def test_ctrl_c_stops_just_run_processor_cleanly(settings: Settings) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_stops_just_run_processor_cleanly(settings: Settings, processes: int) -> None:
     # Ctrl-C on a terminal signals the whole foreground group: just too, which then said
     # "error: interrupted by SIGINT" and exited 130 after the processor's clean shutdown.
+    # With two member processes, the supervisor's group has the terminal and both stop.
     assert JUST is not None
     master, slave = pty.openpty()
-    env = settings_env(settings)
+    env = settings_env(settings.with_overrides(processes=processes))
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     process = subprocess.Popen(
         [JUST, "run-processor"],
@@ -225,7 +228,9 @@ def test_ctrl_c_stops_just_run_processor_cleanly(settings: Settings) -> None:
             process.wait()
         os.close(master)
     text = output.decode(errors="replace")
-    assert "received SIGINT: finishing the batches in flight" in text
-    assert "stopped:" in text
+    assert text.count("received SIGINT: finishing the batches in flight") == processes, text
+    assert len(re.findall(r"processor \S+:\d+ stopped:", text)) == processes, text
+    if processes > 1:
+        assert "processor stopped: every member process exited" in text
     assert "error: interrupted" not in text
     assert code == 0, text

@@ -28,6 +28,8 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         light_load_fraction=0.0,
         profile_events=0,
         profile_live_seconds=0.0,
+        sweep_shares=(0.5,),
+        sweep_seconds=1.0,
         out=tmp_path,
     )
     output = io.StringIO()
@@ -39,6 +41,8 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert results.drain.events == 300
     assert results.drain.mismatched_users == 0
     assert results.drain_plain is not None and results.drain_plain.mismatched_users == 0
+    two = results.drain_two_processes
+    assert two is not None and two.processes == 2 and two.mismatched_users == 0
     assert results.latency is not None
     assert results.latency.committed == results.latency.events
     assert [p.threads for p in results.previous] == [1, 10]
@@ -52,12 +56,19 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert results.replay.events == 300
     assert results.replay.available or results.replay.reason
 
+    # The sweep runs only when p99 at the offered rate missed 100 ms (on a busy machine it may).
+    sweep = results.latency_sweep
+    assert (sweep is not None) == (not results.latency.p99_ms <= 100.0)
+    if sweep is not None:
+        assert [p.share for p in sweep.points] == [0.5]
     reported = rows(results)
     assert [row.step for row in reported] == [
         "1. ingest ceiling (exchange, confirms)",
         "2. processor: backlog drain (data encrypted, the default)",
         "2. processor: backlog drain, plain data (same run)",
+        "2. processor: backlog drain, two processes (PROCESSOR_PROCESSES=2, encrypted)",
         "2. processor: publish-to-commit latency, half the ceiling",
+        *(["2. processor: highest offered rate with p99 <= 100 ms"] if sweep else []),
         "3. previous design, 1 thread",
         "3. previous design, 10 threads",
         "4. raw stream read",
@@ -72,6 +83,7 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         "ingest",
         "drain",
         "drain_plain",
+        "drain_two_processes",
         "latency",
         "previous",
         "replay",

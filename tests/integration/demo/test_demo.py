@@ -182,3 +182,23 @@ def test_the_demo_serves_its_api_over_https_and_prints_curl_lines_that_verify_it
         down = _command(["down"], demo_env, tmp_path)
     assert down.returncode == 0, down.stderr
     assert not _port_open(int(port))
+
+
+def test_the_demo_with_two_member_processes_prints_both_metrics_urls_and_down_stops_all(
+    demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = demo_env | {"PROCESSOR_PROCESSES": "2"}  # what `auto` starts on a 2-core machine
+    demo = _command(["demo"], env, tmp_path)
+    assert demo.returncode == 0, f"{demo.stdout}\n{demo.stderr}"
+    assert _totals(demo.stdout)["events applied"] == "36750", demo.stdout
+    log = background.log_file("processor").read_text()
+    started = re.search(r"started 2 member processes \(pids (\d+), (\d+)\)", log)
+    assert started is not None, log
+    members = [int(pid) for pid in started.groups()]
+    assert demo.stdout.count("(the processor's own metrics: friendship_processor_*)") == 2
+    record = read_record("processor")
+    assert record is not None
+    down = _command(["down"], env, tmp_path)
+    assert down.returncode == 0, down.stderr
+    for pid in [record.pid, *members]:
+        assert _wait_gone(pid), f"pid {pid} still runs after `down`"
