@@ -17,10 +17,11 @@ partitions by user and in batches of the default batch size, as a worker sees th
 - ``apply sealed``: the same with every event's data encrypted (the product's default);
 - ``read``: the reader's side, on ``Deliver`` frames captured from the broker (the workload
   published through the ``events`` exchange into a fresh vhost, every partition read to its
-  tail once, the frames kept in memory): per frame, the chunk parsed (``chunk_entries``: CRC,
-  entries), each entry's body and routing key extracted into a record and the records handed to
-  a partition's feed (the live reader's chunk handler), with the feed emptied in batches as a
-  worker takes them. No socket, no broker load: only what the reader thread does per record.
+  tail once, the frames kept in memory): per frame, the chunk parsed into records
+  (``chunks.deliver_records``: CRC, entries, each message's body and routing key) and the records
+  handed to the partition's feed as the live reader does (``offer``, then ``reader_idle``), with
+  the feed emptied in batches as a worker takes them. No socket, no broker load: only what the
+  reader thread does per record.
 
 ``apply`` minus ``decode`` minus ``fold`` is what the statements cost this process (the
 parameters built, sent and the answers read).
@@ -58,11 +59,10 @@ from processor.privacy.data_keys import seal_events
 from processor.privacy.keys import Keys, load_keys
 from processor.privacy.opening import open_records, sealed_records
 from processor.reading import client as stream_client
-from processor.reading.chunks import ChunkEntry, chunk_entries, chunk_span
+from processor.reading.chunks import deliver_records, records_span
 from processor.reading.client import open_first_contact
 from processor.reading.feed import PartitionFeed
 from processor.reading.log_record import LogRecord
-from processor.reading.reader import _chunk_handler
 from processor.settings import Settings, stream_name
 from projections.database import connect
 from projections.event_ids import first_occurrences, judge_event_ids
@@ -257,22 +257,22 @@ async def _capture_frames(settings: Settings, tails: dict[int, int]) -> list[tup
     in arrival order, as the client's read loop hands them to ``chunk_entries``."""
     frames: list[tuple[int, bytes]] = []
     partition_of_id: dict[int, int] = {}
-    parse = chunk_entries
+    parse = deliver_records
 
-    def recording(frame: bytes | memoryview) -> tuple[int, int, list[ChunkEntry]]:
+    def recording(frame: bytes) -> tuple[int, int, list[LogRecord]]:
         answer = parse(frame)
         frames.append((partition_of_id[answer[0]], bytes(frame)))
         return answer
 
-    vars(stream_client)["chunk_entries"] = recording  # the client's read loop calls it
+    vars(stream_client)["deliver_records"] = recording  # the client's read loop calls it
     connection = await open_first_contact(settings, "bench-cpu-layers")
     try:
         done = asyncio.Event()
         remaining = {p for p, tail in tails.items() if tail >= 0}
 
         def until(partition: int) -> stream_client.OnChunk:
-            def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> None:
-                if first_offset + chunk_span(entries) - 1 >= tails[partition]:
+            def on_chunk(first_offset: int, records: list[LogRecord]) -> None:
+                if first_offset + records_span(first_offset, records) - 1 >= tails[partition]:
                     remaining.discard(partition)
                     if not remaining:
                         done.set()
@@ -286,7 +286,7 @@ async def _capture_frames(settings: Settings, tails: dict[int, int]) -> list[tup
             )
         await asyncio.wait_for(done.wait(), timeout=120)
     finally:
-        vars(stream_client)["chunk_entries"] = parse
+        vars(stream_client)["deliver_records"] = parse
         await connection.close()
     return frames
 
@@ -306,7 +306,7 @@ def measure_read(frames: list[tuple[int, bytes]], runs: int, batch_size: int) ->
     """Chunk parse, records and the feed hand-off of every captured frame, CPU per record."""
     records = 0
     for _, frame in frames:
-        records += chunk_span(chunk_entries(frame)[2])
+        records += len(deliver_records(frame)[2])
 
     def run() -> None:
         loop = asyncio.new_event_loop()
@@ -316,9 +316,8 @@ def measure_read(frames: list[tuple[int, bytes]], runs: int, batch_size: int) ->
                 return 0
 
             feeds: dict[int, PartitionFeed] = {}
-            handlers = {}
             for partition in {p for p, _ in frames}:
-                feed = PartitionFeed(
+                feeds[partition] = PartitionFeed(
                     partition,
                     next_offset=0,
                     batch_size=batch_size,
@@ -327,13 +326,11 @@ def measure_read(frames: list[tuple[int, bytes]], runs: int, batch_size: int) ->
                     on_ready=lambda: None,
                     first_offset_probe=probe,
                 )
-                feeds[partition] = feed
-                handlers[partition] = _chunk_handler(feed)
-            parse = chunk_entries
             for partition, frame in frames:
-                _, first_offset, entries = parse(frame)
-                waiting = handlers[partition](first_offset, entries)
+                _, _, records = deliver_records(frame)
                 feed = feeds[partition]
+                waiting = feed.offer(records)
+                feed.reader_idle()
                 if len(feed) >= batch_size:
                     feed.take(batch_size)
                 if waiting is not None:

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pika
 import pytest
@@ -171,11 +171,14 @@ class Sink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
-        self.offsets.append(record.offset)
-        self.next_offset = record.last_offset + 1
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
+        self.offsets.extend(record.offset for record in records)
+        self.next_offset = records[-1].last_offset + 1
         self.arrived.set()
         return None
+
+    def reader_idle(self) -> None:
+        pass
 
     def fail(self, error: Exception) -> None:
         self.failures.append(error)
