@@ -167,6 +167,8 @@ class Sink:
         self.failures: list[Exception] = []
         self.arrived = threading.Event()
         self.failed = threading.Event()
+        #: How many offsets had arrived at each ``reader_idle``.
+        self.idle_at: list[int] = []
 
     def subscribed(self, start: int) -> None:
         pass
@@ -178,7 +180,7 @@ class Sink:
         return None
 
     def reader_idle(self) -> None:
-        pass
+        self.idle_at.append(len(self.offsets))
 
     def fail(self, error: Exception) -> None:
         self.failures.append(error)
@@ -203,6 +205,11 @@ def test_a_partition_whose_stream_does_not_exist_fails_alone(settings: Settings)
             time.sleep(0.05)
         assert all(not s.failures for s in present.values())
         assert all(s.offsets == sorted(set(s.offsets)) for s in present.values())
+        # Once every chunk received was offered, each partition's sink hears that the reader is
+        # idle (the feed hands its batch over then, without waiting for a timer).
+        while any(s.offsets and s.idle_at[-1:] != [len(s.offsets)] for s in present.values()):
+            assert time.monotonic() < deadline, "the reader must say when it is idle"
+            time.sleep(0.05)
         assert reader.node_of(0) is not None
     finally:
         reader.stop()
