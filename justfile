@@ -144,7 +144,7 @@ bench-read-your-writes *ARGS: services
 bench *ARGS: services
     {{python}} -m bench --readme README.md "$@"
 
-# a worker's CPU per event, layer by layer (decode, decrypt, fold and rows, statements; about 1 min, no broker load)
+# a worker's CPU per event, layer by layer (decode, decrypt, fold and rows, statements; about 1 min, no broker load), and the reader's (--layers read)
 [group('bench')]
 bench-cpu *ARGS: services
     {{python}} -m bench.cpu_layers "$@"

@@ -14,7 +14,14 @@ partitions by user and in batches of the default batch size, as a worker sees th
 - ``apply``: ``apply_batch`` through ``PostgresStore`` into a fresh database (decode, fold, the
   statements and the commit): this process's CPU, and the CPU of its PostgreSQL backend
   (``/proc/<pid>/stat`` of ``pg_backend_pid()``, when the server runs on this machine);
-- ``apply sealed``: the same with every event's data encrypted (the product's default).
+- ``apply sealed``: the same with every event's data encrypted (the product's default);
+- ``read``: the reader's side, on ``Deliver`` frames captured from the broker (the workload
+  published through the ``events`` exchange into a fresh vhost, every partition read to its
+  tail once, the frames kept in memory): per frame, the chunk parsed into records
+  (``chunks.deliver_records``: CRC, entries, each message's body and routing key) and the records
+  handed to the partition's feed as the live reader does (``offer``, then ``reader_idle``), with
+  the feed emptied in batches as a worker takes them. No socket, no broker load: only what the
+  reader thread does per record.
 
 ``apply`` minus ``decode`` minus ``fold`` is what the statements cost this process (the
 parameters built, sent and the answers read).
@@ -25,17 +32,18 @@ Exit codes: 0 measured, 2 the services are down.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.harness import BenchError, require_services
+from bench.harness import BenchError, deployment, publish_timed, read_tails, require_services
 from bench.workload import make_workload
 from processor.applying.batch import apply_batch, fold_into, touched_rows
 from processor.applying.checkpoint import ensure_checkpoints
@@ -50,11 +58,16 @@ from processor.privacy.crypto import encrypt_event, new_data_key, wrap_data_key
 from processor.privacy.data_keys import seal_events
 from processor.privacy.keys import Keys, load_keys
 from processor.privacy.opening import open_records, sealed_records
+from processor.reading import client as stream_client
+from processor.reading.chunks import deliver_records, records_span
+from processor.reading.client import open_first_contact
+from processor.reading.feed import PartitionFeed
 from processor.reading.log_record import LogRecord
-from processor.settings import Settings
+from processor.settings import Settings, stream_name
 from projections.database import connect
 from projections.event_ids import first_occurrences, judge_event_ids
 from projections.fold import Friendship, TopicMetrics
+from testkit.events import outgoing
 from testkit.services import Services, isolated_settings
 
 PARTITIONS = 16
@@ -239,7 +252,103 @@ def measure_apply(
     return _figure("apply sealed" if sealed else "apply", events, clients, server)
 
 
-LAYERS = ("decode", "open", "fold", "apply", "apply-sealed")
+async def _capture_frames(settings: Settings, tails: dict[int, int]) -> list[tuple[int, bytes]]:
+    """Every partition read from its first offset to its tail: ``(partition, Deliver frame)``
+    in arrival order, as the client's read loop hands them to ``chunk_entries``."""
+    frames: list[tuple[int, bytes]] = []
+    partition_of_id: dict[int, int] = {}
+    parse = deliver_records
+
+    def recording(frame: bytes) -> tuple[int, int, list[LogRecord]]:
+        answer = parse(frame)
+        frames.append((partition_of_id[answer[0]], bytes(frame)))
+        return answer
+
+    vars(stream_client)["deliver_records"] = recording  # the client's read loop calls it
+    connection = await open_first_contact(settings, "bench-cpu-layers")
+    try:
+        done = asyncio.Event()
+        remaining = {p for p, tail in tails.items() if tail >= 0}
+
+        def until(partition: int) -> stream_client.OnChunk:
+            def on_chunk(first_offset: int, records: list[LogRecord]) -> None:
+                if first_offset + records_span(first_offset, records) - 1 >= tails[partition]:
+                    remaining.discard(partition)
+                    if not remaining:
+                        done.set()
+
+            return on_chunk
+
+        for subscription_id, partition in enumerate(sorted(remaining)):
+            partition_of_id[subscription_id] = partition
+            await connection.subscribe(
+                subscription_id, stream_name(partition), 0, 256, until(partition)
+            )
+        await asyncio.wait_for(done.wait(), timeout=120)
+    finally:
+        vars(stream_client)["deliver_records"] = parse
+        await connection.close()
+    return frames
+
+
+def capture_frames(
+    services: Services, bodies_of: Sequence[bytes], events: int
+) -> list[tuple[int, bytes]]:
+    """Publish the workload's first ``events`` into a fresh deployment and capture its frames."""
+    workload_events = list(bodies_of)[:events]
+    with deployment(services) as settings:
+        publish_timed(settings, outgoing(workload_events))
+        tails = read_tails(settings)
+        return asyncio.run(_capture_frames(settings, tails))
+
+
+def measure_read(frames: list[tuple[int, bytes]], runs: int, batch_size: int) -> LayerFigure:
+    """Chunk parse, records and the feed hand-off of every captured frame, CPU per record."""
+    records = 0
+    for _, frame in frames:
+        records += len(deliver_records(frame)[2])
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+
+            async def probe(_partition: int) -> int | None:
+                return 0
+
+            feeds: dict[int, PartitionFeed] = {}
+            for partition in {p for p, _ in frames}:
+                feeds[partition] = PartitionFeed(
+                    partition,
+                    next_offset=0,
+                    batch_size=batch_size,
+                    batch_wait_s=60.0,
+                    loop=loop,
+                    on_ready=lambda: None,
+                    first_offset_probe=probe,
+                )
+            for partition, frame in frames:
+                _, _, records = deliver_records(frame)
+                feed = feeds[partition]
+                waiting = feed.offer(records)
+                feed.reader_idle()
+                if len(feed) >= batch_size:
+                    feed.take(batch_size)
+                if waiting is not None:
+                    feed.take(len(feed))
+                    loop.run_until_complete(_awaited(waiting))
+            for feed in feeds.values():
+                feed.take(len(feed))
+        finally:
+            loop.close()
+
+    return _figure("read", records, [_cpu_us(run) for _ in range(runs)])
+
+
+async def _awaited(waiting: Awaitable[None]) -> None:
+    await waiting
+
+
+LAYERS = ("decode", "open", "fold", "apply", "apply-sealed", "read")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_layers", description=__doc__)
     parser.add_argument("--events", type=int, default=100_000, help="events of the workload")
     parser.add_argument("--apply-events", type=int, default=40_000, help="events applied")
+    parser.add_argument("--read-events", type=int, default=50_000, help="events read")
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
@@ -270,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures.append(measure_open(cut, args.runs))
             elif layer == "fold":
                 figures.append(measure_fold(cut, args.runs))
+            elif layer == "read":
+                frames = capture_frames(require_services(), workload.bodies, args.read_events)
+                figures.append(measure_read(frames, args.runs, args.batch_size))
             elif layer in ("apply", "apply-sealed"):
                 services = require_services()
                 figures.append(measure_apply(services, head, args.runs, layer == "apply-sealed"))

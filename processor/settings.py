@@ -274,7 +274,8 @@ class Settings:
         processes: member processes ``processor run`` starts on this machine; None = ``auto``
             (one per CPU core, at most the partition count).
         batch_size: most events in one batch (one transaction).
-        batch_wait_s: longest wait, in seconds, for a batch to fill before it is applied.
+        batch_wait_s: longest wait, in seconds, for a batch to fill before it is applied (the
+            live reader hands a batch over sooner: see ``processor.reading.feed``).
         stream_max_age: stream retention by age (RabbitMQ ``x-max-age``, e.g. ``"30D"``); empty
             keeps everything, which replay needs.
         stream_max_length_bytes: stream retention by size in bytes; 0 keeps everything.

@@ -4,7 +4,9 @@ Messages published over AMQP 0.9.1 are stored in a stream as AMQP 1.0 messages: 
 described sections (header, annotations, properties, application properties, then one or more
 ``data`` sections holding the body bytes). Decoding every section with a generic AMQP codec costs
 far more than the rest of the processing of an event, so this module walks the sections by their
-encoded sizes and returns the concatenated ``data`` sections. Source of the encoding: OASIS AMQP
+encoded sizes and returns the concatenated ``data`` sections. The read path tries
+``chunks.deliver_records``'s fixed-place read of the broker's own layout first and comes here
+for anything else. Source of the encoding: OASIS AMQP
 1.0, part 1 (types) and part 3 (message format, section 3.2).
 """
 

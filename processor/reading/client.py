@@ -57,7 +57,7 @@ from enum import IntEnum
 from typing import Final
 
 from processor import tuning
-from processor.reading.chunks import ChunkEntry, chunk_entries
+from processor.reading.chunks import deliver_records
 from processor.reading.errors import (
     AccessRefused,
     AuthenticationFailed,
@@ -70,6 +70,7 @@ from processor.reading.errors import (
     StreamNotAvailable,
     StreamProtocolError,
 )
+from processor.reading.log_record import LogRecord
 from processor.settings import Address, Settings
 from processor.tls import broker_ssl_context
 
@@ -159,9 +160,10 @@ class OffsetSpec(IntEnum):
     OFFSET = 4
 
 
-#: Takes one chunk of a subscription: ``(first offset, entries)`` in offset order. May return
+#: Takes one chunk of a subscription: ``(first offset, records)``, its records in offset order
+#: (``chunks.deliver_records``: unreadable entries are records with an ``error``). May return
 #: an awaitable: reading pauses until it is done.
-OnChunk = Callable[[int, list[ChunkEntry]], Awaitable[None] | None]
+OnChunk = Callable[[int, list[LogRecord]], Awaitable[None] | None]
 #: Told of a ``MetadataUpdate``: ``(stream, code)``. The broker has dropped this connection's
 #: subscriptions of that stream (its member went away, or it was deleted).
 OnMetadataUpdate = Callable[[str, int], None]
@@ -826,7 +828,7 @@ class StreamConnection:
         self.on_metadata_update(stream, code)
 
     def _deliver(self, frame: bytes) -> Awaitable[None] | None:
-        subscription_id, first_offset, entries = chunk_entries(frame)
+        subscription_id, first_offset, records = deliver_records(frame)
         self.chunks += 1
         handler = self._handlers.get(subscription_id)
         if handler is None:
@@ -837,7 +839,7 @@ class StreamConnection:
             self._write(_frame(_CREDIT, struct.pack(">BH", subscription_id, due)))
             due = 0
         self._credit_due[subscription_id] = due
-        return handler(first_offset, entries)
+        return handler(first_offset, records)
 
 
 def stream_connection(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(msgspec.Struct, frozen=True, gc=False):
     """One message of a partition stream: its offset (0-based, per stream) and raw body bytes.
+
+    A frozen msgspec Struct, not a dataclass: the reader makes one per message, and a Struct
+    is built in C (a tenth of a frozen dataclass's ``__init__``); its fields hold no
+    containers, so the garbage collector need not track it (``gc=False``).
 
     Attributes:
         offset: the record's (first) offset.

@@ -14,8 +14,9 @@ import contextlib
 from collections.abc import Iterable
 
 from processor import tuning
-from processor.reading.chunks import ChunkEntry, chunk_span
+from processor.reading.chunks import records_span
 from processor.reading.client import MAX_SUBSCRIPTIONS, Nodes, OffsetSpec
+from processor.reading.log_record import LogRecord
 from processor.settings import Settings, stream_name
 
 
@@ -37,8 +38,8 @@ async def _probe(
                 await nodes.locate([stream_name(p) for p in group])
             for partition in group:
 
-                def on_chunk(first: int, entries: list[ChunkEntry], p: int = partition) -> None:
-                    last = first + chunk_span(entries) - 1
+                def on_chunk(first: int, records: list[LogRecord], p: int = partition) -> None:
+                    last = first + records_span(first, records) - 1
                     low, high = seen.get(p, (first, last))
                     seen[p] = (min(low, first), max(high, last))
                     if len(seen) == len(partitions):

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from processor import tuning
-from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
+from processor.reading.chunks import records_span
 from processor.reading.client import (
     MAX_SUBSCRIPTIONS,
     Nodes,
@@ -148,20 +148,20 @@ class RangeSink:
         self._batch: list[LogRecord] = []
         self.done = False
 
-    def on_chunk(self, first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
+    def on_chunk(self, first_offset: int, records: list[LogRecord]) -> Awaitable[None] | None:
         """Take one chunk (``client.OnChunk``): keep offsets ``next..last``, batch them."""
         if self.done:
             return None
         self._state.touch()
-        if first_offset + chunk_span(entries) <= self._next:
+        if first_offset + records_span(first_offset, records) <= self._next:
             return None  # the chunk holding the start offset begins earlier
         if not self._start_checked:
             self._start_checked = True
             if max(first_offset, self._next) > self.range.first:
-                return self._check_log_start(first_offset, entries)
-        return self._take(first_offset, entries)
+                return self._check_log_start(first_offset, records)
+        return self._take(first_offset, records)
 
-    async def _check_log_start(self, first_offset: int, entries: list[ChunkEntry]) -> None:
+    async def _check_log_start(self, first_offset: int, records: list[LogRecord]) -> None:
         """The first record is above the first offset asked for: a segment hole, or retention
         truncated the log since the check at start (``log_start.check_log_start``)."""
         try:
@@ -170,15 +170,15 @@ class RangeSink:
             self.done = True
             self._state.fail(exc)
             return
-        waiting = self._take(first_offset, entries)
+        waiting = self._take(first_offset, records)
         if waiting is not None:
             await waiting
 
-    def _take(self, first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
+    def _take(self, first_offset: int, records: list[LogRecord]) -> Awaitable[None] | None:
         last = self.range.last
         waiting: list[Awaitable[None]] = []
         offset = first_offset - 1
-        for record in chunk_records(first_offset, entries):
+        for record in records:
             offset = record.last_offset
             if record.offset < self._next:
                 continue

@@ -4,7 +4,9 @@ host them, with failover.
 One ``StreamReader`` per process runs an asyncio loop in its own thread. Partition owners ask it
 to subscribe their stream from an offset and hand it a ``RecordSink`` (their feed); it delivers
 ``LogRecord`` values in log order (``processor.reading.chunks``) over connections of
-``processor.reading.client``.
+``processor.reading.client``, a chunk's records at a time. When a partition's queued chunks
+are all handed on (the end of what the socket brought), its sink hears that the reader is idle
+(``RecordSink.reader_idle``): the feed's adaptive batching hands a batch over then.
 
 Cluster awareness: the reader asks the broker's ``Metadata`` where each partition stream lives
 and reads it from a node that hosts it: a replica when the stream has any (partitions spread
@@ -35,13 +37,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
 from processor import tuning
 from processor.errors import loggable
-from processor.reading.chunks import ChunkEntry, chunk_records, chunk_span
+from processor.reading.chunks import records_span
 from processor.reading.client import (
     MAX_SUBSCRIPTIONS,
     StreamConnection,
@@ -75,10 +77,15 @@ class RecordSink(Protocol):
         """A subscription from offset ``start`` is about to begin (called on the reader's loop)."""
         ...
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
-        """Take one record (called on the reader's loop); an unreadable entry is a record with
-        an ``error`` (it gets dead-lettered). May return an awaitable to apply back-pressure:
-        the reader waits for it before taking the next record."""
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
+        """Take one chunk's records, offsets increasing (called on the reader's loop); an
+        unreadable entry is a record with an ``error`` (it gets dead-lettered). May return an
+        awaitable to apply back-pressure: the reader waits for it before the next chunk."""
+        ...
+
+    def reader_idle(self) -> None:
+        """Every chunk received so far was offered: nothing more is buffered for the
+        partition (called on the reader's loop)."""
         ...
 
     def fail(self, error: Exception) -> None:
@@ -548,13 +555,13 @@ class StreamReader:
         # hold up the other partitions or the answers to requests on the same connection. Its
         # pump task waits instead, and grants credit only for chunks it handed on, so a slow
         # partition stops its own stream at the broker (at most ``initial_credit`` chunks queued).
-        chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]] = asyncio.Queue()
+        chunks: asyncio.Queue[tuple[int, list[LogRecord]]] = asyncio.Queue()
 
-        def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> None:
-            last = first_offset + chunk_span(entries) - 1
+        def on_chunk(first_offset: int, records: list[LogRecord]) -> None:
+            last = first_offset + records_span(first_offset, records) - 1
             if last > self._received.get(partition, -1):
                 self._received[partition] = last
-            chunks.put_nowait((first_offset, entries))
+            chunks.put_nowait((first_offset, records))
 
         node.ids[partition] = subscription_id
         try:
@@ -582,17 +589,19 @@ class StreamReader:
         partition: int,
         subscription_id: int,
         connection: StreamConnection,
-        chunks: asyncio.Queue[tuple[int, list[ChunkEntry]]],
+        chunks: asyncio.Queue[tuple[int, list[LogRecord]]],
         sink: RecordSink,
     ) -> None:
-        """Hand queued chunks to ``sink`` in order, granting credit as they are taken."""
-        handler = _chunk_handler(sink)
+        """Hand queued chunks to ``sink`` in order, granting credit as they are taken; tell it
+        when the queue is empty (``RecordSink.reader_idle``)."""
         step = max(1, self._credit // 2)
         taken = 0
         try:
             while True:
-                first_offset, entries = await chunks.get()
-                waiting = handler(first_offset, entries)
+                if chunks.empty():
+                    sink.reader_idle()
+                _, records = await chunks.get()
+                waiting = sink.offer(records)
                 if waiting is not None:
                     await waiting
                 taken += 1
@@ -638,26 +647,3 @@ class StreamReader:
             )
             node.connection.abort(exc)
             self._changed.set()
-
-
-def _chunk_handler(
-    sink: RecordSink,
-) -> Callable[[int, list[ChunkEntry]], Awaitable[None] | None]:
-    """Hand a chunk's records to ``sink`` in offset order, waiting where it pushes back."""
-
-    async def rest(waiting: Awaitable[None], records: Iterator[LogRecord]) -> None:
-        await waiting
-        for record in records:
-            more = sink.offer(record)
-            if more is not None:
-                await more
-
-    def on_chunk(first_offset: int, entries: list[ChunkEntry]) -> Awaitable[None] | None:
-        records = chunk_records(first_offset, entries)
-        for record in records:
-            waiting = sink.offer(record)
-            if waiting is not None:
-                return rest(waiting, records)
-        return None
-
-    return on_chunk

@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 
 from processor import tuning
 from processor.errors import loggable
-from processor.reading.chunks import ChunkEntry, chunk_span
+from processor.reading.chunks import records_span
 from processor.reading.client import MAX_SUBSCRIPTIONS, Nodes, OffsetSpec, StreamConnection
+from processor.reading.log_record import LogRecord
 from processor.settings import Settings, stream_name
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ class TailCache:
         try:
             for partition in group:
 
-                def on_chunk(first: int, entries: list[ChunkEntry], p: int = partition) -> None:
-                    last = first + chunk_span(entries) - 1
+                def on_chunk(first: int, records: list[LogRecord], p: int = partition) -> None:
+                    last = first + records_span(first, records) - 1
                     seen[p] = max(seen.get(p, -1), last)
                     answered.add(p)
                     if len(answered) == len(group):

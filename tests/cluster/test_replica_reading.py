@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from processor.reading.client import read_metadata
 from processor.reading.log_record import LogRecord
@@ -33,11 +33,14 @@ class Sink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
         with self.lock:
-            self.offsets.append(record.offset)
-        self.next_offset = record.last_offset + 1
+            self.offsets.extend(record.offset for record in records)
+        self.next_offset = records[-1].last_offset + 1
         return None
+
+    def reader_idle(self) -> None:
+        pass
 
     def fail(self, error: Exception) -> None:
         self.failures.append(error)

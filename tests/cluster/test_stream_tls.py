@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -35,10 +35,13 @@ class Sink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
-        self.offsets.append(record.offset)
-        self.next_offset = record.last_offset + 1
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
+        self.offsets.extend(record.offset for record in records)
+        self.next_offset = records[-1].last_offset + 1
         return None
+
+    def reader_idle(self) -> None:
+        pass
 
     def fail(self, error: Exception) -> None:
         raise AssertionError(f"unexpected failure: {error}")

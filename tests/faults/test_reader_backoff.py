@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 import pytest
 
@@ -29,8 +29,11 @@ class NullSink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
         raise AssertionError("nothing can arrive from a refused port")
+
+    def reader_idle(self) -> None:
+        pass
 
     def fail(self, error: Exception) -> None:
         raise AssertionError(f"unexpected failure: {error}")

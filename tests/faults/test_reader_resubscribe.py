@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 import pytest
 
@@ -35,11 +35,14 @@ class Sink:
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
-        self.offsets.append(record.offset)
-        self.next_offset = record.last_offset + 1
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
+        self.offsets.extend(record.offset for record in records)
+        self.next_offset = records[-1].last_offset + 1
         self.arrived.set()
         return None
+
+    def reader_idle(self) -> None:
+        pass
 
     def fail(self, error: Exception) -> None:
         raise AssertionError(f"unexpected failure: {error}")

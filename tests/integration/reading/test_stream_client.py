@@ -8,7 +8,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pika
 import pytest
@@ -167,15 +167,20 @@ class Sink:
         self.failures: list[Exception] = []
         self.arrived = threading.Event()
         self.failed = threading.Event()
+        #: How many offsets had arrived at each ``reader_idle``.
+        self.idle_at: list[int] = []
 
     def subscribed(self, start: int) -> None:
         pass
 
-    def offer(self, record: LogRecord) -> Awaitable[None] | None:
-        self.offsets.append(record.offset)
-        self.next_offset = record.last_offset + 1
+    def offer(self, records: Sequence[LogRecord]) -> Awaitable[None] | None:
+        self.offsets.extend(record.offset for record in records)
+        self.next_offset = records[-1].last_offset + 1
         self.arrived.set()
         return None
+
+    def reader_idle(self) -> None:
+        self.idle_at.append(len(self.offsets))
 
     def fail(self, error: Exception) -> None:
         self.failures.append(error)
@@ -200,6 +205,11 @@ def test_a_partition_whose_stream_does_not_exist_fails_alone(settings: Settings)
             time.sleep(0.05)
         assert all(not s.failures for s in present.values())
         assert all(s.offsets == sorted(set(s.offsets)) for s in present.values())
+        # Once every chunk received was offered, each partition's sink hears that the reader is
+        # idle (the feed hands its batch over then, without waiting for a timer).
+        while any(s.offsets and s.idle_at[-1:] != [len(s.offsets)] for s in present.values()):
+            assert time.monotonic() < deadline, "the reader must say when it is idle"
+            time.sleep(0.05)
         assert reader.node_of(0) is not None
     finally:
         reader.stop()

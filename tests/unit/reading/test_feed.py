@@ -46,7 +46,7 @@ def make_feed(
 def test_records_come_out_in_offset_order_in_batches(loop: asyncio.AbstractEventLoop) -> None:
     feed, _ = make_feed(loop, next_offset=10)
     for offset in range(10, 15):
-        assert feed.offer(LogRecord(offset, b"%d" % offset)) is None
+        assert feed.offer([LogRecord(offset, b"%d" % offset)]) is None
     assert [r.offset for r in feed.take(3)] == [10, 11, 12]
     assert [r.body for r in feed.take(3)] == [b"13", b"14"]
     assert feed.take(3) == []
@@ -55,16 +55,16 @@ def test_records_come_out_in_offset_order_in_batches(loop: asyncio.AbstractEvent
 
 def test_a_full_batch_is_ready_at_once(loop: asyncio.AbstractEventLoop) -> None:
     feed, calls = make_feed(loop, batch_size=3)
-    feed.offer(LogRecord(0, b"a"))
-    feed.offer(LogRecord(1, b"b"))
+    feed.offer([LogRecord(0, b"a")])
+    feed.offer([LogRecord(1, b"b")])
     assert calls == []
-    feed.offer(LogRecord(2, b"c"))
+    feed.offer([LogRecord(2, b"c")])
     assert calls == [1]
 
 
 def test_a_lone_record_is_ready_after_the_batch_wait(loop: asyncio.AbstractEventLoop) -> None:
     feed, calls = make_feed(loop, batch_size=100)
-    feed.offer(LogRecord(0, b"a"))
+    feed.offer([LogRecord(0, b"a")])
     assert calls == []
     loop.run_until_complete(asyncio.sleep(0.02))
     assert calls == [1]
@@ -72,10 +72,10 @@ def test_a_lone_record_is_ready_after_the_batch_wait(loop: asyncio.AbstractEvent
 
 def test_redelivered_offsets_are_ignored(loop: asyncio.AbstractEventLoop) -> None:
     feed, _ = make_feed(loop, next_offset=5)
-    feed.offer(LogRecord(3, b"old"))
-    feed.offer(LogRecord(4, b"old"))
-    feed.offer(LogRecord(5, b"new"))
-    feed.offer(LogRecord(5, b"again"))
+    feed.offer([LogRecord(3, b"old")])
+    feed.offer([LogRecord(4, b"old")])
+    feed.offer([LogRecord(5, b"new")])
+    feed.offer([LogRecord(5, b"again")])
     assert [(r.offset, r.body) for r in feed.take(10)] == [(5, b"new")]
 
 
@@ -83,7 +83,7 @@ def offer_all(
     loop: asyncio.AbstractEventLoop, feed: PartitionFeed, records: list[tuple[int, bytes]]
 ) -> None:
     for offset, body in records:
-        waiting = feed.offer(LogRecord(offset, body))
+        waiting = feed.offer([LogRecord(offset, body)])
         if waiting is not None:
             loop.run_until_complete(_await(waiting))
 
@@ -137,7 +137,7 @@ def test_a_full_feed_pushes_back_until_a_worker_takes_a_batch(
 ) -> None:
     feed, _ = make_feed(loop, batch_size=2)
     capacity = 2 * BUFFERED_BATCHES
-    waits = [feed.offer(LogRecord(offset, b"x")) for offset in range(capacity)]
+    waits = [feed.offer([LogRecord(offset, b"x")]) for offset in range(capacity)]
     assert waits[:-1] == [None] * (capacity - 1)
     pending = waits[-1]
     assert pending is not None
@@ -187,7 +187,7 @@ def test_an_unreadable_entry_is_kept_with_its_reason_for_the_dead_letters(
 ) -> None:
     feed, _ = make_feed(loop, next_offset=0, batch_size=10)
     offer_all(loop, feed, [(0, b"ok")])
-    waiting = feed.offer(LogRecord(1, b"\x01raw", "stream entry is not an AMQP 1.0 message"))
+    waiting = feed.offer([LogRecord(1, b"\x01raw", "stream entry is not an AMQP 1.0 message")])
     assert waiting is None
     records = feed.take(10)
     assert [(r.offset, r.error) for r in records] == [
@@ -197,19 +197,71 @@ def test_an_unreadable_entry_is_kept_with_its_reason_for_the_dead_letters(
     assert records[1].body == b"\x01raw"
 
 
-def test_the_live_chunk_handler_waits_where_the_feed_pushes_back_and_keeps_order(
+def test_a_chunk_that_fills_the_feed_is_taken_whole_and_then_pushes_back(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    from processor.reading.reader import _chunk_handler  # noqa: PLC0415
-
-    feed, _ = make_feed(loop, next_offset=0, batch_size=1)  # capacity: BUFFERED_BATCHES records
-    entries = [memoryview(b"\x00\x53\x75\xa0\x01" + bytes([65 + i])) for i in range(6)]
-    waiting = _chunk_handler(feed)(0, entries)
-    assert waiting is not None  # the feed filled up inside the chunk
+    feed, calls = make_feed(loop, next_offset=0, batch_size=1)  # capacity: BUFFERED_BATCHES
+    waiting = feed.offer([LogRecord(offset, b"x") for offset in range(6)])
+    assert waiting is not None  # the chunk went past the capacity: the reader waits
+    assert calls == [1]  # one hand-over for the chunk, not one per record
     task = loop.create_task(_await(waiting))
-    taken: list[int] = []
-    while not task.done():
-        loop.run_until_complete(asyncio.sleep(0.01))
-        taken.extend(r.offset for r in feed.take(10))
-    taken.extend(r.offset for r in feed.take(10))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    taken = [r.offset for r in feed.take(1)]
+    taken += [r.offset for r in feed.take(10)]
+    loop.run_until_complete(asyncio.wait_for(task, timeout=1))
     assert taken == [0, 1, 2, 3, 4, 5]
+    assert feed.next_offset == 6
+
+
+def test_a_chunk_overlapping_what_the_feed_has_keeps_only_the_new_offsets(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, _ = make_feed(loop, next_offset=0, batch_size=100)
+    offer_all(loop, feed, [(0, b"a"), (1, b"b")])
+    assert feed.offer([LogRecord(o, b"again") for o in (0, 1)] + [LogRecord(2, b"c")]) is None
+    assert [(r.offset, r.body) for r in feed.take(10)] == [(0, b"a"), (1, b"b"), (2, b"c")]
+
+
+def test_when_the_reader_is_idle_a_lone_record_is_handed_over_at_once(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, calls = make_feed(loop, batch_size=100)
+    feed.offer([LogRecord(0, b"a")])
+    assert calls == []  # the reader may have more in this burst
+    feed.reader_idle()
+    assert calls == [1]  # no timer waited for
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert calls == [1]  # and the timer was cancelled
+
+
+def test_while_a_batch_is_handed_over_records_accumulate_for_the_next_take(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, calls = make_feed(loop, batch_size=100)
+    feed.offer([LogRecord(0, b"a")])
+    feed.reader_idle()
+    assert calls == [1]
+    # The worker has not taken it yet (queued or busy): more records, more idle moments,
+    # no more hand-overs and no timer; the next take gets them all.
+    for offset in range(1, 5):
+        feed.offer([LogRecord(offset, b"x")])
+        feed.reader_idle()
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert calls == [1]
+    assert [r.offset for r in feed.take(100)] == [0, 1, 2, 3, 4]
+    # Taken: the next idle moment with records hands over again.
+    feed.offer([LogRecord(5, b"y")])
+    feed.reader_idle()
+    assert calls == [1, 1]
+
+
+def test_an_idle_reader_with_nothing_waiting_hands_nothing_over(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    feed, calls = make_feed(loop, batch_size=100)
+    feed.reader_idle()
+    feed.offer([LogRecord(0, b"a")])
+    feed.take(10)
+    feed.reader_idle()
+    assert calls == []

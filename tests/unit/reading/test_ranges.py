@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 
 import pytest
 
-from processor.reading.chunks import unreadable_reason
+from processor.reading.chunks import chunk_records, unreadable_reason
 from processor.reading.errors import AmqpFormatError, LogTruncated, MissingRange
 from processor.reading.log_record import LogRecord
 from processor.reading.log_start import missing_ranges
@@ -17,7 +17,6 @@ from processor.reading.ranges import (
     _ReadState,
     ranges_between,
 )
-from processor.reading.reader import _chunk_handler
 
 
 def amqp(body: bytes) -> memoryview:
@@ -27,6 +26,11 @@ def amqp(body: bytes) -> memoryview:
 
 def chunk(first: int, count: int) -> tuple[int, list[memoryview]]:
     return first, [amqp(b"%d" % (first + i)) for i in range(count)]
+
+
+def records(first: int, count: int) -> tuple[int, list[LogRecord]]:
+    """A chunk's records as the client hands them on (``client.OnChunk``)."""
+    return first, list(chunk_records(*chunk(first, count)))
 
 
 class Collector:
@@ -43,7 +47,7 @@ async def no_truncation(_partition: int) -> int | None:
 
 async def feed(sink: RangeSink, *chunks: tuple[int, list[memoryview]]) -> None:
     for first, entries in chunks:
-        pending: Awaitable[None] | None = sink.on_chunk(first, entries)
+        pending: Awaitable[None] | None = sink.on_chunk(first, list(chunk_records(first, entries)))
         if pending is not None:
             await pending
 
@@ -64,7 +68,7 @@ def test_records_are_batched_from_the_first_offset_to_the_last_inclusive() -> No
         await feed(sink, chunk(0, 4), chunk(4, 2), chunk(6, 5))
         assert collect.batches == [(4, [2, 3, 4]), (4, [5, 6, 7]), (4, [8])]
         assert sink.done and state.finished.is_set() and state.records == 7
-        assert sink.on_chunk(*chunk(11, 2)) is None  # later chunks are dropped
+        assert sink.on_chunk(*records(11, 2)) is None  # later chunks are dropped
 
     asyncio.run(scenario())
 
@@ -126,7 +130,7 @@ def test_back_pressure_from_the_consumer_is_awaited() -> None:
             return gate
 
         sink = RangeSink(LogRange(0, 0, 9), 2, slow, state, no_truncation)
-        pending = sink.on_chunk(*chunk(0, 3))
+        pending = sink.on_chunk(*records(0, 3))
         assert pending is not None
         waiting = asyncio.ensure_future(pending)
         await asyncio.sleep(0)
@@ -174,13 +178,7 @@ def test_an_unreadable_entry_becomes_a_record_with_the_live_readers_reason() -> 
         (1, b"\x01garbage", False),
     ]
 
-    class LiveSink:
-        reason: str | None = ""
-
-        def offer(self, record: LogRecord) -> None:
-            assert record.error is not None, "the entry is unreadable"
-            LiveSink.reason = record.error
-
-    _chunk_handler(LiveSink())(1, [memoryview(b"\x01garbage")])  # type: ignore[arg-type]
-    assert captured[1].error == LiveSink.reason
+    (live,) = chunk_records(1, [memoryview(b"\x01garbage")])  # what the live reader is given
+    assert live.error is not None
+    assert captured[1].error == live.error
     assert unreadable_reason(AmqpFormatError("x")) == "stream entry is not an AMQP 1.0 message: x"
