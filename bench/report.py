@@ -20,6 +20,7 @@ from bench.results import (
     LatencyResult,
     PreviousDesignResult,
     ProfileResult,
+    ReadsResult,
     ReplayResult,
 )
 
@@ -107,7 +108,33 @@ def rows(results: BenchResults) -> list[Row]:
         *_latency_rows(results),
         *_previous_rows(results),
         *_replay_rows(results),
+        _reads_row(results.reads),
     ]
+
+
+def _reads_row(reads: ReadsResult | None) -> Row:
+    title = "6. API: friendship point reads vs /healthz, same server"
+    if reads is None:
+        return Row(title, "not run", "")
+    f, h = reads.friendship, reads.healthz
+    return Row(
+        title,
+        f"{reads.friendship_per_s:,.0f} reads/s ({reads.ratio:.0%} of /healthz), "
+        f"p99 {ms(reads.p99_ms)}",
+        f"{reads.clients} keep-alive clients, {reads.seconds:g} s each, {reads.users:,} users "
+        f"round robin; friendship p50 {ms(reads.p50_ms)}, max {ms(reads.max_ms)}, "
+        f"{reads.errors} not 200 {_not_ok(f.statuses, f.failure_kinds)}; /healthz "
+        f"{reads.healthz_per_s:,.0f}/s, p99 {ms(h.p99_ms)}, {reads.healthz_errors} not 200; "
+        f"API CPU {reads.api_cpu_us_per_request:,.0f} us per read, "
+        f"{reads.api_cpu_us_per_healthz:,.0f} per /healthz; load generator "
+        f"{reads.client_cpu_us_per_request:,.0f} us per request",
+    )
+
+
+def _not_ok(statuses: dict[int, int], failures: dict[str, int]) -> str:
+    parts = [f"{code}: {n}" for code, n in statuses.items()]
+    parts += [f"{kind}: {n}" for kind, n in failures.items()]
+    return f"({', '.join(parts)})" if parts else ""
 
 
 def _ingest_rows(results: BenchResults) -> list[Row]:

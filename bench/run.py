@@ -37,6 +37,7 @@ from bench.ingest import measure_ingest
 from bench.latency import measure_latency
 from bench.previous_design import measure_previous_design
 from bench.profile import profile_drain, profile_live
+from bench.reads import measure_reads
 from bench.replay_rate import measure_replay
 from bench.report import markdown, print_report, write_json, write_readme_section
 from bench.results import BenchResults, LatencyResult
@@ -47,7 +48,7 @@ from testkit.services import Services
 
 log = logging.getLogger("bench")
 
-STEPS: Final = ("ingest", "drain", "latency", "previous", "replay", "profile")
+STEPS: Final = ("ingest", "drain", "latency", "previous", "replay", "profile", "reads")
 #: Errors after which a step is reported as failed and the run goes on with the next one.
 STEP_ERRORS: Final = (BenchError, ProcessorError, psycopg.Error, OSError, TimeoutError)
 
@@ -69,6 +70,10 @@ class BenchConfig:
         profile_live_seconds: seconds of the profiled steady load, offered at the light load's
             rate (0 = no live profile).
         previous_threads: thread counts of the previous design.
+        reads_events: events of the workload drained before the point reads (their users are
+            the ones read).
+        reads_clients: concurrent keep-alive clients of the point reads and ``/healthz``.
+        reads_seconds: duration of each of the two measured read runs.
         steps: which steps run.
         out: the results folder (``bench.json``, ``bench.md``, ``bench.png``, logs).
     """
@@ -83,6 +88,9 @@ class BenchConfig:
     profile_events: int = 60_000
     profile_live_seconds: float = 10.0
     previous_threads: tuple[int, ...] = (1, 10)
+    reads_events: int = 30_000
+    reads_clients: int = 50
+    reads_seconds: float = 10.0
     steps: tuple[str, ...] = STEPS
     out: Path = Path("bench-results")
 
@@ -96,6 +104,8 @@ class BenchConfig:
             latency_seconds=5.0,
             profile_events=0,
             profile_live_seconds=0.0,
+            reads_events=5_000,
+            reads_seconds=3.0,
             out=out,
         )
 
@@ -161,7 +171,9 @@ class _Steps:
         self.services = services
         self.results = runner.results
         self.logs = config.out / "logs"
-        biggest = max(config.events, config.previous_events, config.profile_events)
+        biggest = max(
+            config.events, config.previous_events, config.profile_events, config.reads_events
+        )
         self.workload = make_workload(biggest, config.users, config.seed)
 
     def _ceiling(self) -> float | None:
@@ -218,6 +230,16 @@ class _Steps:
             live = profile_live(self.services, load, warmup, rate, self.logs)
             self.results.profiles.append(live)
 
+    def reads(self) -> None:
+        config = self.config
+        self.results.reads = measure_reads(
+            self.services,
+            self.workload.head(config.reads_events),
+            self.logs,
+            clients=config.reads_clients,
+            seconds=config.reads_seconds,
+        )
+
 
 def run_bench(
     config: BenchConfig, console: Console | None = None, services: Services | None = None
@@ -251,6 +273,7 @@ def run_bench(
         steps.previous,
         steps.replay,
         steps.profile,
+        steps.reads,
     )
     for name, action in zip(STEPS, actions, strict=True):
         runner.step(name, action)
@@ -323,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-seconds", type=float, help="duration of the steady load")
     parser.add_argument("--latency-rate", type=float, help="events/s (default: half the ceiling)")
     parser.add_argument("--profile-events", type=int, help="events of the profiled drain (0: none)")
+    parser.add_argument("--reads-seconds", type=float, help="duration of each point-read run")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
@@ -357,6 +381,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ),
         latency_rate=base.latency_rate if args.latency_rate is None else args.latency_rate,
         profile_events=base.profile_events if args.profile_events is None else args.profile_events,
+        reads_seconds=base.reads_seconds if args.reads_seconds is None else args.reads_seconds,
         steps=steps,
     )
 
@@ -385,8 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(results, console)
     if baseline is not None:
         report_baseline(baseline, args.baseline, config.out, console)
-    if args.readme is not None and args.quick:
-        console.print(f"a --quick run is a smoke test: {args.readme} was left as it was")
+    if args.readme is not None and (args.quick or args.steps):
+        console.print(f"a --quick or --steps run is partial: {args.readme} was left as it was")
     elif args.readme is not None:
         if publish_to_readme(results, config.out, args.readme):
             console.print(f"updated the benchmark section of {args.readme} and docs/bench.png")
