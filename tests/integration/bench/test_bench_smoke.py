@@ -28,6 +28,8 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         light_load_fraction=0.0,
         profile_events=0,
         profile_live_seconds=0.0,
+        reads_events=300,
+        reads_seconds=1.0,
         out=tmp_path,
     )
     output = io.StringIO()
@@ -51,6 +53,12 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert results.replay is not None
     assert results.replay.events == 300
     assert results.replay.available or results.replay.reason
+    # Point reads: every user read answered 200 (errors are counted, never dropped).
+    assert results.reads is not None
+    assert results.reads.users > 0
+    assert results.reads.friendship.ok > 0 and results.reads.healthz.ok > 0
+    assert results.reads.errors == 0, results.reads.friendship
+    assert results.reads.healthz_errors == 0, results.reads.healthz
 
     reported = rows(results)
     assert [row.step for row in reported] == [
@@ -62,6 +70,7 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         "3. previous design, 10 threads",
         "4. raw stream read",
         "4. replay",
+        "6. API: friendship point reads vs /healthz, same server",
     ]
     assert all(row.figure != "not run" for row in reported)
     assert len(targets(results)) == 4
@@ -75,7 +84,11 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         "latency",
         "previous",
         "replay",
+        "reads",
         "targets",
     } <= set(document)
+    assert {"friendship_per_s", "healthz_per_s", "ratio", "p99_ms", "errors"} <= set(
+        document["reads"]
+    )
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "| target |" in (tmp_path / "bench.md").read_text()
