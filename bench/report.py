@@ -23,6 +23,7 @@ from bench.results import (
     LatencySweepResult,
     PreviousDesignResult,
     ProfileResult,
+    ReadsResult,
     ReplayResult,
 )
 
@@ -36,6 +37,8 @@ DRAIN_TARGET: Final = 2.0
 DRAIN_VS_RAW_TARGET: Final = 0.6
 P99_TARGET_MS: Final = 100.0
 REPLAY_TARGET: Final = 0.8
+READS_VS_HEALTHZ_TARGET: Final = 0.5
+READ_P99_TARGET_MS: Final = 50.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,33 @@ def rows(results: BenchResults) -> list[Row]:
         *_latency_rows(results),
         *_previous_rows(results),
         *_replay_rows(results),
+        _reads_row(results.reads),
     ]
+
+
+def _reads_row(reads: ReadsResult | None) -> Row:
+    title = "6. API: friendship point reads vs /healthz, same server"
+    if reads is None:
+        return Row(title, "not run", "")
+    f, h = reads.friendship, reads.healthz
+    return Row(
+        title,
+        f"{reads.friendship_per_s:,.0f} reads/s ({reads.ratio:.0%} of /healthz), "
+        f"p99 {ms(reads.p99_ms)}",
+        f"{reads.clients} keep-alive clients, {reads.seconds:g} s each, {reads.users:,} users "
+        f"round robin; friendship p50 {ms(reads.p50_ms)}, max {ms(reads.max_ms)}, "
+        f"{reads.errors} not 200 {_not_ok(f.statuses, f.failure_kinds)}; /healthz "
+        f"{reads.healthz_per_s:,.0f}/s, p99 {ms(h.p99_ms)}, {reads.healthz_errors} not 200; "
+        f"API CPU {reads.api_cpu_us_per_request:,.0f} us per read, "
+        f"{reads.api_cpu_us_per_healthz:,.0f} per /healthz; load generator "
+        f"{reads.client_cpu_us_per_request:,.0f} us per request",
+    )
+
+
+def _not_ok(statuses: dict[int, int], failures: dict[str, int]) -> str:
+    parts = [f"{code}: {n}" for code, n in statuses.items()]
+    parts += [f"{kind}: {n}" for kind, n in failures.items()]
+    return f"({', '.join(parts)})" if parts else ""
 
 
 def _ingest_rows(results: BenchResults) -> list[Row]:
@@ -270,6 +299,35 @@ def targets(results: BenchResults) -> list[Target]:
         ),
         _latency_target(results),
         _speedup_target(results),
+        *_read_targets(results),
+    ]
+
+
+def _read_targets(results: BenchResults) -> list[Target]:
+    """Friendship point reads against ``/healthz`` on the same server, and their p99, with
+    ``reads.clients`` clients; a run with failed requests passes neither."""
+    reads = results.reads
+    ratio_name = "friendship reads vs /healthz, 50 clients, same server"
+    p99_name = "p99 of a friendship read, 50 clients"
+    ratio_goal, p99_goal = f">= {READS_VS_HEALTHZ_TARGET:.0%}", f"<= {READ_P99_TARGET_MS:.0f} ms"
+    if reads is None:
+        return [Target(ratio_name, "-", ratio_goal, None), Target(p99_name, "-", p99_goal, None)]
+    clean = reads.errors == 0 and reads.healthz_errors == 0
+    failed = "" if clean else f" ({reads.errors + reads.healthz_errors:,} failed requests)"
+    return [
+        Target(
+            ratio_name,
+            f"{reads.ratio:.0%} ({reads.friendship_per_s:,.0f} vs {reads.healthz_per_s:,.0f} "
+            f"requests/s){failed}",
+            ratio_goal,
+            clean and reads.ratio >= READS_VS_HEALTHZ_TARGET,
+        ),
+        Target(
+            p99_name,
+            ms(reads.p99_ms) + failed,
+            p99_goal,
+            clean and math.isfinite(reads.p99_ms) and reads.p99_ms <= READ_P99_TARGET_MS,
+        ),
     ]
 
 

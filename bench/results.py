@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.http_load import LoadResult
+
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -242,8 +244,41 @@ class BenchResults:
     previous: list[PreviousDesignResult] = field(default_factory=list)
     replay: ReplayResult | None = None
     profiles: list[ProfileResult] = field(default_factory=list)
+    #: Point reads under 50 clients against ``/healthz`` on the same API process.
+    reads: ReadsResult | None = None
     #: Steps that failed, with the error (their rows say "not run").
     failures: dict[str, str] = field(default_factory=dict)
     #: With ``--baseline``: the comparison with that commit's run (``bench.baseline.as_json``:
     #: ``commit`` and ``figures``, each with ``baseline``, ``current`` and ``ratio``).
     baseline: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReadsResult:
+    """Point reads under concurrency: ``GET /v1/users/{id}/friendship`` and ``GET /healthz`` on
+    the same API process, ``clients`` keep-alive clients, ``seconds`` each (``bench.reads``).
+
+    ``friendship_per_s`` and ``healthz_per_s`` count 200 answers per second; ``ratio`` is the
+    first over the second. ``p50_ms``, ``p99_ms``, ``max_ms``: friendship read latency in the
+    client. ``errors`` / ``healthz_errors``: answers other than 200 plus requests that got no
+    answer (``friendship.statuses`` and ``.failure_kinds`` say which). ``api_cpu_us_per_request``
+    (and ``_per_healthz``): the API process's CPU time over the requests answered, in
+    microseconds; ``client_cpu_us_per_request`` the load generator's.
+    """
+
+    clients: int
+    seconds: float
+    users: int
+    friendship: LoadResult
+    healthz: LoadResult
+    friendship_per_s: float
+    healthz_per_s: float
+    ratio: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    healthz_errors: int
+    api_cpu_us_per_request: float
+    api_cpu_us_per_healthz: float
+    client_cpu_us_per_request: float

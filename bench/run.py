@@ -36,6 +36,7 @@ from bench.ingest import measure_ingest
 from bench.latency import best_within, measure_latency
 from bench.previous_design import measure_previous_design
 from bench.profile import profile_drain, profile_live
+from bench.reads import measure_reads
 from bench.replay_rate import measure_replay
 from bench.report import (
     P99_TARGET_MS,
@@ -53,7 +54,7 @@ from testkit.services import Services
 
 log = logging.getLogger("bench")
 
-STEPS: Final = ("ingest", "drain", "latency", "previous", "replay", "profile")
+STEPS: Final = ("ingest", "drain", "latency", "previous", "replay", "profile", "reads")
 #: Errors after which a step is reported as failed and the run goes on with the next one.
 STEP_ERRORS: Final = (BenchError, ProcessorError, psycopg.Error, OSError, TimeoutError)
 
@@ -81,6 +82,10 @@ class BenchConfig:
             ceiling misses ``P99_TARGET_MS`` (empty = no sweep).
         sweep_seconds: duration of each sweep load.
         sweep_processes: ``PROCESSOR_PROCESSES`` of the sweep's processor.
+        reads_events: events of the workload drained before the point reads (their users are
+            the ones read).
+        reads_clients: concurrent keep-alive clients of the point reads and ``/healthz``.
+        reads_seconds: duration of each of the two measured read runs.
         steps: which steps run.
         out: the results folder (``bench.json``, ``bench.md``, ``bench.png``, logs).
     """
@@ -99,6 +104,9 @@ class BenchConfig:
     sweep_shares: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     sweep_seconds: float = 8.0
     sweep_processes: int = 1
+    reads_events: int = 30_000
+    reads_clients: int = 50
+    reads_seconds: float = 10.0
     steps: tuple[str, ...] = STEPS
     out: Path = Path("bench-results")
 
@@ -114,6 +122,8 @@ class BenchConfig:
             profile_live_seconds=0.0,
             sweep_shares=(0.1,),
             sweep_seconds=3.0,
+            reads_events=5_000,
+            reads_seconds=3.0,
             out=out,
         )
 
@@ -180,7 +190,9 @@ class _Steps:
         self.services = services
         self.results = runner.results
         self.logs = config.out / "logs"
-        biggest = max(config.events, config.previous_events, config.profile_events)
+        biggest = max(
+            config.events, config.previous_events, config.profile_events, config.reads_events
+        )
         self.workload = make_workload(biggest, config.users, config.seed)
 
     def _ceiling(self) -> float | None:
@@ -285,6 +297,16 @@ class _Steps:
             live = profile_live(self.services, load, warmup, rate, self.logs)
             self.results.profiles.append(live)
 
+    def reads(self) -> None:
+        config = self.config
+        self.results.reads = measure_reads(
+            self.services,
+            self.workload.head(config.reads_events),
+            self.logs,
+            clients=config.reads_clients,
+            seconds=config.reads_seconds,
+        )
+
 
 def run_bench(
     config: BenchConfig,
@@ -322,6 +344,7 @@ def run_bench(
         steps.previous,
         steps.replay,
         steps.profile,
+        steps.reads,
     )
     for name, action in zip(STEPS, actions, strict=True):
         runner.step(name, action)
@@ -398,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-seconds", type=float, help="duration of the steady load")
     parser.add_argument("--latency-rate", type=float, help="events/s (default: half the ceiling)")
     parser.add_argument("--profile-events", type=int, help="events of the profiled drain (0: none)")
+    parser.add_argument("--reads-seconds", type=float, help="duration of each point-read run")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
@@ -432,6 +456,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ),
         latency_rate=base.latency_rate if args.latency_rate is None else args.latency_rate,
         profile_events=base.profile_events if args.profile_events is None else args.profile_events,
+        reads_seconds=base.reads_seconds if args.reads_seconds is None else args.reads_seconds,
         steps=steps,
     )
 
@@ -460,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print_report(results, console)
     print_baseline(results, console)
-    if args.readme is not None and args.quick:
-        console.print(f"a --quick run is a smoke test: {args.readme} was left as it was")
+    if args.readme is not None and (args.quick or args.steps):
+        console.print(f"a --quick or --steps run is partial: {args.readme} was left as it was")
     elif args.readme is not None:
         if publish_to_readme(results, config.out, args.readme):
             console.print(f"updated the benchmark section of {args.readme} and docs/bench.png")

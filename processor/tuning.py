@@ -130,8 +130,11 @@ API_DB_CONNECT_TIMEOUT_S: Final = 5
 API_STATEMENT_TIMEOUT_MS: Final = 15_000
 #: Worker threads for the API's blocking database calls (one API process), and the size of its
 #: connection pool: a read holds one of each for its few round trips, so 50 clients queue on
-#: these, not on the event loop.
+#: these, not on the event loop. Also the most connections of the async point-read pool.
 API_DB_THREADS: Final = 16
+#: Connections the API's async point-read pool keeps open when idle (it grows to
+#: ``API_DB_THREADS`` under load).
+API_READ_POOL_MIN: Final = 4
 #: Seconds allowed for the API's tail cache (and a processor's metrics server) to stop.
 TAILS_STOP_TIMEOUT_S: Final = 5.0
 #: Seconds uvicorn gives requests in flight at shutdown.

@@ -5,7 +5,8 @@ Structs that the HTTP API sends as they are. Timestamps come back as UTC datetim
 them as RFC 3339 with ``Z``), whatever the session's ``TimeZone`` is.
 
 The API runs these in worker threads, so one query module serves the request handlers and the
-scrape-time metrics collector alike.
+scrape-time metrics collector alike; the friendship point read also has an async psycopg form
+(``friendship_of_async``) for the API's async pool.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import binascii
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
+import psycopg
 from sqlalchemy import Connection, select
 
 from projections.fold import level_of
@@ -189,12 +191,44 @@ def friendship_of(conn: Connection, user_id: str) -> FriendshipView | None:
     ).first()
     if row is None:
         return None
+    return _friendship_view(user_id, row.score, row.events_applied, row.last_event_at)
+
+
+#: ``friendship_of_async``'s one statement (psycopg prepares it on a connection that ran it
+#: a few times: ``prepare_threshold``).
+_FRIENDSHIP_SQL: Final = (
+    "SELECT score, events_applied, last_event_at FROM friendships WHERE user_id = %s"
+)
+
+
+async def friendship_of_async(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], user_id: str
+) -> FriendshipView | None:
+    """``friendship_of`` on an async psycopg connection: one statement, no SQLAlchemy layer
+    (the API's point read).
+
+    Raises:
+        psycopg.Error: the database failed.
+    """
+    if "\x00" in user_id:
+        return None
+    cursor = await conn.execute(_FRIENDSHIP_SQL, (user_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    score, events_applied, last_event_at = row
+    return _friendship_view(user_id, score, events_applied, last_event_at)
+
+
+def _friendship_view(
+    user_id: str, score: int, events_applied: int, last_event_at: datetime | None
+) -> FriendshipView:
     return FriendshipView(
         user_id=user_id,
-        score=int(row.score),
-        level=level_of(int(row.score)),
-        events_applied=int(row.events_applied),
-        last_event_at=_utc_or_none(row.last_event_at),
+        score=int(score),
+        level=level_of(int(score)),
+        events_applied=int(events_applied),
+        last_event_at=_utc_or_none(last_event_at),
     )
 
 

@@ -17,7 +17,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -126,15 +126,32 @@ _SELECT_BY_ID: Final = (
 )
 
 
-def _token_row(conn: psycopg.Connection, token_id: str) -> tuple[TokenInfo, bytes, bool] | None:
-    """The token with this id, its stored secret hash and whether it is usable now (not
-    revoked, not expired); None for an unknown id."""
-    row = conn.execute(_SELECT_BY_ID, (token_id,)).fetchone()
+def _token_found(row: tuple[Any, ...] | None) -> tuple[TokenInfo, bytes, bool] | None:
+    """A row of ``_SELECT_BY_ID`` as the token, its stored secret hash and whether it is usable
+    now (not revoked, not expired); None for no row (an unknown id)."""
     if row is None:
         return None
     name, scope, created_at, expires_at, revoked_at, stored, expired = row
     info = TokenInfo(name, scope, created_at, expires_at, revoked_at)
     return info, bytes(stored), revoked_at is None and not expired
+
+
+def _token_row(conn: psycopg.Connection, token_id: str) -> tuple[TokenInfo, bytes, bool] | None:
+    """The token with this id, its stored secret hash and whether it is usable now (not
+    revoked, not expired); None for an unknown id."""
+    return _token_found(conn.execute(_SELECT_BY_ID, (token_id,)).fetchone())
+
+
+def _accepted(
+    found: tuple[TokenInfo, bytes, bool] | None, keys: Keys, secret: str
+) -> TokenInfo | None:
+    if found is None:
+        return None
+    info, stored, usable = found
+    # The secret is compared first, whatever the token's state (constant time).
+    if not hmac.compare_digest(stored, keys.keyed_hash(_PURPOSE, secret)):
+        return None
+    return info if usable else None
 
 
 def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo | None:
@@ -147,14 +164,24 @@ def verify_token(conn: psycopg.Connection, keys: Keys, token: str) -> TokenInfo 
     if parsed is None:
         return None
     token_id, secret = parsed
-    found = _token_row(conn, token_id)
-    if found is None:
+    return _accepted(_token_row(conn, token_id), keys, secret)
+
+
+async def verify_token_async(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], keys: Keys, token: str
+) -> TokenInfo | None:
+    """``verify_token`` on an async connection: one indexed lookup by the token's id, so a
+    revoked or expired token is refused on its next use.
+
+    Returns:
+        None for any token that must be refused.
+    """
+    parsed = _parse(token)
+    if parsed is None:
         return None
-    info, stored, usable = found
-    # The secret is compared first, whatever the token's state (constant time).
-    if not hmac.compare_digest(stored, keys.keyed_hash(_PURPOSE, secret)):
-        return None
-    return info if usable else None
+    token_id, secret = parsed
+    cursor = await conn.execute(_SELECT_BY_ID, (token_id,))
+    return _accepted(_token_found(await cursor.fetchone()), keys, secret)
 
 
 def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None:
@@ -167,7 +194,22 @@ def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None
     Returns:
         None for a token id that must be refused.
     """
-    found = _token_row(conn, token_id)
+    return _usable(_token_row(conn, token_id))
+
+
+async def verify_token_id_async(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], token_id: str
+) -> TokenInfo | None:
+    """``verify_token_id`` on an async connection.
+
+    Returns:
+        None for a token id that must be refused.
+    """
+    cursor = await conn.execute(_SELECT_BY_ID, (token_id,))
+    return _usable(_token_found(await cursor.fetchone()))
+
+
+def _usable(found: tuple[TokenInfo, bytes, bool] | None) -> TokenInfo | None:
     if found is None:
         return None
     info, _stored, usable = found

@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         ctx.tails.start()  # reads the streams' tails in the background from now on
         ctx.waits.start()
+        await ctx.open_reads()
         expiry = asyncio.create_task(_expire_write_tokens(ctx), name="write-token-expiry")
         try:
             problem = await ctx.broker.check()
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
             await ctx.waits.stop()
             await asyncio.to_thread(ctx.tails.stop)
             await ctx.broker.close()
+            await ctx.close_reads()
             ctx.engine.dispose()
 
     open_paths = ["/metrics"] if settings.metrics_public else []

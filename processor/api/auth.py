@@ -175,13 +175,16 @@ def requires(scope: str) -> Guard:
     """A route guard: the request's token must allow ``scope`` (``admin`` allows all).
 
     A route the app opened (its path in ``app.state.open_paths``: ``/metrics`` with
-    ``METRICS_PUBLIC``) passes without a token.
+    ``METRICS_PUBLIC``) passes without a token. The guard is a coroutine function although it
+    never waits: Litestar runs a plain function guard in a worker thread on every request.
 
     Raises (from the guard):
         PermissionDeniedException: the token's scope does not allow it (403).
     """
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
         if connection.scope["path"] in connection.app.state.get("open_paths", ()):
             return
         info = connection.scope.get("user")

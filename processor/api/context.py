@@ -2,25 +2,29 @@
 the stream tails.
 
 Built by ``create_app`` without touching the network: the SQLAlchemy engine connects on first use,
-the publisher and the tail cache (``processor.reading.tails``) in the app's lifespan. Database
-calls are blocking (psycopg 3, sync) and run in worker threads, so the event loop never waits on
-PostgreSQL.
+the publisher, the tail cache (``processor.reading.tails``) and the point-read pool in the app's
+lifespan. The point reads a robot makes on every turn (the token check, the friendship read) run
+on an async psycopg pool (``psycopg_pool``) in the event loop itself: no worker thread, no
+SQLAlchemy layer, statements prepared per connection. The other database calls are blocking
+(psycopg 3, sync) and run in worker threads, so the event loop never waits on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from processor import tuning
-from processor.access.tokens import TokenInfo, verify_token, verify_token_id
+from processor.access.tokens import TokenInfo, verify_token_async, verify_token_id_async
 from processor.api.broker import BrokerLink
 from processor.api.metrics import ApiMetrics
 from processor.api.waiting import WaitRoom
@@ -32,7 +36,7 @@ from processor.reading.tails import TailCache, Tails
 from processor.settings import Settings
 from processor.status import PartitionStatus, combine_status, read_partition_rows
 from processor.versions.builds import VersionStatus, read_version_status
-from projections.database import sqlalchemy_url
+from projections.database import libpq_url, sqlalchemy_url
 from projections.queries import Totals
 from projections.write_tokens import WantedEvents, done_events
 
@@ -44,6 +48,43 @@ PartitionRowsFound = tuple[dict[int, int], dict[int, LeaseHolder]]
 
 #: ``application_name`` of the API's database sessions.
 APPLICATION_NAME: Final = "friendship-stream api"
+
+#: An async psycopg connection of the point-read pool (rows as tuples).
+AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+# psycopg_pool logs every checkout and return at INFO: a line per request, never wanted here.
+logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+def _session_options() -> str:
+    # UTC sessions: instants near years 1 and 9999 load whatever the database's zone.
+    return f"-c statement_timeout={tuning.API_STATEMENT_TIMEOUT_MS} -c timezone=UTC"
+
+
+def create_read_pool(database_url: str) -> AsyncConnectionPool[AsyncConn]:
+    """The async pool of the API's point reads, not open yet (``await pool.open()`` in the
+    event loop that uses it).
+
+    ``tuning.API_READ_POOL_MIN`` to ``tuning.API_DB_THREADS`` autocommit connections: a read
+    sends its statement and nothing else (no BEGIN/COMMIT, no ping before a checkout); psycopg
+    prepares a statement on a connection that ran it ``prepare_threshold`` (5) times. A
+    checkout waits at most ``tuning.API_DB_CONNECT_TIMEOUT_S`` seconds (then
+    ``psycopg_pool.PoolTimeout``, an ``OperationalError``: 503).
+    """
+    return AsyncConnectionPool(
+        libpq_url(database_url),
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": tuning.API_DB_CONNECT_TIMEOUT_S,
+            "application_name": APPLICATION_NAME,
+            "options": _session_options(),
+        },
+        min_size=tuning.API_READ_POOL_MIN,
+        max_size=tuning.API_DB_THREADS,
+        open=False,
+        timeout=tuning.API_DB_CONNECT_TIMEOUT_S,
+        name="api-point-reads",
+    )
 
 
 def create_db_engine(database_url: str) -> Engine:
@@ -64,8 +105,7 @@ def create_db_engine(database_url: str) -> Engine:
         connect_args={
             "connect_timeout": tuning.API_DB_CONNECT_TIMEOUT_S,
             "application_name": APPLICATION_NAME,
-            # UTC sessions: instants near years 1 and 9999 load whatever the database's zone.
-            "options": f"-c statement_timeout={tuning.API_STATEMENT_TIMEOUT_MS} -c timezone=UTC",
+            "options": _session_options(),
         },
     )
 
@@ -155,6 +195,8 @@ class ApiContext:
         engine: database pool (sync psycopg 3; use ``read`` from async code).
         point_reads: the same pool in autocommit: a read-only call sends its statements and
             nothing else (no BEGIN, COMMIT or ROLLBACK round trips).
+        read_pool: the async pool of the point reads (token checks, friendship), opened and
+            closed by the app's lifespan (``open_reads``, ``close_reads``).
         broker: the shared publisher.
         metrics: the app's Prometheus registry and request metrics.
         keys: the hash key (tokens, erasures) and the key-encryption key (children's data keys).
@@ -167,6 +209,7 @@ class ApiContext:
     settings: Settings
     engine: Engine
     point_reads: Engine
+    read_pool: AsyncConnectionPool[AsyncConn]
     broker: BrokerLink
     metrics: ApiMetrics
     keys: Keys
@@ -196,6 +239,7 @@ class ApiContext:
             settings=settings,
             engine=engine,
             point_reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            read_pool=create_read_pool(settings.database_url),
             broker=BrokerLink(settings),
             metrics=ApiMetrics(),
             keys=load_keys(settings),
@@ -207,22 +251,50 @@ class ApiContext:
         """``with_driver`` on this context's pool (blocking)."""
         return with_driver(self.engine, action)
 
+    async def open_reads(self) -> None:
+        """Open the point-read pool in the running event loop; its connections are made in the
+        background (a database that is down delays the reads, not the start)."""
+        await self.read_pool.open(wait=False)
+
+    async def close_reads(self) -> None:
+        """Close the point-read pool (its connections too)."""
+        await self.read_pool.close()
+
+    async def point_read(
+        self,
+        query: Callable[Concatenate[AsyncConn, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``await query(connection, *args, **kwargs)`` on a connection of the point-read pool,
+        in the event loop; ``query`` reads only. A connection found dead (the database
+        restarted or ended the session since the pool last used it) drops every pooled
+        connection (``drain``: they died with the server) and the query is tried once more on
+        a new one.
+
+        Raises:
+            psycopg.OperationalError: the database is unreachable, the second try failed, or no
+                connection came within ``tuning.API_DB_CONNECT_TIMEOUT_S`` (answered as 503).
+            psycopg.Error: the query failed otherwise.
+        """
+        async with self.read_pool.connection() as conn:
+            try:
+                return await query(conn, *args, **kwargs)
+            except psycopg.OperationalError:
+                if not (conn.broken or conn.closed):
+                    raise
+        await self.read_pool.drain()
+        async with self.read_pool.connection() as conn:
+            return await query(conn, *args, **kwargs)
+
     async def check_token(self, token: str, _connection: object = None) -> TokenInfo | None:
-        """``access.tokens.verify_token`` off the event loop (the auth middleware's check)."""
-
-        def check(conn: psycopg.Connection) -> TokenInfo | None:
-            return verify_token(conn, self.keys, token)
-
-        return await asyncio.to_thread(
-            _read_once_more, lambda: with_driver(self.point_reads, check)
-        )
+        """``access.tokens.verify_token`` in the event loop (the auth middleware's check): one
+        indexed lookup on the point-read pool, so a revocation counts from the next request."""
+        return await self.point_read(verify_token_async, self.keys, token)
 
     async def check_session_token(self, token_id: str) -> TokenInfo | None:
-        """``access.tokens.verify_token_id`` off the event loop (a session's check)."""
-        return await asyncio.to_thread(
-            _read_once_more,
-            lambda: with_driver(self.point_reads, lambda conn: verify_token_id(conn, token_id)),
-        )
+        """``access.tokens.verify_token_id`` in the event loop (a session's check)."""
+        return await self.point_read(verify_token_id_async, token_id)
 
     def run_query(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

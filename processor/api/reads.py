@@ -1,7 +1,8 @@
 """The read API (docs/contract.md §6): friendship, topics, event status, stats and dead letters.
 
-Every handler runs its query in a worker thread (``ApiContext.read``). Timestamps are RFC 3339
-in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
+Every handler runs its query in a worker thread (``ApiContext.read``), but the friendship read,
+which runs in the event loop on the async point-read pool (``ApiContext.point_read``). Timestamps
+are RFC 3339 in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
 ``user_not_found`` / ``event_not_found``, 400 ``invalid_user_id`` / ``invalid_parameters`` /
 ``invalid_cursor`` / ``invalid_token``, 503 ``database_unavailable`` / ``broker_unavailable`` /
 ``not_yet_applied``. The user reads take ``after`` and ``wait_s`` (read-your-writes:
@@ -265,7 +266,7 @@ async def get_friendship(
     ``invalid_token`` and 503 ``not_yet_applied`` (with ``Retry-After``) for ``after``.
     """
     await wait_for_writes(ctx, checked_user_id(user_id), after, wait_s)
-    friendship = await ctx.read(queries.friendship_of, checked_user_id(user_id))
+    friendship = await ctx.point_read(queries.friendship_of_async, checked_user_id(user_id))
     if friendship is None:
         raise _user_not_found(user_id)
     return friendship

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 from psycopg import sql
-from sqlalchemy import text
 
 from processor.api import create_app
 from processor.api.context import APPLICATION_NAME
@@ -724,17 +723,18 @@ def test_an_unreachable_database_log_names_no_parameters(
     client: TestClient[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Regression: SQLAlchemy's message of an OperationalError (here a statement timeout) lists
-    # the statement's parameters, and the 503 handler logged it at WARNING.
-    def slow_friendship_of(conn: Any, user_id: str) -> None:
+    # the statement's parameters, and the 503 handler logged it at WARNING. The friendship read
+    # runs on the async psycopg pool: its errors must not name the parameters either.
+    async def slow_friendship_of(conn: Any, user_id: str) -> None:
         # Point reads run in autocommit (no transaction for SET LOCAL): set it for the session
         # and put it back, since the connection returns to the pool.
-        conn.execute(text("SET statement_timeout = 1"))
+        await conn.execute("SET statement_timeout = 1")
         try:
-            conn.execute(text("SELECT pg_sleep(1), :user_id"), {"user_id": user_id})
+            await conn.execute("SELECT pg_sleep(1), %s::text", (user_id,))
         finally:
-            conn.execute(text("RESET statement_timeout"))
+            await conn.execute("RESET statement_timeout")
 
-    monkeypatch.setattr(queries, "friendship_of", slow_friendship_of)
+    monkeypatch.setattr(queries, "friendship_of_async", slow_friendship_of)
     with caplog.at_level(logging.INFO):
         response = client.get(f"/v1/users/{SECRET_USER}/friendship")
     assert_error(response, 503, "database_unavailable")

@@ -30,6 +30,8 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         profile_live_seconds=0.0,
         sweep_shares=(0.5,),
         sweep_seconds=1.0,
+        reads_events=300,
+        reads_seconds=1.0,
         out=tmp_path,
     )
     output = io.StringIO()
@@ -55,6 +57,12 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     assert results.replay is not None
     assert results.replay.events == 300
     assert results.replay.available or results.replay.reason
+    # Point reads: every user read answered 200 (errors are counted, never dropped).
+    assert results.reads is not None
+    assert results.reads.users > 0
+    assert results.reads.friendship.ok > 0 and results.reads.healthz.ok > 0
+    assert results.reads.errors == 0, results.reads.friendship
+    assert results.reads.healthz_errors == 0, results.reads.healthz
 
     # The sweep runs only when p99 at the offered rate missed 100 ms (on a busy machine it may).
     sweep = results.latency_sweep
@@ -73,9 +81,10 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         "3. previous design, 10 threads",
         "4. raw stream read",
         "4. replay",
+        "6. API: friendship point reads vs /healthz, same server",
     ]
     assert all(row.figure != "not run" for row in reported)
-    assert len(targets(results)) == 4
+    assert len(targets(results)) == 8
 
     document = json.loads((tmp_path / "bench.json").read_text())
     assert {
@@ -87,7 +96,11 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         "latency",
         "previous",
         "replay",
+        "reads",
         "targets",
     } <= set(document)
+    assert {"friendship_per_s", "healthz_per_s", "ratio", "p99_ms", "errors"} <= set(
+        document["reads"]
+    )
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "| target |" in (tmp_path / "bench.md").read_text()

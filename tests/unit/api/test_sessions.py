@@ -1,13 +1,17 @@
-"""The dashboard's session data, cookie key, CSRF rule and pages (pure: no app, no database)."""
+"""The dashboard's session data, cookie key, CSRF rule, the guards and pages (pure: no app, no
+database)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from processor.api.auth import requires
 from processor.api.errors import ApiError
 from processor.api.pages import SECURITY_HEADERS, dashboard_page, sign_in_page
 from processor.api.sessions import (
@@ -94,17 +98,30 @@ def _handler(**opt: object) -> Any:
 
 def test_the_csrf_guard_asks_only_cookie_calls_that_change_state() -> None:
     credentials = SessionCredentials(TOKEN_ID, "the-csrf-token", int(time.time()))
-    csrf_guard(_connection("GET", credentials, {}), _handler())
-    csrf_guard(_connection("POST", "fst_bearer-token", {}), _handler())
-    csrf_guard(_connection("POST", credentials, {"x-csrf-token": "the-csrf-token"}), _handler())
-    csrf_guard(_connection("POST", credentials, {}), _handler(csrf_in_form=True))
+
+    def guard(connection: Any, handler: Any) -> None:
+        asyncio.run(csrf_guard(connection, handler))
+
+    guard(_connection("GET", credentials, {}), _handler())
+    guard(_connection("POST", "fst_bearer-token", {}), _handler())
+    guard(_connection("POST", credentials, {"x-csrf-token": "the-csrf-token"}), _handler())
+    guard(_connection("POST", credentials, {}), _handler(csrf_in_form=True))
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         with pytest.raises(ApiError) as missing:
-            csrf_guard(_connection(method, credentials, {}), _handler())
+            guard(_connection(method, credentials, {}), _handler())
         assert (missing.value.status_code, missing.value.code) == (403, "csrf_token_missing")
     with pytest.raises(ApiError) as wrong:
-        csrf_guard(_connection("DELETE", credentials, {"x-csrf-token": "other"}), _handler())
+        guard(_connection("DELETE", credentials, {"x-csrf-token": "other"}), _handler())
     assert wrong.value.code == "csrf_token_invalid"
+
+
+def test_the_guards_are_coroutine_functions_so_litestar_calls_them_in_the_event_loop() -> None:
+    # Regression: Litestar runs a plain function guard in a worker thread (sync_to_thread), and
+    # these guards run on every request: two thread hops per read, queued behind the blocking
+    # database calls that share the executor.
+    assert inspect.iscoroutinefunction(csrf_guard)
+    for scope in ("read", "ingest", "admin"):
+        assert inspect.iscoroutinefunction(requires(scope))
 
 
 def test_pages_escape_what_they_show_and_carry_no_inline_script() -> None:

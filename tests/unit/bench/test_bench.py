@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from bench.baseline import as_json, compare, passed_on
 from bench.baseline import markdown as baseline_markdown
 from bench.harness import CpuSample, cpu_us_per_event
+from bench.http_load import LoadResult
 from bench.latency import best_within, commit_latencies, percentile
 from bench.profile import summarise
 from bench.report import README_END, README_START, markdown, targets, write_readme_section
@@ -19,6 +21,7 @@ from bench.results import (
     LatencyResult,
     LatencySweepResult,
     PreviousDesignResult,
+    ReadsResult,
     SweepPoint,
 )
 from processor.publishing.publisher import OutgoingEvent
@@ -198,3 +201,40 @@ def test_the_sweep_keeps_the_highest_share_within_the_goal() -> None:
     assert best is not None and best.share == 0.1
     assert best_within([point(0.05, math.inf), point(0.1, math.nan)], 100.0) is None
     assert best_within([], 100.0) is None
+
+
+def test_read_goals_need_half_of_healthz_a_50_ms_p99_and_no_failed_request() -> None:
+    load = LoadResult(50, 10.0, 20_000, 20_000, {}, 0, {}, 2_000.0, 5.0, 40.0, 60.0, 50.0)
+    reads = ReadsResult(
+        50,
+        10.0,
+        4_000,
+        load,
+        load,
+        2_000.0,
+        3_800.0,
+        2_000 / 3_800,
+        5.0,
+        40.0,
+        60.0,
+        0,
+        0,
+        900.0,
+        300.0,
+        50.0,
+    )
+    results = _results(drain_rate=20_000, previous_rate=130, p99_ms=80)
+    results.reads = reads
+    found = {t.name: t for t in targets(results)}
+    ratio = found["friendship reads vs /healthz, 50 clients, same server"]
+    p99 = found["p99 of a friendship read, 50 clients"]
+    assert (ratio.passed, p99.passed) == (True, True)
+    assert ratio.measured.startswith("53% (2,000 vs 3,800 requests/s)")
+    results.reads = dataclasses.replace(reads, p99_ms=51.0, errors=3)
+    found = {t.name: t for t in targets(results)}
+    assert found["p99 of a friendship read, 50 clients"].passed is False
+    assert found["friendship reads vs /healthz, 50 clients, same server"].passed is False
+    assert (
+        "3 failed requests"
+        in found["friendship reads vs /healthz, 50 clients, same server"].measured
+    )
