@@ -139,7 +139,7 @@ bench-rule-change *ARGS: services
 bench-read-your-writes *ARGS: services
     {{python}} -m bench.read_your_writes "$@"
 
-# the benchmark (about 7 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
+# the benchmark (about 8 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
     {{python}} -m bench --readme README.md "$@"
