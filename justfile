@@ -99,7 +99,7 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 18 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database (not tests/cluster: `just test-cluster`)
+# every test (about 29 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database (not tests/cluster: `just test-cluster`)
 [group('quality')]
 test *ARGS: services browser
     {{python}} -m pytest --ignore=tests/cluster "$@"
