@@ -17,7 +17,9 @@ The supervisor itself opens no connection. It:
   (``PR_SET_PDEATHSIG``), so a supervisor killed with SIGKILL leaves no member behind.
 
 Children run with stdin on ``/dev/null`` and stay in the supervisor's process group, so Ctrl-C in
-a terminal and ``just down`` (which signals the group) reach them too.
+a terminal and ``just down`` (which signals the group) reach them too. A child ignores SIGINT
+until ``processor run`` has installed its handlers, so a Ctrl-C while it imports stops it through
+the forwarded SIGTERM, without a traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -114,9 +116,19 @@ def child_metrics_port(port: int | None, index: int) -> str:
     return str(port + index) if port > 0 else "0"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _prepare_child() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """In the child, between fork and exec: ignore SIGINT until the member installs its own
+    handler, and on Linux take SIGTERM when the supervisor dies.
+
+    A Ctrl-C on a terminal signals the supervisor and its members at once. A member still
+    importing would die of it with a traceback; ignoring it there is quiet, and the supervisor
+    forwards SIGTERM anyway. Python keeps an ignored SIGINT ignored at start-up (it only installs
+    ``default_int_handler`` over ``SIG_DFL``), and ``processor run`` sets its handler later.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class Supervisor:
@@ -147,12 +159,11 @@ class Supervisor:
         env = dict(self._env)
         env[ENV_PROCESSES] = "1"
         env[ENV_METRICS_PORT] = child_metrics_port(self.settings.metrics_port, index)
-        preexec: Callable[[], None] | None = _die_with_parent if sys.platform == "linux" else None
         return subprocess.Popen(
             [sys.executable, "-m", "processor", "run", *self.arguments],
             env=env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=preexec,  # noqa: PLW1509 - the supervisor starts no threads
+            preexec_fn=_prepare_child,  # noqa: PLW1509 - the supervisor starts no threads
         )
 
     def stop(self) -> None:

@@ -190,6 +190,11 @@ def _read_until(master: int, marker: bytes, timeout_s: float) -> bytes:
     return seen
 
 
+def _started_members(output: bytes) -> int:
+    """How many member processes logged "processor NAME started:" in ``output``."""
+    return len(re.findall(rb"processor \S+:\d+ started: ", output))
+
+
 def _become_terminal_session() -> None:
     """In the child: take the pty on stdin as the controlling terminal, as a login shell does."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -219,6 +224,12 @@ def test_ctrl_c_stops_just_run_processor_cleanly(settings: Settings, processes: 
     try:
         output = _read_until(master, b"lease taken", timeout_s=120)
         assert b"lease taken" in output, output.decode(errors="replace")
+        # Every member installs its handlers before it logs "started": a Ctrl-C before the
+        # last member got there is the start-up case, tested in test_supervisor.py.
+        while _started_members(output) < processes:
+            more = _read_until(master, b" started: ", timeout_s=120)
+            assert more, output.decode(errors="replace")
+            output += more
         os.write(master, b"\x03")  # Ctrl-C, through the terminal's line discipline
         output += _read_until(master, b"processor-never-prints-this", timeout_s=60)
         code = process.wait(timeout=60)
