@@ -216,6 +216,12 @@ async def friendship_of_async(
     row = await cursor.fetchone()
     if row is None:
         return None
+    return friendship_view(user_id, row)
+
+
+def friendship_view(user_id: str, row: tuple[Any, ...]) -> FriendshipView:
+    """The friendship of ``user_id`` from its ``friendships`` row ``(score, events_applied,
+    last_event_at)`` (the columns of ``friendship_of_async``'s statement, in order)."""
     score, events_applied, last_event_at = row
     return _friendship_view(user_id, score, events_applied, last_event_at)
 

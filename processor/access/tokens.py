@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -182,6 +183,81 @@ async def verify_token_async(
     token_id, secret = parsed
     cursor = await conn.execute(_SELECT_BY_ID, (token_id,))
     return _accepted(_token_found(await cursor.fetchone()), keys, secret)
+
+
+@dataclass(frozen=True)
+class JoinedRead:
+    """A point read that rides in the same statement as a token check (one round trip instead
+    of two: ``verify_token_with_read_async``).
+
+    The row is read only for a token that is usable now (not revoked, not expired) and whose
+    scope allows ``scope``; the token's secret is still compared (in constant time) before the
+    row is handed back, so a refused token gets nothing.
+
+    Attributes:
+        scope: the scope the read needs (``read``; ``admin`` allows it too).
+        table: the table and its alias, e.g. ``"friendships r"``.
+        columns: the row's columns, e.g. ``"r.score, r.events_applied"``; the first must be
+            NOT NULL in the table (a null there means: no row).
+        condition: which row, with ``%s`` placeholders, e.g. ``"r.user_id = %s"``.
+        sql: the whole statement, built once (its parameters: the condition's, then the token
+            id).
+    """
+
+    scope: str
+    table: str
+    columns: str
+    condition: str
+    sql: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise BadScope(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+        sql = (
+            "SELECT t.name, t.scope, t.created_at, t.expires_at, t.revoked_at, t.secret_hash, "
+            "(t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired, "
+            f"{self.columns} FROM api_tokens t LEFT JOIN {self.table} ON {self.condition} "
+            "AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) "
+            f"AND t.scope IN ('{self.scope}', 'admin') WHERE t.token_id = %s"
+        )
+        object.__setattr__(self, "sql", sql)
+
+
+async def verify_token_with_read_async(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]],
+    keys: Keys,
+    token: str,
+    read: JoinedRead,
+    params: Sequence[Any],
+) -> tuple[TokenInfo | None, tuple[Any, ...] | None]:
+    """``verify_token_async`` and ``read`` in one statement (one round trip).
+
+    Args:
+        conn: an async connection (autocommit: the statement is its own snapshot).
+        keys: the hash key of the token secrets.
+        token: the bearer token as sent.
+        read: the point read.
+        params: the values of ``read.condition``'s placeholders.
+
+    Returns:
+        ``(None, None)`` for a token that must be refused (unknown, revoked, expired, wrong
+        secret); else the token's info and the row's columns, or None for the row when there
+        is no such row or the token's scope does not allow ``read.scope``.
+
+    Raises:
+        psycopg.Error: the database failed.
+    """
+    parsed = _parse(token)
+    if parsed is None:
+        return None, None
+    token_id, secret = parsed
+    cursor = await conn.execute(read.sql, (*params, token_id))
+    row = await cursor.fetchone()
+    info = _accepted(_token_found(None if row is None else row[:7]), keys, secret)
+    if info is None or row is None:
+        return None, None
+    found = row[7:]
+    return info, (found if found[0] is not None else None)
 
 
 def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None:

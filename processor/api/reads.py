@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final
 import msgspec
 import psycopg
 from litestar import Request, get
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import (
@@ -28,11 +29,14 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from litestar.types import Scope
 
 from processor import tuning
+from processor.access.tokens import JoinedRead
 from processor.api.auth import requires, token_of
 from processor.api.context import ApiContext, TailsUnknown, statement_bound_ms
 from processor.api.errors import ApiError, error_responses, quoted
+from processor.api.prefetch import PREFETCH_OPT, Plan, prefetched
 from processor.api.read_after import (
     DEFAULT_WAIT_S,
     MAX_AFTER_IDS,
@@ -243,16 +247,40 @@ def _invalid_token() -> ApiError:
     )
 
 
+#: The friendship row read in the token check's statement (``processor.api.prefetch``): the
+#: columns of ``queries.friendship_of_async``, in its order.
+_FRIENDSHIP_WITH_TOKEN: Final = JoinedRead(
+    scope="read",
+    table="friendships f",
+    columns="f.score, f.events_applied, f.last_event_at",
+    condition="f.user_id = %s",
+)
+
+
+def _friendship_with_token(connection: ASGIConnection[Any, Any, Any, Any]) -> Plan | None:
+    """The friendship read to send with the token check; None for a request with a query
+    string (``after`` makes the read wait for its writes: it must read after that) or a
+    ``user_id`` the handler refuses (400 after the token check, as without this)."""
+    if connection.scope.get("query_string"):
+        return None
+    user_id = connection.scope["path_params"].get("user_id")
+    if not isinstance(user_id, str) or _USER_ID.match(user_id) is None:
+        return None
+    return _FRIENDSHIP_WITH_TOKEN, (user_id,)
+
+
 @get(
     "/v1/users/{user_id:str}/friendship",
     tags=["read"],
     summary="Friendship of a user",
     guards=[requires("read")],
     responses=error_responses(400, 401, 403, 404, 503),
+    opt={PREFETCH_OPT: _friendship_with_token},
 )
 async def get_friendship(
     user_id: FromPath[str],
     ctx: NamedDependency[ApiContext],
+    scope: Scope,
     after: AfterParameter = None,
     wait_s: WaitParameter = None,
 ) -> FriendshipView:
@@ -265,6 +293,11 @@ async def get_friendship(
     ``user_not_found`` when the user has no applied event; 400 ``invalid_parameters`` /
     ``invalid_token`` and 503 ``not_yet_applied`` (with ``Retry-After``) for ``after``.
     """
+    found = prefetched(scope)  # read with the token check: no after, a valid user_id
+    if found is not None:
+        if found.row is None:
+            raise _user_not_found(user_id)
+        return queries.friendship_view(user_id, found.row)
     await wait_for_writes(ctx, checked_user_id(user_id), after, wait_s)
     friendship = await ctx.point_read(queries.friendship_of_async, checked_user_id(user_id))
     if friendship is None:

@@ -20,7 +20,7 @@ import pytest
 from litestar.testing import TestClient
 from psycopg import sql
 
-from processor.api import create_app
+from processor.api import context, create_app
 from processor.api.context import APPLICATION_NAME
 from processor.applying.batch import apply_batch
 from processor.applying.checkpoint import ensure_checkpoints
@@ -724,8 +724,9 @@ def test_an_unreachable_database_log_names_no_parameters(
 ) -> None:
     # Regression: SQLAlchemy's message of an OperationalError (here a statement timeout) lists
     # the statement's parameters, and the 503 handler logged it at WARNING. The friendship read
-    # runs on the async psycopg pool: its errors must not name the parameters either.
-    async def slow_friendship_of(conn: Any, user_id: str) -> None:
+    # runs on the async psycopg pool, in the token check's statement: its errors must not name
+    # the parameters either.
+    async def slow_read(conn: Any, user_id: str) -> None:
         # Point reads run in autocommit (no transaction for SET LOCAL): set it for the session
         # and put it back, since the connection returns to the pool.
         await conn.execute("SET statement_timeout = 1")
@@ -734,7 +735,13 @@ def test_an_unreachable_database_log_names_no_parameters(
         finally:
             await conn.execute("RESET statement_timeout")
 
-    monkeypatch.setattr(queries, "friendship_of_async", slow_friendship_of)
+    async def slow_token_check_with_read(
+        conn: Any, _keys: object, _token: str, _read: object, params: tuple[str]
+    ) -> None:
+        await slow_read(conn, params[0])
+
+    monkeypatch.setattr(queries, "friendship_of_async", slow_read)
+    monkeypatch.setattr(context, "verify_token_with_read_async", slow_token_check_with_read)
     with caplog.at_level(logging.INFO):
         response = client.get(f"/v1/users/{SECRET_USER}/friendship")
     assert_error(response, 503, "database_unavailable")

@@ -18,6 +18,7 @@ from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
 from projections.database import connect
+from projections.fold import level_of
 from testkit.services import Services, isolated_settings, make_token, settings_env
 from tests.strategies import ADJUSTED, make_event
 
@@ -140,6 +141,85 @@ def test_a_token_with_a_wrong_secret_is_refused(
     token = make_token(settings, "admin")
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     error_of(client.get("/v1/stats", headers=bearer(forged)), 401, "unauthorized")
+
+
+@pytest.fixture(scope="module")
+def stored_friend(deployment: Settings) -> str:
+    """A child whose friendship is stored (score 70, 3 events)."""
+    with connect(deployment.database_url) as conn:
+        conn.execute(
+            "INSERT INTO friendships (user_id, score, events_applied, last_event_at) "
+            "VALUES ('kid-stored', 70, 3, '2024-05-01T00:00:00Z')"
+        )
+    return "kid-stored"
+
+
+def test_the_friendship_read_answers_a_valid_read_token(
+    settings: Settings, client: TestClient[Any], stored_friend: str
+) -> None:
+    # The read goes in the token check's statement: the row reaches a valid token.
+    token = make_token(settings, "read")
+    answer = client.get(f"/v1/users/{stored_friend}/friendship", headers=bearer(token))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "user_id": stored_friend,
+        "score": 70,
+        "level": level_of(70),
+        "events_applied": 3,
+        "last_event_at": "2024-05-01T00:00:00Z",
+    }
+    error_of(
+        client.get("/v1/users/nobody/friendship", headers=bearer(token)), 404, "user_not_found"
+    )
+
+
+def test_a_revoked_token_gets_no_friendship_on_its_next_use(
+    settings: Settings, client: TestClient[Any], stored_friend: str
+) -> None:
+    token = make_token(settings, "read", "friendship-reader-revoked")
+    path = f"/v1/users/{stored_friend}/friendship"
+    assert client.get(path, headers=bearer(token)).status_code == 200
+    with connect(settings.database_url) as conn:
+        revoke_token(conn, "friendship-reader-revoked")
+    answer = client.get(path, headers=bearer(token))
+    error_of(answer, 401, "unauthorized")
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert "70" not in answer.text
+
+
+@pytest.mark.parametrize("refused", ["expired", "wrong secret", "unknown id"])
+def test_a_refused_token_gets_no_friendship(
+    settings: Settings, client: TestClient[Any], stored_friend: str, refused: str
+) -> None:
+    if refused == "expired":
+        with connect(settings.database_url) as conn:
+            token = create_token(conn, load_keys(settings), "brief-friend", "read", timedelta(0))
+    else:
+        token = make_token(settings, "read")
+        if refused == "wrong secret":
+            token = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        else:
+            token = "fst_" + "0" * 16 + token[len("fst_") + 16 :]
+    answer = client.get(f"/v1/users/{stored_friend}/friendship", headers=bearer(token))
+    error_of(answer, 401, "unauthorized")
+    assert "70" not in answer.text
+
+
+def test_an_ingest_token_gets_no_friendship(
+    settings: Settings, client: TestClient[Any], stored_friend: str
+) -> None:
+    headers = bearer(make_token(settings, "ingest"))
+    answer = client.get(f"/v1/users/{stored_friend}/friendship", headers=headers)
+    assert "scope is ingest" in error_of(answer, 403, "forbidden")
+    assert "70" not in answer.text
+
+
+def test_a_bad_user_id_is_refused_after_the_token(
+    settings: Settings, client: TestClient[Any]
+) -> None:
+    path = "/v1/users/a%20b/friendship"
+    error_of(client.get(path, headers=bearer("fst_" + "0" * 40)), 401, "unauthorized")
+    error_of(client.get(path, headers=bearer(make_token(settings, "read"))), 400, "invalid_user_id")
 
 
 def test_tokens_are_stored_as_a_keyed_hash_only(settings: Settings) -> None:
