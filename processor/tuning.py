@@ -135,6 +135,9 @@ API_DB_THREADS: Final = 16
 #: Connections the API's async point-read pool keeps open when idle (it grows to
 #: ``API_DB_THREADS`` under load).
 API_READ_POOL_MIN: Final = 4
+#: Most requests whose token checks (and point reads) go in one statement
+#: (``processor.api.prefetch``): those that came in the same turn of the event loop, up to this.
+API_CHECK_BATCH_MAX: Final = 64
 #: Seconds allowed for the API's tail cache (and a processor's metrics server) to stop.
 TAILS_STOP_TIMEOUT_S: Final = 5.0
 #: Seconds uvicorn gives requests in flight at shutdown.

@@ -187,8 +187,8 @@ async def verify_token_async(
 
 @dataclass(frozen=True)
 class JoinedRead:
-    """A point read that rides in the same statement as a token check (one round trip instead
-    of two: ``verify_token_with_read_async``).
+    """A point read by one text key that rides in the token check's statement: one round trip
+    for the check and the read (``verify_tokens_with_reads_async``), and one for many requests'.
 
     The row is read only for a token that is usable now (not revoked, not expired) and whose
     scope allows ``scope``; the token's secret is still compared (in constant time) before the
@@ -199,9 +199,10 @@ class JoinedRead:
         table: the table and its alias, e.g. ``"friendships r"``.
         columns: the row's columns, e.g. ``"r.score, r.events_applied"``; the first must be
             NOT NULL in the table (a null there means: no row).
-        condition: which row, with ``%s`` placeholders, e.g. ``"r.user_id = %s"``.
-        sql: the whole statement, built once (its parameters: the condition's, then the token
-            id).
+        condition: which row, ``{key}`` standing for the key, e.g. ``"r.user_id = {key}"``.
+        sql: the whole statement, built once; its parameters are two text arrays of the same
+            length, the token ids and the keys, and each row starts with the (1-based) position
+            of its pair (a pair whose token id is unknown has no row).
     """
 
     scope: str
@@ -213,51 +214,70 @@ class JoinedRead:
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise BadScope(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+        condition = self.condition.format(key="k.key")
         sql = (
-            "SELECT t.name, t.scope, t.created_at, t.expires_at, t.revoked_at, t.secret_hash, "
-            "(t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired, "
-            f"{self.columns} FROM api_tokens t LEFT JOIN {self.table} ON {self.condition} "
+            "SELECT k.i, t.name, t.scope, t.created_at, t.expires_at, t.revoked_at, "
+            "t.secret_hash, (t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired, "
+            f"{self.columns} "
+            "FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS k(token_id, key, i) "
+            "JOIN api_tokens t ON t.token_id = k.token_id "
+            f"LEFT JOIN {self.table} ON {condition} "
             "AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) "
-            f"AND t.scope IN ('{self.scope}', 'admin') WHERE t.token_id = %s"
+            f"AND t.scope IN ('{self.scope}', 'admin')"
         )
         object.__setattr__(self, "sql", sql)
 
 
-async def verify_token_with_read_async(
+#: What ``verify_tokens_with_reads_async`` answers for one request: the token's info (None:
+#: refuse it) and the row (None: no row, or the token may not read it).
+TokenAndRow = tuple[TokenInfo | None, tuple[Any, ...] | None]
+
+
+async def verify_tokens_with_reads_async(
     conn: psycopg.AsyncConnection[tuple[Any, ...]],
     keys: Keys,
-    token: str,
     read: JoinedRead,
-    params: Sequence[Any],
-) -> tuple[TokenInfo | None, tuple[Any, ...] | None]:
-    """``verify_token_async`` and ``read`` in one statement (one round trip).
+    requests: Sequence[tuple[str, str]],
+) -> list[TokenAndRow]:
+    """``verify_token_async`` and ``read`` for each ``(token, key)`` of ``requests``, all in one
+    statement (one round trip, however many requests).
 
     Args:
         conn: an async connection (autocommit: the statement is its own snapshot).
         keys: the hash key of the token secrets.
-        token: the bearer token as sent.
         read: the point read.
-        params: the values of ``read.condition``'s placeholders.
+        requests: each request's bearer token as sent and the key of its read.
 
     Returns:
-        ``(None, None)`` for a token that must be refused (unknown, revoked, expired, wrong
-        secret); else the token's info and the row's columns, or None for the row when there
-        is no such row or the token's scope does not allow ``read.scope``.
+        One ``TokenAndRow`` per request, in order: ``(None, None)`` for a token that must be
+        refused (malformed, unknown, revoked, expired, wrong secret); else the token's info and
+        the row's columns, or None for the row when there is no such row or the token's scope
+        does not allow ``read.scope``.
 
     Raises:
         psycopg.Error: the database failed.
     """
-    parsed = _parse(token)
-    if parsed is None:
-        return None, None
-    token_id, secret = parsed
-    cursor = await conn.execute(read.sql, (*params, token_id))
-    row = await cursor.fetchone()
-    info = _accepted(_token_found(None if row is None else row[:7]), keys, secret)
-    if info is None or row is None:
-        return None, None
-    found = row[7:]
-    return info, (found if found[0] is not None else None)
+    parsed = [_parse(token) for token, _key in requests]
+    asked = [(p[0], key) for p, (_token, key) in zip(parsed, requests, strict=True) if p]
+    found: dict[int, tuple[Any, ...]] = {}
+    if asked:
+        token_ids, read_keys = zip(*asked, strict=True)
+        cursor = await conn.execute(read.sql, (list(token_ids), list(read_keys)))
+        found = {row[0]: row[1:] for row in await cursor.fetchall()}
+    answers: list[TokenAndRow] = []
+    position = 0
+    for p in parsed:
+        if p is None:
+            answers.append((None, None))
+            continue
+        position += 1
+        row = found.get(position)
+        info = _accepted(_token_found(None if row is None else row[:7]), keys, p[1])
+        if info is None or row is None:
+            answers.append((None, None))
+        else:
+            answers.append((info, row[7:] if row[7] is not None else None))
+    return answers
 
 
 def verify_token_id(conn: psycopg.Connection, token_id: str) -> TokenInfo | None:

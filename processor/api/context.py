@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import psycopg
+from aiodataloader import DataLoader
 from litestar.connection import ASGIConnection
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -26,10 +27,12 @@ from sqlalchemy.exc import DBAPIError
 
 from processor import tuning
 from processor.access.tokens import (
+    JoinedRead,
+    TokenAndRow,
     TokenInfo,
     verify_token_async,
     verify_token_id_async,
-    verify_token_with_read_async,
+    verify_tokens_with_reads_async,
 )
 from processor.api import prefetch
 from processor.api.broker import BrokerLink
@@ -211,6 +214,8 @@ class ApiContext:
             the app's lifespan); no request opens a broker connection for them.
         waits: the read-your-writes waiters and their LISTEN connection (started in the app's
             lifespan).
+        batchers: each ``JoinedRead``'s batcher of token checks (``check_token``), made in
+            the event loop that first needs it.
     """
 
     settings: Settings
@@ -222,6 +227,9 @@ class ApiContext:
     keys: Keys
     tails: TailCache
     waits: WaitRoom
+    batchers: dict[JoinedRead, DataLoader[tuple[str, str], TokenAndRow]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def create(cls, settings: Settings) -> ApiContext:
@@ -313,13 +321,29 @@ class ApiContext:
         plan = None if connection is None else prefetch.plan_of(connection)
         if plan is None or connection is None:
             return await self.point_read(verify_token_async, self.keys, token)
-        read, params = plan
-        info, row = await self.point_read(
-            verify_token_with_read_async, self.keys, token, read, params
-        )
+        read, key = plan
+        info, row = await self._batcher(read).load((token, key))
         if info is not None:
             prefetch.keep(connection, row)
         return info
+
+    def _batcher(self, read: JoinedRead) -> DataLoader[tuple[str, str], TokenAndRow]:
+        """The batcher of ``read``'s checks in the running event loop: the ``(token, key)``
+        pairs asked for in one turn of the loop (at most ``tuning.API_CHECK_BATCH_MAX``) go in
+        one statement, on one pooled connection. Nothing is cached: every check reads the
+        table."""
+        loop = asyncio.get_running_loop()
+        batcher = self.batchers.get(read)
+        if batcher is None or batcher.loop is not loop:
+
+            async def check_all(pairs: list[tuple[str, str]]) -> list[TokenAndRow]:
+                return await self.point_read(verify_tokens_with_reads_async, self.keys, read, pairs)
+
+            batcher = DataLoader(
+                check_all, cache=False, max_batch_size=tuning.API_CHECK_BATCH_MAX, loop=loop
+            )
+            self.batchers[read] = batcher
+        return batcher
 
     async def check_session_token(self, token_id: str) -> TokenInfo | None:
         """``access.tokens.verify_token_id`` in the event loop (a session's check)."""

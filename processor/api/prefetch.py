@@ -5,7 +5,8 @@ A route names in its ``PREFETCH_OPT`` option a ``Planner``: a function of the re
 which ``JoinedRead`` to send with the token check and its parameters, or None (not for this
 request: e.g. a read that must first wait for its writes, or a path parameter the handler will
 refuse). The auth middleware's check (``ApiContext.check_token``) then sends both in one
-statement (``processor.access.tokens.verify_token_with_read_async``) and keeps the row on the
+statement (``processor.access.tokens.verify_tokens_with_reads_async``, with the checks and reads
+of the other requests that came in the same turn of the event loop) and keeps the row on the
 request (``keep``); the handler takes it (``prefetched``) instead of reading again, and reads
 on its own when nothing was kept.
 
@@ -30,8 +31,8 @@ PREFETCH_OPT: Final = "prefetch_with_token"
 #: Key of the kept row in the request's ``scope["state"]``.
 _KEPT: Final = "friendship_stream.prefetched"
 
-#: A point read and the values of its condition's placeholders.
-Plan = tuple[JoinedRead, tuple[Any, ...]]
+#: A point read and its key.
+Plan = tuple[JoinedRead, str]
 #: What a route names in ``PREFETCH_OPT``: the plan for this request, or None.
 Planner = Callable[[ASGIConnection[Any, Any, Any, Any]], Plan | None]
 

@@ -253,7 +253,7 @@ _FRIENDSHIP_WITH_TOKEN: Final = JoinedRead(
     scope="read",
     table="friendships f",
     columns="f.score, f.events_applied, f.last_event_at",
-    condition="f.user_id = %s",
+    condition="f.user_id = {key}",
 )
 
 
@@ -266,7 +266,7 @@ def _friendship_with_token(connection: ASGIConnection[Any, Any, Any, Any]) -> Pl
     user_id = connection.scope["path_params"].get("user_id")
     if not isinstance(user_id, str) or _USER_ID.match(user_id) is None:
         return None
-    return _FRIENDSHIP_WITH_TOKEN, (user_id,)
+    return _FRIENDSHIP_WITH_TOKEN, user_id
 
 
 @get(

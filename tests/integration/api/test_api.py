@@ -735,13 +735,13 @@ def test_an_unreachable_database_log_names_no_parameters(
         finally:
             await conn.execute("RESET statement_timeout")
 
-    async def slow_token_check_with_read(
-        conn: Any, _keys: object, _token: str, _read: object, params: tuple[str]
+    async def slow_token_checks_with_reads(
+        conn: Any, _keys: object, _read: object, pairs: list[tuple[str, str]]
     ) -> None:
-        await slow_read(conn, params[0])
+        await slow_read(conn, pairs[0][1])
 
     monkeypatch.setattr(queries, "friendship_of_async", slow_read)
-    monkeypatch.setattr(context, "verify_token_with_read_async", slow_token_check_with_read)
+    monkeypatch.setattr(context, "verify_tokens_with_reads_async", slow_token_checks_with_reads)
     with caplog.at_level(logging.INFO):
         response = client.get(f"/v1/users/{SECRET_USER}/friendship")
     assert_error(response, 503, "database_unavailable")

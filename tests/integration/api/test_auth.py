@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from litestar.testing import TestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from processor.access.tokens import create_token, list_tokens, revoke_token
 from processor.api import create_app
@@ -212,6 +214,42 @@ def test_an_ingest_token_gets_no_friendship(
     answer = client.get(f"/v1/users/{stored_friend}/friendship", headers=headers)
     assert "scope is ingest" in error_of(answer, 403, "forbidden")
     assert "70" not in answer.text
+
+
+def test_concurrent_friendship_reads_each_get_their_own_answer(
+    settings: Settings, stored_friend: str
+) -> None:
+    # The checks (and reads) of requests that come together go in one statement: each request
+    # still gets what its own token and user allow.
+    reader = make_token(settings, "read")
+    admin = make_token(settings, "admin")
+    revoked = make_token(settings, "read", "friendship-batch-revoked")
+    with connect(settings.database_url) as conn:
+        revoke_token(conn, "friendship-batch-revoked")
+    cases = [
+        (reader, stored_friend, 200),
+        (admin, stored_friend, 200),
+        (reader, "nobody", 404),
+        (make_token(settings, "ingest"), stored_friend, 403),
+        (revoked, stored_friend, 401),
+        (reader[:-4] + ("AAAA" if not reader.endswith("AAAA") else "BBBB"), stored_friend, 401),
+        ("not-a-token", stored_friend, 401),
+    ] * 5
+    random.Random(16).shuffle(cases)
+
+    async def read_all() -> list[Any]:
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            return await asyncio.gather(
+                *(
+                    client.get(f"/v1/users/{user}/friendship", headers=bearer(token))
+                    for token, user, _status in cases
+                )
+            )
+
+    answers = asyncio.run(read_all())
+    assert [a.status_code for a in answers] == [status for _t, _u, status in cases]
+    for answer in answers:
+        assert ('"score":70' in answer.text) == (answer.status_code == 200)
 
 
 def test_a_bad_user_id_is_refused_after_the_token(
