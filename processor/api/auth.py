@@ -4,7 +4,8 @@ Every route but the health probes (and ``/metrics`` when ``METRICS_PUBLIC`` is s
 ``Authorization: Bearer TOKEN`` (RFC 6750). ``BearerTokenAuth`` is a Litestar security config:
 its middleware checks the token against ``api_tokens`` on every request
 (``processor.access.tokens.verify_token``: a revoked or expired token is refused on its next
-use) and puts the token's ``TokenInfo`` on the connection; each route's guard (``requires``)
+use; a route may have its point read sent in the same statement, ``processor.api.prefetch``)
+and puts the token's ``TokenInfo`` on the connection; each route's guard (``requires``)
 checks the scope. Without a valid token the answer is ``401`` (with ``WWW-Authenticate:
 Bearer``), without the scope ``403``, both in the API's error shape; the OpenAPI document
 declares the scheme (``BearerToken``).

@@ -214,8 +214,8 @@ class ApiContext:
             the app's lifespan); no request opens a broker connection for them.
         waits: the read-your-writes waiters and their LISTEN connection (started in the app's
             lifespan).
-        batchers: each ``JoinedRead``'s batcher of token checks (``check_token``), made in
-            the event loop that first needs it.
+        batchers: each ``JoinedRead``'s batcher of token checks (``check_token``), by its
+            statement, made in the event loop that first needs it.
     """
 
     settings: Settings
@@ -227,9 +227,7 @@ class ApiContext:
     keys: Keys
     tails: TailCache
     waits: WaitRoom
-    batchers: dict[JoinedRead, DataLoader[tuple[str, str], TokenAndRow]] = field(
-        default_factory=dict
-    )
+    batchers: dict[str, DataLoader[tuple[str, str], TokenAndRow]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings) -> ApiContext:
@@ -333,7 +331,7 @@ class ApiContext:
         one statement, on one pooled connection. Nothing is cached: every check reads the
         table."""
         loop = asyncio.get_running_loop()
-        batcher = self.batchers.get(read)
+        batcher = self.batchers.get(read.sql)  # a string keeps its hash: a cheap lookup
         if batcher is None or batcher.loop is not loop:
 
             async def check_all(pairs: list[tuple[str, str]]) -> list[TokenAndRow]:
@@ -342,7 +340,7 @@ class ApiContext:
             batcher = DataLoader(
                 check_all, cache=False, max_batch_size=tuning.API_CHECK_BATCH_MAX, loop=loop
             )
-            self.batchers[read] = batcher
+            self.batchers[read.sql] = batcher
         return batcher
 
     async def check_session_token(self, token_id: str) -> TokenInfo | None:

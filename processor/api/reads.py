@@ -1,7 +1,9 @@
 """The read API (docs/contract.md §6): friendship, topics, event status, stats and dead letters.
 
 Every handler runs its query in a worker thread (``ApiContext.read``), but the friendship read,
-which runs in the event loop on the async point-read pool (``ApiContext.point_read``). Timestamps
+which runs in the event loop on the async point-read pool (``ApiContext.point_read``); without
+``after`` it is read in the token check's statement, batched with the other requests' that came
+at the same time (``processor.api.prefetch``): one round trip for many reads. Timestamps
 are RFC 3339 in UTC with ``Z``. Errors use the shape ``{"error": {"code", "message"}}``: 404
 ``user_not_found`` / ``event_not_found``, 400 ``invalid_user_id`` / ``invalid_parameters`` /
 ``invalid_cursor`` / ``invalid_token``, 503 ``database_unavailable`` / ``broker_unavailable`` /
