@@ -11,15 +11,22 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
-from processor.access.tokens import create_token, list_tokens, revoke_token
+from processor.access.tokens import (
+    JoinedRead,
+    create_token,
+    list_tokens,
+    revoke_token,
+    verify_tokens_with_reads_async,
+)
 from processor.api import create_app
 from processor.privacy.keys import load_keys
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings
-from projections.database import connect
+from projections.database import connect, libpq_url
 from projections.fold import level_of
 from testkit.services import Services, isolated_settings, make_token, settings_env
 from tests.strategies import ADJUSTED, make_event
@@ -219,8 +226,9 @@ def test_an_ingest_token_gets_no_friendship(
 def test_concurrent_friendship_reads_each_get_their_own_answer(
     settings: Settings, stored_friend: str
 ) -> None:
-    # The checks (and reads) of requests that come together go in one statement: each request
-    # still gets what its own token and user allow.
+    # The checks (and reads) of requests that come together may share a statement (the test
+    # below checks one such statement): each request still gets what its own token and user
+    # allow.
     reader = make_token(settings, "read")
     admin = make_token(settings, "admin")
     revoked = make_token(settings, "read", "friendship-batch-revoked")
@@ -250,6 +258,46 @@ def test_concurrent_friendship_reads_each_get_their_own_answer(
     assert [a.status_code for a in answers] == [status for _t, _u, status in cases]
     for answer in answers:
         assert ('"score":70' in answer.text) == (answer.status_code == 200)
+
+
+def test_one_statement_answers_each_token_and_read_on_its_own(
+    settings: Settings, stored_friend: str
+) -> None:
+    # What the batched check answers each request whose check shares a statement with others'.
+    reader = make_token(settings, "read", "batch-reader")
+    ingest = make_token(settings, "ingest", "batch-ingest")
+    admin = make_token(settings, "admin", "batch-admin")
+    revoked = make_token(settings, "read", "batch-revoked")
+    with connect(settings.database_url) as conn:
+        revoke_token(conn, "batch-revoked")
+    forged = reader[:-4] + ("AAAA" if not reader.endswith("AAAA") else "BBBB")
+    read = JoinedRead("read", "friendships f", "f.score, f.events_applied", "f.user_id = {key}")
+    pairs = [
+        (reader, stored_friend),
+        (forged, stored_friend),
+        (reader, "nobody"),
+        ("not-a-token", stored_friend),
+        (ingest, stored_friend),
+        (revoked, stored_friend),
+        (admin, stored_friend),
+    ]
+
+    async def check() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(
+            libpq_url(settings.database_url), autocommit=True
+        ) as conn:
+            return await verify_tokens_with_reads_async(conn, load_keys(settings), read, pairs)
+
+    answers = [(None if i is None else i.name, row) for i, row in asyncio.run(check())]
+    assert answers == [
+        ("batch-reader", (70, 3)),
+        (None, None),
+        ("batch-reader", None),
+        (None, None),
+        ("batch-ingest", None),
+        (None, None),
+        ("batch-admin", (70, 3)),
+    ]
 
 
 def test_a_bad_user_id_is_refused_after_the_token(
