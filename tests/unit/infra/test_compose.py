@@ -261,6 +261,9 @@ def test_each_processor_serves_its_metrics_on_every_interface_on_the_published_p
         port = int(env[ENV_METRICS_PORT])
         assert port in {p for _, _, p in published(services[name])}, name
         assert services[name]["command"] == ["run"]
+        # One member process, so that one port is all of its metrics (a supervisor serves
+        # member k's on port + k, which nothing publishes or scrapes).
+        assert product_settings(services[name]).processes == 1, name
 
 
 def test_the_product_waits_for_the_init_service_which_prepares_the_deployment(
