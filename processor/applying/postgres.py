@@ -22,7 +22,7 @@ from processor.applying.decode import DeadLetter
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
-from projections.tables import SENTIMENT_COLUMNS
+from projections.names import SENTIMENT_COLUMNS
 from schemas.events import Event
 
 # An id an erased child used (erased_event_ids, a global table) is first used by ERASED_USER.
