@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import stat
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processor.privacy.crypto import (
     SCHEME,
@@ -139,3 +144,14 @@ def test_a_plain_data_with_an_unknown_encryption_field_stays_plain() -> None:
     }
     body = make_event(TURN_RECORDED, "kid-1", "2024-03-01T10:00:00Z", data)
     assert envelope_of(body) is None
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@given(user_id=st.text(max_size=140), hash_key=st.binary(min_size=32, max_size=64))
+def test_a_childs_digest_stays_the_hmac_sha256_erasures_were_recorded_with(
+    user_id: str, hash_key: bytes
+) -> None:
+    # Erasure records hold this digest: a change would let an erased child's events apply.
+    keys = Keys(hash_key, secrets.token_bytes(32))
+    expected = hmac.new(hash_key, b"user\0" + user_id.encode(), hashlib.sha256).digest()
+    assert keys.user_digest(user_id) == expected
