@@ -41,7 +41,6 @@ from processor.reading.feed import PartitionFeed
 from processor.reading.reader import StreamReader
 from processor.reading.tails import TailCache
 from processor.settings import Settings, SettingsError
-from processor.versions.builder import ProjectionBuilder
 from processor.versions.builds import VersionPlan, live_fold_version, plan
 from processor.versions.errors import FoldVersionUnknown
 from projections.database import connect, migrate
@@ -166,6 +165,9 @@ class Processor:
             self._tails.start()  # only the lag gauges need it
         self._pool.start()
         if self.versions is not None and self.versions.build is not None:
+            # Only then: the builder brings replay's swap, SQLAlchemy and Alembic with it.
+            from processor.versions.builder import ProjectionBuilder  # noqa: PLC0415
+
             ProjectionBuilder(self.settings, self.versions.build, self.member, self._stop).start()
         settings = self.settings
         log.info(

@@ -32,12 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from schemas.events import SENTIMENTS
+from projections.names import REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX, SENTIMENT_COLUMNS
+
+__all__ = ["REPLACED_SUFFIX", "REPLAY_SCHEMA_PREFIX", "SENTIMENT_COLUMNS"]
 
 metadata: Final = MetaData()
-
-#: Column names of the per-label child-turn counts, in ``SENTIMENTS`` order.
-SENTIMENT_COLUMNS: Final = tuple(f"sentiment_{label}" for label in SENTIMENTS)
 
 checkpoints: Final = Table(
     "checkpoints",
@@ -257,11 +256,6 @@ write_tokens: Final = Table(
     Index("write_tokens_expires_at_idx", "expires_at"),
 )
 
-#: Prefix of every schema a replay creates (``processor.replay.shadow``): shadows
-#: ``replay_<id>`` and the snapshots ``replay_<id>_replaced`` a swap keeps.
-REPLAY_SCHEMA_PREFIX: Final = "replay_"
-#: Suffix of the schema that keeps the tables a swap replaced.
-REPLACED_SUFFIX: Final = "_replaced"
 #: Tables of the deployment as a whole, not of one build of the projections: a replay's shadow
 #: schema does not copy them, and its connections find them in the live schema.
 GLOBAL_TABLES: Final = frozenset(

@@ -8,9 +8,6 @@ import shlex
 from datetime import timedelta
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from processor.access.principals import PRINCIPALS_FILE, provision, remove, settings_as
 from processor.access.tokens import TokenInfo, create_token, list_tokens, revoke_token
 from processor.errors import ExitCode
@@ -50,6 +47,10 @@ def run_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_tokens(tokens: list[TokenInfo]) -> None:
+    # Here, not at the top: every command's parser imports this module (``processor run`` too).
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title="API tokens")
     for column in ("name", "scope", "created", "expires", "revoked"):
         table.add_column(column)

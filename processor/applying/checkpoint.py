@@ -24,11 +24,10 @@ shadow schema).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, func, select
 
 from processor.applying.errors import (
     CheckpointConflict,
@@ -37,7 +36,9 @@ from processor.applying.errors import (
     PartitionCountMismatch,
 )
 from processor.applying.store import CheckpointAdvance
-from projections import tables
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 _LOCK: Final = (
     "SELECT committed_offset, lease_epoch, fold_version FROM checkpoints WHERE partition = %s "
@@ -293,6 +294,11 @@ def read_totals(conn: Connection) -> tuple[int, int]:
     Args:
         conn: a SQLAlchemy connection (the read API's pool).
     """
+    # Here, not at the top: a processor process does not load SQLAlchemy for its batches.
+    from sqlalchemy import func, select  # noqa: PLC0415
+
+    from projections import tables  # noqa: PLC0415
+
     row = conn.execute(
         select(
             func.coalesce(func.sum(tables.checkpoints.c.applied_count), 0),

@@ -208,6 +208,8 @@ def reused_id_letters(
     partition: int, reused: Sequence[ReusedId], records: Sequence[LogRecord]
 ) -> list[DeadLetter]:
     """The dead letters of event ids reused for another user (``projections.event_ids``)."""
+    if not reused:  # nearly every batch: no map of the batch's bodies to build
+        return []
     bodies = {record.offset: record.body for record in records}
     return [
         DeadLetter(

@@ -22,7 +22,7 @@ from processor.applying.decode import DeadLetter
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
-from projections.tables import SENTIMENT_COLUMNS
+from projections.names import SENTIMENT_COLUMNS
 from schemas.events import Event
 
 # An id an erased child used (erased_event_ids, a global table) is first used by ERASED_USER.
@@ -33,16 +33,25 @@ UNION ALL
 SELECT event_id::text, %b::text, partition, log_offset FROM erased_event_ids
 WHERE event_id = ANY(%b::uuid[])
 """
+# Answers the ids it did NOT record (already recorded, or an erased child's): in a backlog
+# nearly every id is new, so the answer is usually empty instead of one row per event.
 _RECORD_EVENT_IDS: Final = """
-INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
-                            encrypted)
-SELECT candidate.event_id, %b::int, candidate.log_offset, candidate.user_id, candidate.type,
-       candidate.occurred_at, candidate.encrypted
-FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::bool[])
-     AS candidate (event_id, log_offset, user_id, type, occurred_at, encrypted)
-WHERE NOT EXISTS (SELECT 1 FROM erased_event_ids e WHERE e.event_id = candidate.event_id)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id::text
+WITH candidate AS (
+  SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[],
+                       %b::bool[])
+         AS c (event_id, log_offset, user_id, type, occurred_at, encrypted)
+), recorded AS (
+  INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
+                              encrypted)
+  SELECT candidate.event_id, %b::int, candidate.log_offset, candidate.user_id, candidate.type,
+         candidate.occurred_at, candidate.encrypted
+  FROM candidate
+  WHERE NOT EXISTS (SELECT 1 FROM erased_event_ids e WHERE e.event_id = candidate.event_id)
+  ON CONFLICT (event_id) DO NOTHING
+  RETURNING event_id
+)
+SELECT candidate.event_id::text FROM candidate
+WHERE NOT EXISTS (SELECT 1 FROM recorded WHERE recorded.event_id = candidate.event_id)
 """
 _ERASED: Final = "SELECT user_digest FROM erasures WHERE user_digest = ANY(%b::bytea[])"
 _DATA_KEYS: Final = (
@@ -121,18 +130,18 @@ ON CONFLICT (partition, log_offset) DO NOTHING
 def event_id_columns(
     partition: int, first_seen: Mapping[str, tuple[Event, int]], encrypted: Set[int]
 ) -> tuple[object, ...]:
-    """The parameters of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: the partition
-    (one value for every row), then the columns of event ids, offsets, users, types, times and
-    whether the log holds them encrypted."""
+    """The parameters of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: the columns of
+    event ids, offsets, users, types, times and whether the log holds them encrypted, then the
+    partition (one value for every row)."""
     candidates = list(first_seen.values())
     return (
-        partition,
         [event.event_id for event, _ in candidates],
         [offset for _, offset in candidates],
         [event.user_id for event, _ in candidates],
         [type(event).__struct_config__.tag for event, _ in candidates],
         [event.occurred_at for event, _ in candidates],
         [offset in encrypted for _, offset in candidates],
+        partition,
     )
 
 
@@ -220,18 +229,23 @@ class _PostgresTransaction:
         if not first_seen:
             return {}
         self._cur.execute(_RECORD_EVENT_IDS, event_id_columns(partition, first_seen, encrypted))
-        new_ids = {row[0] for row in self._cur.fetchall()}
-        return self._earlier_uses(partition, first_seen, new_ids)
+        # uuid::text is lower-case 8-4-4-4-12, as the keys of ``first_seen`` (a valid event id).
+        not_recorded = {row[0] for row in self._cur.fetchall()}
+        return self._earlier_uses(partition, first_seen, not_recorded)
 
     def _earlier_uses(
-        self, partition: int, first_seen: Mapping[str, tuple[Event, int]], new_ids: set[str]
+        self,
+        partition: int,
+        first_seen: Mapping[str, tuple[Event, int]],
+        not_recorded: set[str],
     ) -> dict[str, FirstUse]:
-        """The recorded first use of each id of the batch that was not new.
+        """The recorded first use of each id of the batch that was not new (``not_recorded``:
+        the ids the insert left alone).
 
         An id whose row vanished in between (not new, yet not found) counts as first used by
         the batch's first occurrence, so it is neither applied nor recorded twice.
         """
-        repeated = [key for key in first_seen if key not in new_ids]
+        repeated = [key for key in first_seen if key in not_recorded]
         if not repeated:
             return {}
         earlier = {

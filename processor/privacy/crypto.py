@@ -17,6 +17,7 @@ Source: NIST SP 800-38D (GCM; 96-bit random nonces, at most 2^32 per key), throu
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import secrets
@@ -47,6 +48,18 @@ _DATA_KEY_AT: Final = re.compile(rb'"data"\s*:\s*')
 #: The members of an encrypted ``data`` object, exactly (a plain ``data`` may hold an unknown
 #: ``encryption`` field and stays plain: docs/contract.md, unknown fields are ignored).
 _SEALED_MEMBERS: Final = frozenset({"encryption", "nonce", "ciphertext"})
+
+
+def _b64decode(text: str) -> bytes:
+    """``base64.b64decode(text, validate=True)`` without its Python wrapper (the same check:
+    ASCII only, the base64 alphabet only, correct padding; about 1 us less per call, and every
+    encrypted event decodes two).
+
+    Raises:
+        ValueError: ``binascii.Error`` for a character outside the alphabet or bad padding,
+            ``ValueError`` for a string that is not ASCII.
+    """
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def _data_members(body: bytes) -> int:
@@ -100,7 +113,8 @@ def _splice(body: bytes, old: bytes, data: bytes) -> bytes | None:
     """
     if body.count(b'"data"') != 1 or b"\\u" in body:
         return None
-    match = _DATA_KEY_AT.search(body)
+    # The one "data" is where the pattern can start: match there, not a search from byte 0.
+    match = _DATA_KEY_AT.match(body, body.find(b'"data"'))
     if match is None or not body.startswith(old, match.end()) or not _one_value(data):
         return None
     start = match.end()
@@ -246,8 +260,8 @@ def open_sealed(body: bytes, sealed: tuple[SealedEvent, str, str], cipher: AESGC
     """
     parts, nonce_text, ciphertext_text = sealed
     try:
-        nonce = base64.b64decode(nonce_text, validate=True)
-        ciphertext = base64.b64decode(ciphertext_text, validate=True)
+        nonce = _b64decode(nonce_text)
+        ciphertext = _b64decode(ciphertext_text)
     except ValueError as exc:  # binascii.Error, or a str that is not ASCII
         raise DecryptionFailed(f"not an encrypted event of scheme {SCHEME}") from exc
     try:
@@ -271,8 +285,8 @@ def decrypt_event(body: bytes, data_key: bytes) -> bytes:
         event_id = _STRING.decode(fields["event_id"])
         user_id = _STRING.decode(fields["user_id"])
         sealed = _ENCRYPTED_DATA.decode(fields["data"])
-        nonce = base64.b64decode(sealed["nonce"], validate=True)
-        ciphertext = base64.b64decode(sealed["ciphertext"], validate=True)
+        nonce = _b64decode(sealed["nonce"])
+        ciphertext = _b64decode(sealed["ciphertext"])
     # ValueError: binascii.Error, or a nonce or ciphertext that is not ASCII.
     except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError) as exc:
         raise DecryptionFailed(f"not an encrypted event of scheme {SCHEME}") from exc

@@ -40,7 +40,7 @@ from processor.privacy.data_keys import destroy_data_key
 from processor.privacy.key_ids import check_key_ids
 from processor.privacy.keys import Keys
 from projections.advisory_locks import CHILD_CLASS, child_lock_key
-from projections.tables import REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX
+from projections.names import REPLACED_SUFFIX, REPLAY_SCHEMA_PREFIX
 
 #: The child's event ids stay used (``projections.event_ids.ERASED_USER``): the live ones only,
 #: as live decided them; a replay finds them in this global table too.

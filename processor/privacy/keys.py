@@ -34,6 +34,8 @@ from processor.settings import ENV_HASH_KEY, ENV_KEY_ENCRYPTION_KEY, Settings
 KEY_BYTES: Final = 32
 #: Hex digits of a child's reference in logs (64 bits: enough to tell children apart).
 USER_REF_HEX: Final = 16
+#: Most children whose ``user_digest`` a ``Keys`` remembers (about 200 bytes each).
+DIGEST_MEMO_SIZE: Final = 50_000
 HASH_KEY_FILE: Final = "hash.key"
 KEK_FILE: Final = "kek.key"
 
@@ -55,6 +57,10 @@ class Keys:
     kek: bytes = field(repr=False)
     kek_id: str = ""
     hash_key_id: str = field(default="", init=False)
+    #: ``user_digest`` of the children hashed lately (a batch hashes each of its children, and
+    #: the next batches of a partition meet the same ones); emptied at ``DIGEST_MEMO_SIZE``.
+    #: Digests only, never key material: an erasure record holds the same bytes.
+    _digests: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.kek) != KEY_BYTES:
@@ -71,11 +77,19 @@ class Keys:
     def keyed_hash(self, purpose: str, value: str) -> bytes:
         """HMAC-SHA-256 of ``value`` under the hash key, separated by ``purpose``."""
         message = purpose.encode() + b"\0" + value.encode()
-        return hmac.new(self.hash_key, message, hashlib.sha256).digest()
+        # The one-shot form: the same digest as hmac.new(...).digest(), without the HMAC
+        # object (a batch hashes each of its children).
+        return hmac.digest(self.hash_key, message, "sha256")
 
     def user_digest(self, user_id: str) -> bytes:
-        """The 32-byte keyed hash that stands for a child in erasure records."""
-        return self.keyed_hash("user", user_id)
+        """The 32-byte keyed hash that stands for a child in erasure records (thread-safe)."""
+        digest = self._digests.get(user_id)
+        if digest is None:
+            digest = self.keyed_hash("user", user_id)
+            if len(self._digests) >= DIGEST_MEMO_SIZE:
+                self._digests.clear()
+            self._digests[user_id] = digest
+        return digest
 
     def user_ref(self, user_id: str) -> str:
         """A child's name in logs: the first ``USER_REF_HEX`` hex digits of ``user_digest``."""

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from processor.applying.decode import misrouted_reason
 from processor.settings import Settings
-from projections.database import alembic_config, connect, migrate, sqlalchemy_url
+from projections.database import (
+    HEAD_REVISION,
+    alembic_config,
+    at_head,
+    connect,
+    database_name,
+    migrate,
+    sqlalchemy_url,
+)
 
 
 def _downgrade(url: str, revision: str) -> None:
@@ -73,3 +82,24 @@ def test_older_rows_follow_todays_erasure_rules_after_0008(settings: Settings) -
         (10, "not valid JSON", "kid-c"),
     ]
     assert recorded == [("kek", "k1")]
+
+
+def test_the_head_revision_is_alembics_newest_migration() -> None:
+    """``migrate`` skips Alembic for a database at ``HEAD_REVISION``: a new migration must
+    move it, or processes would start on a database without it."""
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
+
+
+def test_only_a_database_at_the_newest_migration_skips_alembic(settings: Settings) -> None:
+    """A database at an older revision is still upgraded; a missing one is not at head."""
+    url = settings.database_url
+    assert at_head(url)
+    _downgrade(url, "0010")
+    assert not at_head(url)
+    migrate(url)
+    assert at_head(url)
+    with connect(url) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert row == (HEAD_REVISION,)
+    missing = url.replace(database_name(url), database_name(url) + "_missing")
+    assert not at_head(missing)

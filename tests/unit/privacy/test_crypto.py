@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import stat
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processor.privacy.crypto import (
     SCHEME,
@@ -19,7 +24,7 @@ from processor.privacy.crypto import (
     wrap_data_key,
 )
 from processor.privacy.errors import DecryptionFailed, KeyMissing
-from processor.privacy.keys import Keys, init_keys, load_keys
+from processor.privacy.keys import DIGEST_MEMO_SIZE, Keys, init_keys, load_keys
 from processor.settings import Settings
 from tests.strategies import TURN_RECORDED, make_event
 
@@ -139,3 +144,24 @@ def test_a_plain_data_with_an_unknown_encryption_field_stays_plain() -> None:
     }
     body = make_event(TURN_RECORDED, "kid-1", "2024-03-01T10:00:00Z", data)
     assert envelope_of(body) is None
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@given(user_id=st.text(max_size=140), hash_key=st.binary(min_size=32, max_size=64))
+def test_a_childs_digest_stays_the_hmac_sha256_erasures_were_recorded_with(
+    user_id: str, hash_key: bytes
+) -> None:
+    # Erasure records hold this digest: a change would let an erased child's events apply.
+    keys = Keys(hash_key, secrets.token_bytes(32))
+    expected = hmac.new(hash_key, b"user\0" + user_id.encode(), hashlib.sha256).digest()
+    assert keys.user_digest(user_id) == expected
+    assert keys.user_digest(user_id) == expected  # remembered, still the same
+    other = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    assert other.user_digest(user_id) != expected  # remembered per key, never shared
+
+
+def test_the_remembered_digests_stay_bounded() -> None:
+    keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    digests = {f"kid-{i}": keys.user_digest(f"kid-{i}") for i in range(DIGEST_MEMO_SIZE + 10)}
+    assert len(keys._digests) <= DIGEST_MEMO_SIZE
+    assert all(keys.user_digest(user) == digest for user, digest in digests.items())

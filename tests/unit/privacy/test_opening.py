@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.privacy.crypto import (
+    SCHEME,
     data_cipher,
     decrypt_event,
     encrypt_event,
@@ -101,3 +105,50 @@ def test_a_body_with_data_twice_opens_as_the_last_one_alone() -> None:
     assert opened == decrypt_event(sealed, data_key)
     assert json.loads(opened)["data"] == {"b": 2}
     assert b'"a"' not in opened
+
+
+_BASE64_ISH = st.text(
+    alphabet=st.sampled_from(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n.é\x00"
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nonce_text=_BASE64_ISH, ciphertext_text=_BASE64_ISH)
+def test_a_nonce_or_ciphertext_opens_only_when_strict_base64_reads_it(
+    nonce_text: str, ciphertext_text: str
+) -> None:
+    # The nonce and ciphertext are read as strictly as ``base64.b64decode(validate=True)``:
+    # whatever that refuses (a character outside the alphabet, bad padding, not ASCII) is a
+    # record that does not open, never an error out of the batch, and nothing it accepts
+    # is refused.
+    data_key = new_data_key()
+    sealed = encrypt_event(adjusted("kid"), data_key)
+    data = json.loads(sealed)["data"]
+    real_nonce, real_ciphertext = data["nonce"], data["ciphertext"]
+    for nonce, ciphertext in ((nonce_text, real_ciphertext), (real_nonce, ciphertext_text)):
+        altered = sealed.replace(real_nonce.encode(), json.dumps(nonce).strip('"').encode())
+        altered = altered.replace(
+            real_ciphertext.encode(), json.dumps(ciphertext).strip('"').encode()
+        )
+        parts = sealed_event(altered)
+        assert parts is not None
+        try:
+            base64.b64decode(parts[1], validate=True)
+            base64.b64decode(parts[2], validate=True)
+            readable = True
+        except ValueError:
+            readable = False
+        with pytest.raises(DecryptionFailed) as refused:
+            open_sealed(altered, parts, data_cipher(data_key))
+        expected = (
+            "does not open with its child's data key"
+            if readable
+            else f"not an encrypted event of scheme {SCHEME}"
+        )
+        assert expected in str(refused.value)
+        with pytest.raises(DecryptionFailed) as refused_too:
+            decrypt_event(altered, data_key)
+        assert expected in str(refused_too.value)
