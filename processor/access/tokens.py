@@ -14,6 +14,7 @@ everything (erasure and dead letters included).
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,11 +54,24 @@ class TokenInfo:
         return self.scope in (scope, "admin")
 
 
+#: The public id of a token as ``create_token`` makes it: 16 lower-case hex digits.
+_TOKEN_ID: Final = re.compile(f"[0-9a-f]{{{_ID_HEX}}}")
+
+
 def _parse(token: str) -> tuple[str, str] | None:
+    """``(token id, secret)`` of ``token``, or None when it is not shaped as ``create_token``
+    makes them: the prefix, an id of 16 lower-case hex digits, a non-empty secret.
+
+    Only such an id is ever sent to the database: anything else (a NUL byte, which psycopg
+    refuses to send, would fail every request batched with it) is refused here, as unknown.
+    """
     if not token.startswith(PREFIX) or len(token) <= len(PREFIX) + _ID_HEX:
         return None
     body = token[len(PREFIX) :]
-    return body[:_ID_HEX], body[_ID_HEX:]
+    token_id = body[:_ID_HEX]
+    if _TOKEN_ID.fullmatch(token_id) is None:
+        return None
+    return token_id, body[_ID_HEX:]
 
 
 def token_id_of(token: str) -> str | None:

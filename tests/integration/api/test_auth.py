@@ -277,6 +277,8 @@ def test_one_statement_answers_each_token_and_read_on_its_own(
         (forged, stored_friend),
         (reader, "nobody"),
         ("not-a-token", stored_friend),
+        # An id psycopg cannot send (NUL): refused alone, not failing the others' statement.
+        ("fst_" + "\x00" * 16 + "x" * 43, stored_friend),
         (ingest, stored_friend),
         (revoked, stored_friend),
         (admin, stored_friend),
@@ -293,6 +295,7 @@ def test_one_statement_answers_each_token_and_read_on_its_own(
         ("batch-reader", (70, 3)),
         (None, None),
         ("batch-reader", None),
+        (None, None),
         (None, None),
         ("batch-ingest", None),
         (None, None),
