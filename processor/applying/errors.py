@@ -65,3 +65,9 @@ class OffsetsOutOfOrder(ApplyError):
 
 class CheckpointMissing(ApplyError):
     """The partition has no checkpoint row: ``ensure_checkpoints`` was not run for it."""
+
+
+class EventIdFormMismatch(ApplyError):
+    """The database answered an event id in another form than the batch keyed it by (the
+    batch's keys are PostgreSQL's ``uuid::text``: lower-case 8-4-4-4-12). Refused whole rather
+    than risk applying a duplicate as new: a broken invariant, not bad input."""

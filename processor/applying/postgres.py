@@ -19,6 +19,7 @@ import psycopg
 
 from processor.applying import checkpoint
 from processor.applying.decode import DeadLetter
+from processor.applying.errors import EventIdFormMismatch
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
 from projections.event_ids import ERASED_USER, FirstUse
 from projections.fold import Friendship, TopicMetrics
@@ -231,6 +232,12 @@ class _PostgresTransaction:
         self._cur.execute(_RECORD_EVENT_IDS, event_id_columns(partition, first_seen, encrypted))
         # uuid::text is lower-case 8-4-4-4-12, as the keys of ``first_seen`` (a valid event id).
         not_recorded = {row[0] for row in self._cur.fetchall()}
+        if not not_recorded.issubset(first_seen.keys()):
+            # A form mismatch would count a duplicate the insert skipped as new: refuse.
+            raise EventIdFormMismatch(
+                f"partition {partition}: {len(not_recorded - first_seen.keys())} event ids came "
+                "back from the database in another form than the batch's (uuid::text)"
+            )
         return self._earlier_uses(partition, first_seen, not_recorded)
 
     def _earlier_uses(

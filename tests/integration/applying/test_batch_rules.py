@@ -9,14 +9,20 @@ import psycopg
 import pytest
 
 from processor.applying.checkpoint import begin_lease_epoch, ensure_checkpoints
+from processor.applying.errors import EventIdFormMismatch
 from processor.applying.postgres import PostgresStore
 from processor.privacy.data_keys import ensure_data_keys
 from processor.privacy.erasure import erase_user
 from processor.privacy.keys import load_keys
 from processor.settings import Settings
 from projections.database import connect
+from schemas.validation import decode_event
 from testkit.processes import stored_projections
 from tests.batch_rules import PARTITIONS, Backend, BatchRules
+from tests.strategies import make_event
+
+ADJUSTED = "friendship.adjusted"
+DATA = {"delta": 1, "reason": "probe"}
 
 
 class PostgresBackend(Backend):
@@ -108,3 +114,18 @@ class TestBatchRulesPostgres(BatchRules):
         with connect(settings.database_url) as conn:
             ensure_checkpoints(conn, PARTITIONS)
             yield PostgresBackend(settings, conn)
+
+
+def test_an_event_id_answered_in_another_form_refuses_the_batch(settings: Settings) -> None:
+    # The batch keys its first occurrences by uuid::text (lower case). Were an id ever keyed in
+    # another form, the insert's answer (the ids it skipped as already recorded) would not match
+    # it and the duplicate would pass as new: the batch is refused instead.
+    event_id = "0F8FAD5B-D9CB-469F-A165-70867728950E"
+    event = decode_event(make_event(ADJUSTED, "kid-form", "2024-06-01T12:00:00Z", DATA, event_id))
+    first_seen = {event_id: (event, 0)}
+    with connect(settings.database_url) as conn:
+        store = PostgresStore(conn)
+        with store.transaction() as batch:
+            assert batch.record_event_ids(0, first_seen) == {}  # new: recorded
+        with pytest.raises(EventIdFormMismatch), store.transaction() as batch:
+            batch.record_event_ids(0, first_seen)
