@@ -110,7 +110,7 @@ def apply_batch(
     decoded = decode_records(
         partition, records, {**opened.unopened, **(poisoned or {})}, opened.plaintexts
     )
-    digests = {user: keys.user_digest(user) for user in batch_users(decoded)}
+    digests = {user: keys.batch_user_digest(user) for user in batch_users(decoded)}
     result = BatchResult(partition, records[0].offset, records[-1].last_offset)
     with store.transaction() as tx:
         tx.lock_checkpoint(partition, expected_checkpoint, lease_epoch, rules.version)

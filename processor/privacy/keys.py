@@ -57,9 +57,10 @@ class Keys:
     kek: bytes = field(repr=False)
     kek_id: str = ""
     hash_key_id: str = field(default="", init=False)
-    #: ``user_digest`` of the children hashed lately (a batch hashes each of its children, and
-    #: the next batches of a partition meet the same ones); emptied at ``DIGEST_MEMO_SIZE``.
-    #: Digests only, never key material: an erasure record holds the same bytes.
+    #: ``batch_user_digest`` of the children a processor's batches hashed lately (the next
+    #: batches of a partition meet the same ones): child id -> digest, emptied at
+    #: ``DIGEST_MEMO_SIZE``. Never key material. Only the processor's batches fill it: an API
+    #: or CLI process, which erases children, keeps no id next to its digest.
     _digests: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,10 +83,16 @@ class Keys:
         return hmac.digest(self.hash_key, message, "sha256")
 
     def user_digest(self, user_id: str) -> bytes:
-        """The 32-byte keyed hash that stands for a child in erasure records (thread-safe)."""
+        """The 32-byte keyed hash that stands for a child in erasure records."""
+        return self.keyed_hash("user", user_id)
+
+    def batch_user_digest(self, user_id: str) -> bytes:
+        """``user_digest``, remembered for the processor's next batches (thread-safe: one dict
+        operation at a time under the GIL; at most ``DIGEST_MEMO_SIZE`` children, then the
+        memo starts over). For the batch path only (``processor.applying.batch``)."""
         digest = self._digests.get(user_id)
         if digest is None:
-            digest = self.keyed_hash("user", user_id)
+            digest = self.user_digest(user_id)
             if len(self._digests) >= DIGEST_MEMO_SIZE:
                 self._digests.clear()
             self._digests[user_id] = digest

@@ -155,13 +155,22 @@ def test_a_childs_digest_stays_the_hmac_sha256_erasures_were_recorded_with(
     keys = Keys(hash_key, secrets.token_bytes(32))
     expected = hmac.new(hash_key, b"user\0" + user_id.encode(), hashlib.sha256).digest()
     assert keys.user_digest(user_id) == expected
-    assert keys.user_digest(user_id) == expected  # remembered, still the same
+    assert keys.batch_user_digest(user_id) == expected
+    assert keys.batch_user_digest(user_id) == expected  # remembered, still the same
     other = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
-    assert other.user_digest(user_id) != expected  # remembered per key, never shared
+    assert other.batch_user_digest(user_id) != expected  # remembered per key, never shared
 
 
 def test_the_remembered_digests_stay_bounded() -> None:
     keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
-    digests = {f"kid-{i}": keys.user_digest(f"kid-{i}") for i in range(DIGEST_MEMO_SIZE + 10)}
+    digests = {f"kid-{i}": keys.batch_user_digest(f"kid-{i}") for i in range(DIGEST_MEMO_SIZE + 10)}
     assert len(keys._digests) <= DIGEST_MEMO_SIZE
-    assert all(keys.user_digest(user) == digest for user, digest in digests.items())
+    assert all(keys.batch_user_digest(user) == digest for user, digest in digests.items())
+
+
+def test_only_the_batch_path_keeps_a_childs_id_next_to_its_digest() -> None:
+    # The API and the CLI erase children: their Keys must not hold an erased child's id.
+    keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32))
+    keys.user_digest("kid-erased")
+    keys.user_ref("kid-erased")
+    assert "kid-erased" not in keys._digests
