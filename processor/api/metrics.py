@@ -173,6 +173,8 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._latencies: dict[tuple[str, str], Histogram] = {}
         self.events_accepted = Counter(
             "friendship_api_events_accepted",
             "Events published with broker confirms via POST /v1/events",
@@ -183,6 +185,24 @@ class ApiMetrics:
             "Invalid events refused by POST /v1/events",
             registry=self.registry,
         )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and record its handling time (``seconds``).
+
+        The labelled children are kept per ``(method, route, status)`` and ``(method, route)``:
+        ``labels()`` checks and joins the label values and takes the metric's lock on every
+        call. Only routed requests come here (a route's template and one of its methods), so
+        the keys are as few as the app's routes, methods and statuses.
+        """
+        key = (method, route, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(method, route, str(status))
+        latency = self._latencies.get(key[:2])
+        if latency is None:
+            latency = self._latencies[key[:2]] = self.latency.labels(method, route)
+        counter.inc()
+        latency.observe(seconds)
 
     def add_collector(self, collector: Collector) -> None:
         """Register a scrape-time collector (it is not called now)."""
@@ -221,5 +241,4 @@ class RequestMetricsMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, capture)
         finally:
-            self._metrics.requests.labels(method, route, str(status)).inc()
-            self._metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self._metrics.observe(method, route, status, time.perf_counter() - started)

@@ -622,7 +622,10 @@ def test_unreachable_broker_and_database(settings: Settings) -> None:
 
 
 def test_metrics(seeded: Seeded, client: TestClient[Any]) -> None:
-    client.get("/v1/users/kid-1/friendship")
+    # Each answer counts under its own status, and a route's repeated reads all count.
+    assert client.get("/v1/users/kid-1/friendship").status_code == 200
+    assert client.get("/v1/users/kid-1/friendship").status_code == 200
+    assert client.get("/v1/users/nobody/friendship").status_code == 404
     client.get("/no/such/route")
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -636,7 +639,14 @@ def test_metrics(seeded: Seeded, client: TestClient[Any]) -> None:
     assert 'friendship_api_scrape_source_up{source="broker"} 1.0' in lines
     route = "/v1/users/{user_id}/friendship"
     assert (
-        f'friendship_api_requests_total{{method="GET",route="{route}",status="200"}} 1.0' in lines
+        f'friendship_api_requests_total{{method="GET",route="{route}",status="200"}} 2.0' in lines
+    )
+    assert (
+        f'friendship_api_requests_total{{method="GET",route="{route}",status="404"}} 1.0' in lines
+    )
+    assert (
+        f'friendship_api_request_duration_seconds_count{{method="GET",route="{route}"}} 3.0'
+        in lines
     )
     assert 'friendship_api_requests_total{method="GET",route="unmatched",status="404"} 1.0' in lines
     assert any(line.startswith("friendship_api_request_duration_seconds_bucket{") for line in lines)
