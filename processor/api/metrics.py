@@ -229,7 +229,7 @@ class RequestMetricsMiddleware(ASGIMiddleware):
         """Pass the request on, noting the answer's status and the time taken."""
         started = time.perf_counter()
         status = 500
-        method = scope.get("method", "")
+        method = str(scope.get("method", ""))
         route = str(scope.get("path_template", UNMATCHED_ROUTE))
 
         async def capture(message: Message) -> None:
