@@ -99,7 +99,7 @@ principals *ARGS: migrate topology
 
 # --- quality ----------------------------------------------------------------------------------
 
-# every test (about 29 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database (not tests/cluster: `just test-cluster`)
+# every test (15-29 min here): short fault suite, integration, unit, the dashboard in Chromium; real broker and database (not tests/cluster: `just test-cluster`)
 [group('quality')]
 test *ARGS: services browser
     {{python}} -m pytest --ignore=tests/cluster "$@"
@@ -139,7 +139,7 @@ bench-rule-change *ARGS: services
 bench-read-your-writes *ARGS: services
     {{python}} -m bench.read_your_writes "$@"
 
-# the benchmark (about 8 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
+# the benchmark (4-8 min; --quick: 1 min, README untouched; --baseline COMMIT: that commit's run first, then both side by side): table, bench-results/, README
 [group('bench')]
 bench *ARGS: services
     {{python}} -m bench --readme README.md "$@"
