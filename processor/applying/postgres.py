@@ -1,23 +1,33 @@
 """The PostgreSQL store of a batch: one transaction on the owner's connection.
 
 Implements ``processor.applying.store.BatchTransaction`` with set-based statements whose arrays
-go in binary (``%b``): event ids ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (only new ids
-are applied), projection rows created when missing and then locked in key order, upserts, dead
-letters. The checkpoint's SQL is in ``processor.applying.checkpoint``, the one module that
-reads or writes checkpoint rows. Tables carry no schema: a replay points ``search_path`` at its
-shadow schema and the same statements write there.
+go in binary, a column packed at a time (``processor.applying.arrays``): event ids ``INSERT ...
+ON CONFLICT DO NOTHING`` (only new ids are applied), projection rows created when missing and
+then locked in key order, upserts, dead letters. The checkpoint's SQL is in
+``processor.applying.checkpoint``, the one module that reads or writes checkpoint rows.
+Tables carry no schema: a replay points ``search_path`` at its shadow schema and the same
+statements write there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Final
+from typing import Final, get_args
 
 import psycopg
 
-from processor.applying import checkpoint
+from processor.applying import arrays, checkpoint
+from processor.applying.arrays import (
+    bigint_array,
+    bool_array,
+    bytea_array,
+    float8_array,
+    integer_array,
+    smallint_array,
+    text_array,
+    timestamptz_array,
+)
 from processor.applying.decode import DeadLetter
 from processor.applying.errors import EventIdFormMismatch
 from processor.applying.store import BatchTransaction, CheckpointAdvance, TopicKey, WrappedKey
@@ -26,20 +36,25 @@ from projections.fold import Friendship, TopicMetrics
 from projections.names import SENTIMENT_COLUMNS
 from schemas.events import Event
 
+#: The ``type`` of each event Struct (its msgspec tag).
+_TYPE_TAGS: Final[dict[type, str]] = {
+    kind: str(kind.__struct_config__.tag) for kind in get_args(Event)
+}
+
 # An id an erased child used (erased_event_ids, a global table) is first used by ERASED_USER.
 _EARLIER_USES: Final = """
 SELECT event_id::text, user_id, partition, log_offset FROM applied_events
-WHERE event_id = ANY(%b::uuid[])
+WHERE event_id = ANY(%b::text[]::uuid[])
 UNION ALL
 SELECT event_id::text, %b::text, partition, log_offset FROM erased_event_ids
-WHERE event_id = ANY(%b::uuid[])
+WHERE event_id = ANY(%b::text[]::uuid[])
 """
 # Answers the ids it did NOT record (already recorded, or an erased child's): in a backlog
 # nearly every id is new, so the answer is usually empty instead of one row per event.
 _RECORD_EVENT_IDS: Final = """
 WITH candidate AS (
-  SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[],
-                       %b::bool[])
+  SELECT * FROM unnest(%b::text[]::uuid[], %b::bigint[], %b::text[], %b::text[],
+                       %b::timestamptz[], %b::bool[])
          AS c (event_id, log_offset, user_id, type, occurred_at, encrypted)
 ), recorded AS (
   INSERT INTO applied_events (event_id, partition, log_offset, user_id, type, occurred_at,
@@ -132,46 +147,50 @@ def event_id_columns(
     partition: int, first_seen: Mapping[str, tuple[Event, int]], encrypted: Set[int]
 ) -> tuple[object, ...]:
     """The parameters of ``_RECORD_EVENT_IDS`` for a batch's first occurrences: the columns of
-    event ids, offsets, users, types, times and whether the log holds them encrypted, then the
-    partition (one value for every row)."""
+    event ids, offsets, users, types, times and whether the log holds them encrypted (binary
+    arrays, ``processor.applying.arrays``), then the partition (one value for every row)."""
     candidates = list(first_seen.values())
+    offsets = [offset for _, offset in candidates]
     return (
-        [event.event_id for event, _ in candidates],
-        [offset for _, offset in candidates],
-        [event.user_id for event, _ in candidates],
-        [type(event).__struct_config__.tag for event, _ in candidates],
-        [event.occurred_at for event, _ in candidates],
-        [offset in encrypted for _, offset in candidates],
+        text_array([event.event_id for event, _ in candidates]),
+        bigint_array(offsets),
+        text_array([event.user_id for event, _ in candidates]),
+        text_array([_TYPE_TAGS[type(event)] for event, _ in candidates]),
+        timestamptz_array([event.occurred_at for event, _ in candidates]),
+        bool_array([offset in encrypted for offset in offsets]),
         partition,
     )
 
 
-def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[Sequence[object], ...]:
-    """The columns of ``_UPSERT_FRIENDSHIPS``: users, scores, counts, last event times."""
+def friendship_columns(friendships: Mapping[str, Friendship]) -> tuple[bytes, ...]:
+    """The columns of ``_UPSERT_FRIENDSHIPS`` (binary arrays): users, scores, counts, last
+    event times."""
     states = list(friendships.values())
     return (
-        list(friendships),
-        [f.score for f in states],
-        [f.events_applied for f in states],
-        [f.last_event_at for f in states],
+        text_array(list(friendships)),
+        smallint_array([f.score for f in states]),
+        bigint_array([f.events_applied for f in states]),
+        timestamptz_array([f.last_event_at for f in states]),
     )
 
 
-def topic_columns(topics: Mapping[TopicKey, TopicMetrics]) -> tuple[Sequence[object], ...]:
-    """The columns of ``_UPSERT_TOPICS``: users, topics, conversations, turns, seconds, the
-    eight sentiment counts and the last discussed times."""
+def topic_columns(topics: Mapping[TopicKey, TopicMetrics]) -> tuple[bytes, ...]:
+    """The columns of ``_UPSERT_TOPICS`` (binary arrays): users, topics, conversations, turns,
+    seconds, the eight sentiment counts and the last discussed times."""
     keys = list(topics)
     metrics = list(topics.values())
-    sentiment_columns = [[m.sentiment[i] for m in metrics] for i in range(len(SENTIMENT_COLUMNS))]
-    last_discussed: list[datetime | None] = [m.last_discussed_at for m in metrics]
+    # One column per sentiment label (a transpose in C); none when there are no rows.
+    by_label = list(zip(*(m.sentiment for m in metrics), strict=True)) or [
+        () for _ in SENTIMENT_COLUMNS
+    ]
     return (
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [m.conversations for m in metrics],
-        [m.turns for m in metrics],
-        [m.duration_s for m in metrics],
-        *sentiment_columns,
-        last_discussed,
+        text_array([k[0] for k in keys]),
+        text_array([k[1] for k in keys]),
+        bigint_array([m.conversations for m in metrics]),
+        bigint_array([m.turns for m in metrics]),
+        float8_array([m.duration_s for m in metrics]),
+        *(bigint_array(column) for column in by_label),
+        timestamptz_array([m.last_discussed_at for m in metrics]),
     )
 
 
@@ -185,12 +204,13 @@ class PostgresStore:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+        arrays.register(conn)
 
     def data_keys(self, users: Sequence[str]) -> dict[str, WrappedKey]:
         """The wrapped data keys of ``users`` (``BatchStore.data_keys``)."""
         if not users:
             return {}
-        rows = self.conn.execute(_DATA_KEYS, (list(users),)).fetchall()
+        rows = self.conn.execute(_DATA_KEYS, (text_array(users),)).fetchall()
         return {str(user): (bytes(wrapped), str(kek_id)) for user, wrapped, kek_id in rows}
 
     @contextmanager
@@ -218,7 +238,10 @@ class _PostgresTransaction:
     def erased(self, digests: Mapping[str, bytes]) -> set[str]:
         if not digests:
             return set()
-        found = {bytes(row[0]) for row in self._cur.execute(_ERASED, (list(digests.values()),))}
+        found = {
+            bytes(row[0])
+            for row in self._cur.execute(_ERASED, (bytea_array(list(digests.values())),))
+        }
         return {user for user, digest in digests.items() if digest in found}
 
     def record_event_ids(
@@ -258,7 +281,7 @@ class _PostgresTransaction:
         earlier = {
             event_id: FirstUse(user_id, int(earlier_partition), int(earlier_offset))
             for event_id, user_id, earlier_partition, earlier_offset in self._cur.execute(
-                _EARLIER_USES, (repeated, ERASED_USER, repeated)
+                _EARLIER_USES, (text_array(repeated), ERASED_USER, text_array(repeated))
             )
         }
         for key in repeated:
@@ -271,14 +294,16 @@ class _PostgresTransaction:
         self, users: Sequence[str], topics: Sequence[TopicKey]
     ) -> tuple[dict[str, Friendship], dict[TopicKey, TopicMetrics]]:
         cur = self._cur
-        topic_users, topic_names = [k[0] for k in topics], [k[1] for k in topics]
+        user_array = text_array(users)
+        topic_users = text_array([k[0] for k in topics])
+        topic_names = text_array([k[1] for k in topics])
         if topics:
-            cur.execute(_CREATE_MISSING_BOTH, (users, topic_users, topic_names))
+            cur.execute(_CREATE_MISSING_BOTH, (user_array, topic_users, topic_names))
         else:
-            cur.execute(_CREATE_MISSING_FRIENDSHIPS, (users,))
+            cur.execute(_CREATE_MISSING_FRIENDSHIPS, (user_array,))
         friendships = {
             user_id: Friendship(score, applied, last_at)
-            for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (users,))
+            for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (user_array,))
         }
         metrics: dict[TopicKey, TopicMetrics] = {}
         if topics:
@@ -306,14 +331,14 @@ class _PostgresTransaction:
         self._cur.execute(
             _INSERT_DEAD_LETTERS,
             (
-                [d.partition for d in dead],
-                [d.offset for d in dead],
-                [d.event_id for d in dead],
-                [d.field for d in dead],
-                [d.reason for d in dead],
-                [d.raw for d in dead],
-                [d.user_id for d in dead],
-                [d.routing_key for d in dead],
+                integer_array([d.partition for d in dead]),
+                bigint_array([d.offset for d in dead]),
+                text_array([d.event_id for d in dead]),
+                text_array([d.field for d in dead]),
+                text_array([d.reason for d in dead]),
+                bytea_array([d.raw for d in dead]),
+                text_array([d.user_id for d in dead]),
+                text_array([d.routing_key for d in dead]),
             ),
         )
 
