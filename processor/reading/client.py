@@ -135,6 +135,10 @@ _UINT16: Final = struct.Struct(">H")
 _UINT32: Final = struct.Struct(">I")
 _INT32: Final = struct.Struct(">i")
 _READ_BYTES: Final = 1 << 20
+#: The asyncio stream's buffer limit, bytes: it stops reading the socket above twice this. At
+#: the default (64 KiB) a read of ``_READ_BYTES`` emptied a paused buffer nearly every time, and
+#: each resume registered the socket with the selector again (a system call per read).
+_STREAM_BUFFER_LIMIT: Final = 4 * _READ_BYTES
 #: Most subscriptions one connection carries (the protocol's ids are one byte).
 MAX_SUBSCRIPTIONS: Final = 250
 
@@ -423,6 +427,7 @@ class StreamConnection:
                 asyncio.open_connection(
                     host,
                     port,
+                    limit=_STREAM_BUFFER_LIMIT,
                     ssl=options.ssl_context,
                     server_hostname=host if options.ssl_context is not None else None,
                 ),
@@ -767,7 +772,8 @@ class StreamConnection:
                     )
                 if end - pos - _UINT32.size < size:
                     break
-                frame = bytes(buffer[pos + 4 : pos + 4 + size])
+                with memoryview(buffer) as view:  # one copy of the frame, not two
+                    frame = bytes(view[pos + 4 : pos + 4 + size])
                 pos += 4 + size
                 waiting = self._dispatch(frame)
                 if waiting is not None:
