@@ -5,7 +5,7 @@ thousand or more elements each. psycopg's generic list dumper packs them element
 Python (about 250 ns per element, some 25 elements per applied event); these builders pack a
 whole column with a few calls that loop in C (40-180 ns per element). Each returns a ``bytes``
 subclass naming its SQL type, and ``register`` tells a connection to send it as that type,
-byte for byte (``%b`` placeholders).
+byte for byte (``%b`` placeholders; registered with psycopg's global adapters on import).
 
 The format is ``array_send``/``array_recv``'s (PostgreSQL ``src/backend/utils/adt/
 arrayfuncs.c``; "Binary format" of the protocol's data types): the number of dimensions, a
@@ -252,9 +252,13 @@ _DUMPERS: Final = {
 
 def register(context: AdaptContext) -> None:
     """Teach ``context`` (a connection, or psycopg's global ``adapters``) to send the arrays
-    built here, in binary, as their own types. Safe to call again."""
+    built here, in binary, as their own types. Safe to call again; done for the global map
+    when this module is imported, which every connection sees."""
     for kind, dumper in _DUMPERS.items():
         context.adapters.register_dumper(kind, dumper)
+
+
+register(global_adapters)
 
 
 __all__ = [

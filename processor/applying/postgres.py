@@ -17,7 +17,7 @@ from typing import Final, get_args
 
 import psycopg
 
-from processor.applying import arrays, checkpoint
+from processor.applying import checkpoint
 from processor.applying.arrays import (
     bigint_array,
     bool_array,
@@ -204,7 +204,6 @@ class PostgresStore:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
-        arrays.register(conn)
 
     def data_keys(self, users: Sequence[str]) -> dict[str, WrappedKey]:
         """The wrapped data keys of ``users`` (``BatchStore.data_keys``)."""

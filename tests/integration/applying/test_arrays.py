@@ -1,5 +1,6 @@
 """The binary arrays of ``processor.applying.arrays`` through the real server: each column is
-received as its own type (no cast needed) and comes back as the values packed."""
+received as its own type (no cast needed) and comes back as the values packed, on a plain
+connection (importing the module registered them with psycopg's global adapters)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ def test_the_server_receives_each_column_as_its_type_and_values(
     values: list[Any],
 ) -> None:
     with isolated_settings(services) as settings, psycopg.connect(settings.database_url) as conn:
-        arrays.register(conn)
         row = conn.execute(
             "SELECT pg_typeof(%b)::text, %b", (build(values), build(values))
         ).fetchone()
@@ -56,7 +56,6 @@ def test_the_server_receives_each_column_as_its_type_and_values(
 
 def test_unnest_of_the_columns_gives_the_rows(services: Services) -> None:
     with isolated_settings(services) as settings, psycopg.connect(settings.database_url) as conn:
-        arrays.register(conn)
         rows = conn.execute(
             "SELECT * FROM unnest(%b::text[], %b::bigint[]) AS r(user_id, n) ORDER BY n",
             (arrays.text_array(["a", "b", "c"]), arrays.bigint_array([3, 1, 2])),
