@@ -10,7 +10,9 @@ partitions by user and in batches of the default batch size, as a worker sees th
 - ``decode``: ``decode_records`` of plain bodies (JSON decode, validation, upcast, routing);
 - ``open``: ``open_records`` of the same events with their data encrypted (AES-GCM per event);
 - ``fold``: event-id rule, touched rows, the fold of the decoded events from empty rows, and
-  the statements' parameter columns (``processor.applying.postgres``);
+  the statements' parameter columns (``processor.applying.postgres``; since commit cd3cba0
+  packed into binary arrays here, which psycopg did inside ``execute`` before, so this layer
+  is not comparable across that commit);
 - ``apply``: ``apply_batch`` through ``PostgresStore`` into a fresh database (decode, fold, the
   statements and the commit): this process's CPU, and the CPU of its PostgreSQL backend
   (``/proc/<pid>/stat`` of ``pg_backend_pid()``, when the server runs on this machine);

@@ -7,6 +7,11 @@ whole column with a few calls that loop in C (40-180 ns per element). Each retur
 subclass naming its SQL type, and ``register`` tells a connection to send it as that type,
 byte for byte (``%b`` placeholders; registered with psycopg's global adapters on import).
 
+A value outside its column's range raises ``struct.error`` here, before anything is sent, where
+the server would have answered ``DataError`` (which a batch isolates as a dead letter): the
+values come from the fold, whose bounds (docs/contract.md; ``projections.fold``) keep every
+column far inside its type, so no event can reach that error.
+
 The format is ``array_send``/``array_recv``'s (PostgreSQL ``src/backend/utils/adt/
 arrayfuncs.c``; "Binary format" of the protocol's data types): the number of dimensions, a
 has-null flag, the element type's oid, then per dimension its length and lower bound (1), then
@@ -189,7 +194,7 @@ def text_array(values: Sequence[str | None]) -> TextArray:
     """``text[]`` of ``values`` (None: NULL), in UTF-8.
 
     Raises:
-        TypeError: a value is not a str.
+        AttributeError: a value is not a str (nor None).
         UnicodeEncodeError: a str holds a lone surrogate.
         psycopg.DataError: (from the server) a str holds a NUL character, which text cannot.
     """
@@ -198,7 +203,11 @@ def text_array(values: Sequence[str | None]) -> TextArray:
 
 
 def bytea_array(values: Sequence[bytes | None]) -> ByteaArray:
-    """``bytea[]`` of ``values`` (None: NULL)."""
+    """``bytea[]`` of ``values`` (None: NULL).
+
+    Raises:
+        TypeError: a value is not bytes-like (nor None).
+    """
     return _variable_width(ByteaArray, _BYTEA, list(values))
 
 
@@ -252,8 +261,14 @@ _DUMPERS: Final = {
 
 def register(context: AdaptContext) -> None:
     """Teach ``context`` (a connection, or psycopg's global ``adapters``) to send the arrays
-    built here, in binary, as their own types. Safe to call again; done for the global map
-    when this module is imported, which every connection sees."""
+    built here, in binary, as their own types. Safe to call again.
+
+    Done for the global map when this module is imported: connections opened after that see
+    it (``processor.applying.postgres`` imports this module before any connection is made; a
+    connection opened earlier keeps psycopg's copy-on-write map and needs its own call). psycopg
+    also files each dumper under its array oid, so a binary ``COPY`` told ``set_types`` of one
+    of these types would expect these classes, not lists (nothing here uses ``set_types``).
+    """
     for kind, dumper in _DUMPERS.items():
         context.adapters.register_dumper(kind, dumper)
 

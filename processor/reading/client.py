@@ -772,8 +772,10 @@ class StreamConnection:
                     )
                 if end - pos - _UINT32.size < size:
                     break
-                with memoryview(buffer) as view:  # one copy of the frame, not two
-                    frame = bytes(view[pos + 4 : pos + 4 + size])
+                # One copy of the frame, not two; the view is released before the buffer
+                # is resized.
+                with memoryview(buffer)[pos + 4 : pos + 4 + size] as view:
+                    frame = bytes(view)
                 pos += 4 + size
                 waiting = self._dispatch(frame)
                 if waiting is not None:

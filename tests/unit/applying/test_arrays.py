@@ -60,6 +60,41 @@ def test_a_packed_column_reads_back_as_the_same_values(
     assert _loaded(build(values)) == values
 
 
+#: Each builder's element type and array type (PostgreSQL ``pg_type.dat``).
+OIDS = [
+    (arrays.bigint_array, 20, 1016),
+    (arrays.integer_array, 23, 1007),
+    (arrays.smallint_array, 21, 1005),
+    (arrays.float8_array, 701, 1022),
+    (arrays.bool_array, 16, 1000),
+    (arrays.text_array, 25, 1009),
+    (arrays.bytea_array, 17, 1001),
+    (arrays.timestamptz_array, 1184, 1185),
+]
+_HEADER = struct.Struct(">iiiii")
+
+
+@pytest.mark.parametrize(("build", "element_oid", "array_oid"), OIDS)
+def test_the_header_names_one_dimension_its_length_the_null_flag_and_the_types(
+    build: Callable[[Sequence[Any]], _BinaryArray], element_oid: int, array_oid: int
+) -> None:
+    # psycopg's loader reads neither the has-null flag nor the lower bound, and the server
+    # checks the element oid against the parameter's type: these are pinned here.
+    value = {20: 1, 23: 1, 21: 1, 701: 1.0, 16: True, 25: "a", 17: b"a"}.get(
+        element_oid, datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    with_null, without = build([value, None, value]), build([value])
+    assert array_oid == type(with_null).ARRAY_OID
+    assert _HEADER.unpack_from(with_null) == (1, 1, element_oid, 3, 1)
+    assert _HEADER.unpack_from(without) == (1, 0, element_oid, 1, 1)
+    assert struct.unpack_from(">iii", build([])) == (0, 0, element_oid)
+    assert len(build([])) == 12
+
+
+def test_whole_numbers_go_into_a_float_column() -> None:
+    assert _loaded(arrays.float8_array([3, 0, -2])) == [3.0, 0.0, -2.0]
+
+
 def test_an_element_of_four_kib_or_more_keeps_its_length() -> None:
     values = ["x" * 4096, "y", "z" * 70_000]
     assert _loaded(arrays.text_array(values)) == values
