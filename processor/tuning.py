@@ -114,6 +114,9 @@ PUBLISH_CHUNK: Final = 5000
 #: Attempts to get one chunk confirmed (``just publish``, the demo): each retry publishes the
 #: chunk's unconfirmed events again, on the next broker node, after the reconnect back-off.
 PUBLISH_ATTEMPTS: Final = 5
+#: Attempts to declare the topology when its broker connection is lost midway (a node killed
+#: while a processor starts): each declares everything again on a new connection.
+TOPOLOGY_ATTEMPTS: Final = 5
 #: Longest one AMQP connection attempt to one broker node may take (TCP, TLS, AMQP handshake),
 #: in seconds, before the next node is tried.
 BROKER_NODE_CONNECT_TIMEOUT_S: Final = 5.0

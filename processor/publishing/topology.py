@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -15,7 +16,13 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from processor.publishing.connection import CONNECTION_NAME_PREFIX, open_blocking_connection
+from processor import tuning
+from processor.publishing.broker_errors import connection_failure_reason
+from processor.publishing.connection import (
+    CONNECTION_NAME_PREFIX,
+    backoff_delay,
+    open_blocking_connection,
+)
 from processor.publishing.errors import BrokerUnreachable, TopologyError
 from processor.settings import EXCHANGE, MAX_PARTITIONS, Settings, stream_name
 
@@ -62,13 +69,46 @@ def stream_arguments(settings: Settings) -> dict[str, object]:
 def declare_topology(settings: Settings) -> list[str]:
     """Declare the exchange, the partition streams and their bindings; safe to run twice.
 
+    A connection lost midway (a broker node killed or restarted while a processor starts) is
+    not an answer: the whole declaration, idempotent, is made again on a new connection (the
+    next node of ``AMQP_ADDRESSES`` first), up to ``tuning.TOPOLOGY_ATTEMPTS`` times with the
+    reconnect back-off in between.
+
     Returns:
         The stream names, in partition order.
 
     Raises:
         TopologyError: the broker refused a declaration (for example an existing stream with
-            other retention arguments, or the consistent-hash plugin not enabled), or it already
-            has a different number of partition streams.
+            other retention arguments, or the consistent-hash plugin not enabled), it already
+            has a different number of partition streams, no node accepted a connection, or
+            every attempt lost its connection.
+    """
+    failures = 0
+    while True:
+        try:
+            return _declare_once(settings)
+        except pika.exceptions.AMQPConnectionError as exc:
+            failures += 1
+            if failures >= tuning.TOPOLOGY_ATTEMPTS:
+                raise TopologyError(
+                    f"declaring the topology lost its broker connection {failures} times "
+                    f"(last: {connection_failure_reason(exc)})"
+                ) from exc
+            delay = backoff_delay(settings, failures)
+            log.warning(
+                "declaring the topology lost its broker connection (%s); again in %.1f s",
+                connection_failure_reason(exc),
+                delay,
+            )
+            time.sleep(delay)
+
+
+def _declare_once(settings: Settings) -> list[str]:
+    """One attempt of ``declare_topology`` on one connection.
+
+    Raises:
+        TopologyError: as ``declare_topology``.
+        pika.exceptions.AMQPConnectionError: the connection was lost midway.
     """
     streams = [stream_name(p) for p in range(settings.partitions)]
     connection = _connect(settings)

@@ -11,6 +11,7 @@ from processor.publishing.errors import TopologyError
 from processor.publishing.topology import declare_topology
 from processor.settings import Settings, stream_name
 from projections.database import connect
+from testkit.tcp_proxy import TcpProxy
 
 
 def test_declaring_twice_changes_nothing(settings: Settings) -> None:
@@ -62,3 +63,29 @@ def test_an_unroutable_publish_is_an_error_not_a_silent_confirm(settings: Settin
 
     with pytest.raises(PublishError, match="unroutable"):
         asyncio.run(publish())
+
+
+def test_a_connection_lost_while_declaring_is_declared_again_on_a_new_one(
+    settings: Settings,
+) -> None:
+    """A broker node killed while a processor declares the topology (the start of every
+    member) must not stop the processor: the declaration is made again on a new connection."""
+    node = (settings.amqp.host, settings.amqp.port)
+    # The handshake sends about 500 bytes; 16 stream declarations about 100 each.
+    with TcpProxy(*node, cut_after_bytes=1_200, cuts=1) as proxy:
+        through_proxy = settings.with_overrides(
+            amqp_addresses_raw=f"{proxy.address[0]}:{proxy.address[1]}",
+            reconnect_backoff_s=0.05,
+            reconnect_backoff_max_s=0.2,
+        )
+        streams = declare_topology(through_proxy)
+        cut = proxy.cut
+    assert cut == 1, "the connection was not cut during the declaration"
+    assert streams == [stream_name(p) for p in range(16)]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        for stream in streams:
+            channel.queue_declare(stream, passive=True)
+    finally:
+        connection.close()
