@@ -305,6 +305,42 @@ def worst_partitions(
     return summaries[:count]
 
 
+def next_sweep_share(
+    points: Sequence[SweepPoint],
+    rising: Sequence[float],
+    falling: Sequence[float],
+    goal_ms: float,
+) -> float | None:
+    """The next share of the ingest ceiling the latency sweep offers, or None when it is done.
+
+    The sweep starts at the lowest of ``rising`` (shares 0..1) and climbs them while p99 stays
+    within ``goal_ms``; when even the lowest of them misses, it descends ``falling`` (shares
+    below it) until one is met. Either way its highest met share is found with the fewest
+    runs. Pure.
+
+    Args:
+        points: the runs so far, in the order they ran.
+        rising: shares tried upwards (any order; sorted here).
+        falling: shares tried downwards when the first rising one misses (any order).
+        goal_ms: the p99 goal in milliseconds (NaN and infinity miss it).
+    """
+    up = sorted(rising)
+    if not up:
+        return None
+    if not points:
+        return up[0]
+    last = points[-1]
+    met = last.p99_ms <= goal_ms
+    # Below the first share, or the first share itself missed: the sweep goes down.
+    if last.share < up[0] or (not met and len(points) == 1):
+        if met:
+            return None  # the first met share on the way down is the highest
+        return next((share for share in sorted(falling, reverse=True) if share < last.share), None)
+    if not met:
+        return None  # the share below this one was met: the highest met share is known
+    return next((share for share in up if share > last.share), None)
+
+
 def best_within(points: Sequence[SweepPoint], goal_ms: float) -> SweepPoint | None:
     """The highest offered share whose p99 is within ``goal_ms`` (None when none is; an event
     never committed makes p99 infinite, a run without events NaN: both miss)."""

@@ -212,7 +212,8 @@ def _sweep_row(sweep: LatencySweepResult) -> Row:
         f"2. processor: highest offered rate with p99 <= {sweep.goal_ms:.0f} ms",
         best,
         f"{sweep.seconds_each:.0f} s per rate, {sweep.processes} process"
-        f"{'es' if sweep.processes > 1 else ''}, rising until p99 went over: {points}",
+        f"{'es' if sweep.processes > 1 else ''}, up while p99 was met, down while it missed, "
+        f"in the order run: {points}",
     )
 
 

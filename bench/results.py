@@ -117,8 +117,9 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class LatencySweepResult:
-    """Short latency runs at rising shares of the ingest ceiling, run when p99 at half the
-    ceiling misses its goal; ascending, stopped after the first rate over ``goal_ms``.
+    """Short latency runs at shares of the ingest ceiling, run when p99 at half the ceiling
+    misses its goal: up from the first share while p99 is within ``goal_ms``, down from it while
+    p99 misses (``bench.latency.next_sweep_share``); ``points`` in the order run.
 
     ``best_share`` (0..1) and ``best_rate`` (events/s) are the highest offered rate whose p99
     was within ``goal_ms`` (None when none was); ``processes`` the member processes used.

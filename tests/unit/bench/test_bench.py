@@ -7,11 +7,13 @@ import math
 import os
 from pathlib import Path
 
+import pytest
+
 from bench.baseline import as_json, compare, passed_on
 from bench.baseline import markdown as baseline_markdown
 from bench.harness import CpuSample, cpu_us_per_event
 from bench.http_load import LoadResult
-from bench.latency import best_within, commit_latencies, percentile
+from bench.latency import best_within, commit_latencies, next_sweep_share, percentile
 from bench.profile import summarise
 from bench.report import README_END, README_START, markdown, targets, write_readme_section
 from bench.results import (
@@ -238,3 +240,40 @@ def test_read_goals_need_half_of_healthz_a_50_ms_p99_and_no_failed_request() -> 
         "3 failed requests"
         in found["friendship reads vs /healthz, 50 clients, same server"].measured
     )
+
+
+def _point(share: float, p99_ms: float) -> SweepPoint:
+    return SweepPoint(share * 10_000, share, share * 10_000, p99_ms / 2, p99_ms, 100, 100)
+
+
+@pytest.mark.parametrize(
+    ("p99_by_share", "expected_order", "best"),
+    [
+        # Met at 5%: up until the first miss.
+        ({0.05: 40, 0.1: 70, 0.2: 400}, [0.05, 0.1, 0.2], 0.1),
+        # Met everywhere: every rising share, the highest is best.
+        ({0.05: 40, 0.1: 50, 0.2: 60, 0.3: 90}, [0.05, 0.1, 0.2, 0.3], 0.3),
+        # Missed at 5%: down until the first met share.
+        ({0.05: 130, 0.025: 104, 0.01: 21}, [0.05, 0.025, 0.01], 0.01),
+        # Missed everywhere: every share tried, none is best.
+        (
+            {0.05: 500, 0.025: 400, 0.01: math.inf, 0.005: math.nan},
+            [0.05, 0.025, 0.01, 0.005],
+            None,
+        ),
+    ],
+)
+def test_the_latency_sweep_climbs_while_p99_is_met_and_descends_while_it_misses(
+    p99_by_share: dict[float, float], expected_order: list[float], best: float | None
+) -> None:
+    rising, falling = (0.3, 0.05, 0.2, 0.1), (0.01, 0.025, 0.005)
+    points: list[SweepPoint] = []
+    while (share := next_sweep_share(points, rising, falling, 100.0)) is not None:
+        points.append(_point(share, p99_by_share[share]))
+    assert [p.share for p in points] == expected_order
+    found = best_within(points, 100.0)
+    assert (found.share if found else None) == best
+
+
+def test_a_sweep_without_shares_runs_nothing() -> None:
+    assert next_sweep_share([], (), (0.01,), 100.0) is None
