@@ -23,7 +23,7 @@ shadow schema).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import psycopg
@@ -44,35 +44,41 @@ _LOCK: Final = (
     "SELECT committed_offset, lease_epoch, fold_version FROM checkpoints WHERE partition = %s "
     "FOR UPDATE"
 )
-_ADVANCE: Final = (
-    "UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(), "
-    "applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s "
-    "WHERE partition = %s AND committed_offset = %s AND (%s::bigint IS NULL OR lease_epoch = %s)"
-)
 #: The ``NOTIFY`` channel of committed progress: a live batch sends ``<partition>:<offset>``,
 #: an erasure ``erasure``, a replay's swap ``swap``. PostgreSQL delivers a notification when
 #: (and only if) its transaction commits.
 PROGRESS_CHANNEL: Final = "friendship_progress"
 # A live owner's advance is one statement: the compare-and-set, the commit's audit row and its
 # announcement (one round trip per batch instead of two; nothing is logged when nothing moved).
+# ``{along}`` holds the batch's own writes as data-modifying CTEs (``advance``'s ``along``).
 _ADVANCE_AND_LOG: Final = """
-WITH moved AS (
-  UPDATE checkpoints SET committed_offset = %(last)s, owner = %(owner)s, updated_at = now(),
-    applied_count = applied_count + %(applied)s,
-    dead_lettered_count = dead_lettered_count + %(dead)s
-  WHERE partition = %(partition)s AND committed_offset = %(expected)s
-    AND lease_epoch = %(epoch)s
+WITH {along}moved AS (
+  UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(),
+    applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s
+  WHERE partition = %s AND committed_offset = %s AND lease_epoch = %s
   RETURNING partition, committed_offset
 ), logged AS (
   INSERT INTO checkpoint_log (partition, first_offset, last_offset, owner, lease_epoch, applied,
                               dead_lettered, committed_at)
-  SELECT partition, %(first)s, committed_offset, %(owner)s, %(epoch)s, %(applied)s, %(dead)s,
-         clock_timestamp()
+  SELECT partition, %s, committed_offset, %s, %s, %s, %s, clock_timestamp()
   FROM moved
   RETURNING partition, last_offset
 )
-SELECT pg_notify(%(channel)s, partition || ':' || last_offset) FROM logged
+SELECT pg_notify(%s, partition || ':' || last_offset) FROM logged
 """
+# A replay shadow's advance: the compare-and-set alone (with the batch's writes, as above).
+_ADVANCE_SHADOW: Final = """
+WITH {along}moved AS (
+  UPDATE checkpoints SET committed_offset = %s, owner = %s, updated_at = now(),
+    applied_count = applied_count + %s, dead_lettered_count = dead_lettered_count + %s
+  WHERE partition = %s AND committed_offset = %s
+  RETURNING partition
+)
+SELECT partition FROM moved
+"""
+#: A statement that goes with the advance: ``(CTE name, data-modifying SQL, its parameters)``
+#: (positional placeholders; the SQL is trusted text of this package, never input).
+AlongWrite = tuple[str, str, tuple[object, ...]]
 _LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
 
 
@@ -108,47 +114,36 @@ def lock(
         raise FoldVersionChanged(partition, expected, int(row[2]), fold_version)
 
 
-def advance(cur: psycopg.Cursor, advance: CheckpointAdvance) -> None:
+def advance(
+    cur: psycopg.Cursor, advance: CheckpointAdvance, along: Sequence[AlongWrite] = ()
+) -> None:
     """Move the checkpoint from ``advance.expected`` to ``advance.last_offset``
     (compare-and-set) and, for a live owner (``lease_epoch`` given), append the commit to
     ``checkpoint_log`` and announce it on ``PROGRESS_CHANNEL`` (sent at COMMIT).
 
+    Args:
+        cur: a cursor inside the batch's transaction.
+        advance: how the checkpoint moves.
+        along: the batch's own writes, sent in the same statement as data-modifying CTEs (one
+            round trip for the batch's writes and its checkpoint; PostgreSQL runs every
+            data-modifying CTE whether or not the statement reads it, "WITH Queries").
+
     Raises:
         CheckpointConflict: the row no longer holds ``expected`` and the epoch (nothing moved).
     """
+    prefix = "".join(f"{name} AS ({statement}), " for name, statement, _ in along)
+    params: list[object] = [value for _, _, values in along for value in values]
+    common = (advance.last_offset, advance.owner, advance.applied, advance.dead_lettered)
     epoch = advance.lease_epoch
     if epoch is None:
-        cur.execute(
-            _ADVANCE,
-            (
-                advance.last_offset,
-                advance.owner,
-                advance.applied,
-                advance.dead_lettered,
-                advance.partition,
-                advance.expected,
-                epoch,
-                epoch,
-            ),
-        )
-        moved = cur.rowcount == 1
+        params += (*common, advance.partition, advance.expected)
+        cur.execute(_ADVANCE_SHADOW.format(along=prefix), params)
     else:
-        cur.execute(
-            _ADVANCE_AND_LOG,
-            {
-                "last": advance.last_offset,
-                "first": advance.first_offset,
-                "owner": advance.owner,
-                "applied": advance.applied,
-                "dead": advance.dead_lettered,
-                "partition": advance.partition,
-                "expected": advance.expected,
-                "epoch": epoch,
-                "channel": PROGRESS_CHANNEL,
-            },
-        )
-        moved = len(cur.fetchall()) == 1
-    if not moved:
+        params += (*common, advance.partition, advance.expected, epoch)
+        params += (advance.first_offset, advance.owner, epoch, advance.applied)
+        params += (advance.dead_lettered, PROGRESS_CHANNEL)
+        cur.execute(_ADVANCE_AND_LOG.format(along=prefix), params)
+    if len(cur.fetchall()) != 1:
         raise CheckpointConflict(advance.partition, advance.expected, None)
 
 
