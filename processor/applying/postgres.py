@@ -110,6 +110,20 @@ JOIN unnest(%b::text[], %b::text[]) AS k(user_id, topic)
   ON t.user_id = k.user_id AND t.topic = k.topic
 ORDER BY t.user_id, t.topic FOR UPDATE OF t
 """
+# A branch's missing columns are NULL, typed by the other branch (UNION type resolution).
+_FRIENDSHIP_NULLS: Final = ", ".join("NULL" for _ in range(len(SENTIMENT_COLUMNS) + 4))
+# Both kinds of rows locked in one statement (one round trip): the friendships first, then the
+# topics, each in key order as the two statements did (UNION ALL runs its branches in order).
+# A friendship row has no topic; a topic row's topic is never NULL.
+_LOCK_BOTH: Final = f"""
+WITH locked_friendships AS ({_LOCK_FRIENDSHIPS}), locked_topics AS ({_LOCK_TOPICS})
+SELECT user_id, NULL, score, events_applied, last_event_at, {_FRIENDSHIP_NULLS}
+FROM locked_friendships
+UNION ALL
+SELECT user_id, topic, NULL, NULL, NULL, conversations, turns,
+       duration_s, {_SENTIMENT_LIST}, last_discussed_at
+FROM locked_topics
+"""
 _UPSERT_FRIENDSHIPS: Final = """
 INSERT INTO friendships (user_id, score, events_applied, last_event_at)
 SELECT * FROM unnest(%b::text[], %b::smallint[], %b::bigint[], %b::timestamptz[])
@@ -306,19 +320,27 @@ class _PostgresTransaction:
             cur.execute(_CREATE_MISSING_BOTH, (user_array, topic_users, topic_names))
         else:
             cur.execute(_CREATE_MISSING_FRIENDSHIPS, (user_array,))
-        friendships = {
-            user_id: Friendship(score, applied, last_at)
-            for user_id, score, applied, last_at in cur.execute(_LOCK_FRIENDSHIPS, (user_array,))
-        }
+        if not topics:
+            friendships = {
+                user_id: Friendship(score, applied, last_at)
+                for user_id, score, applied, last_at in cur.execute(
+                    _LOCK_FRIENDSHIPS, (user_array,)
+                )
+            }
+            return friendships, {}
+        friendships = {}
         metrics: dict[TopicKey, TopicMetrics] = {}
-        if topics:
-            for row in cur.execute(_LOCK_TOPICS, (topic_users, topic_names)).fetchall():
+        sentiment_end = 8 + len(SENTIMENT_COLUMNS)
+        for row in cur.execute(_LOCK_BOTH, (user_array, topic_users, topic_names)).fetchall():
+            if row[1] is None:
+                friendships[row[0]] = Friendship(row[2], row[3], row[4])
+            else:
                 metrics[(row[0], row[1])] = TopicMetrics(
-                    conversations=row[2],
-                    turns=row[3],
-                    duration_s=row[4],
-                    sentiment=tuple(row[5 : 5 + len(SENTIMENT_COLUMNS)]),
-                    last_discussed_at=row[5 + len(SENTIMENT_COLUMNS)],
+                    conversations=row[5],
+                    turns=row[6],
+                    duration_s=row[7],
+                    sentiment=tuple(row[8:sentiment_end]),
+                    last_discussed_at=row[sentiment_end],
                 )
         return friendships, metrics
 
