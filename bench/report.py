@@ -198,14 +198,20 @@ def _latency_rows(results: BenchResults) -> list[Row]:
     return table
 
 
+def share_text(share: float) -> str:
+    """A share of the ingest ceiling (0..1) as a percentage with what it needs of its digits:
+    ``0.025`` is ``2.5%``, ``0.005`` is ``0.5%``, ``0.1`` is ``10%``."""
+    return f"{share * 100:.3g}%"
+
+
 def _sweep_row(sweep: LatencySweepResult) -> Row:
     best = (
-        f"{sweep.best_share:.0%} of the ceiling ({_rate(sweep.best_rate or 0.0)})"
+        f"{share_text(sweep.best_share)} of the ceiling ({_rate(sweep.best_rate or 0.0)})"
         if sweep.best_share is not None
         else f"none of {len(sweep.points)} rates"
     )
     points = "; ".join(
-        f"{p.share:.0%} ({p.offered_rate:,.0f}/s): p50 {ms(p.p50_ms)}, p99 {ms(p.p99_ms)}"
+        f"{share_text(p.share)} ({p.offered_rate:,.0f}/s): p50 {ms(p.p50_ms)}, p99 {ms(p.p99_ms)}"
         for p in sweep.points
     )
     return Row(
@@ -393,12 +399,12 @@ def _latency_target(results: BenchResults) -> Target:
         # The issue's fallback: the highest offered rate that met the goal, as a share.
         if sweep.best_share is not None and sweep.best_rate is not None:
             measured += (
-                f"; highest rate within {P99_TARGET_MS:.0f} ms: {sweep.best_share:.0%} of the "
-                f"ceiling ({_rate(sweep.best_rate)})"
+                f"; highest rate within {P99_TARGET_MS:.0f} ms: "
+                f"{share_text(sweep.best_share)} of the ceiling ({_rate(sweep.best_rate)})"
             )
         else:
             lowest = min((p.share for p in sweep.points), default=None)
-            below = f" (lowest tried: {lowest:.0%})" if lowest is not None else ""
+            below = f" (lowest tried: {share_text(lowest)})" if lowest is not None else ""
             measured += f"; no rate tried met {P99_TARGET_MS:.0f} ms{below}"
     return Target(name, measured, goal, passed)
 

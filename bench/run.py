@@ -258,7 +258,10 @@ class _Steps:
         ) is not None:
             rate = ceiling * share
             run = self._latency_at(
-                rate, f"latency-sweep-{share:.2f}.log", config.sweep_seconds, config.sweep_processes
+                rate,
+                f"latency-sweep-{share * 100:.3g}pct.log",
+                config.sweep_seconds,
+                config.sweep_processes,
             )
             points.append(
                 SweepPoint(

@@ -11,8 +11,9 @@ The life cycle of one batch, inside its transaction:
 1. ``lock`` the row (``SELECT ... FOR UPDATE``) and check it still holds the offset and the
    lease epoch the owner resumed with (fencing: a zombie owner stops here), and the fold
    version the batch folds with (a writer of the old rule stops once a new one is live);
-2. the batch writes its projections;
-3. ``advance`` the row by compare-and-set on the old offset and epoch, append the commit to
+2. the batch reads and locks its projection rows and folds them;
+3. ``advance`` the row by compare-and-set, in one statement with the batch's writes (rows, dead
+   letters) on the old offset and epoch, append the commit to
    ``checkpoint_log`` (the audit of who committed which offsets) and announce it on
    ``PROGRESS_CHANNEL`` (``NOTIFY``, delivered at COMMIT: the API's read-your-writes waiters
    wake, ``processor.api.waiting``). A replay's shadow batches announce nothing.
@@ -76,9 +77,10 @@ WITH {along}moved AS (
 )
 SELECT partition FROM moved
 """
-#: A statement that goes with the advance: ``(CTE name, data-modifying SQL, its parameters)``
-#: (positional placeholders; the SQL is trusted text of this package, never input).
-AlongWrite = tuple[str, str, tuple[object, ...]]
+#: A batch write that goes with the advance: ``(data-modifying SQL, its parameters)``, with
+#: positional placeholders. The SQL is one of ``processor.applying.postgres``'s constants, never
+#: text from input; ``advance`` names each ``write_<n>``.
+AlongWrite = tuple[str, tuple[object, ...]]
 _LOCK_MODES: Final = ("", "FOR SHARE", "FOR UPDATE")
 
 
@@ -125,14 +127,20 @@ def advance(
         cur: a cursor inside the batch's transaction.
         advance: how the checkpoint moves.
         along: the batch's own writes, sent in the same statement as data-modifying CTEs (one
-            round trip for the batch's writes and its checkpoint; PostgreSQL runs every
-            data-modifying CTE whether or not the statement reads it, "WITH Queries").
+            round trip for the batch's writes and its checkpoint). PostgreSQL runs every
+            data-modifying CTE to completion whether or not the statement reads it, all on one
+            snapshot (PostgreSQL manual, "WITH Queries", 7.8.4); they write other tables than
+            the checkpoint, whose rows the batch locked before.
 
     Raises:
         CheckpointConflict: the row no longer holds ``expected`` and the epoch (nothing moved).
+        psycopg.Error: a write of ``along`` failed (a ``DataError`` for a value the database
+            rejects, as the statement on its own would raise); the transaction is aborted.
     """
-    prefix = "".join(f"{name} AS ({statement}), " for name, statement, _ in along)
-    params: list[object] = [value for _, _, values in along for value in values]
+    prefix = "".join(
+        f"write_{index} AS ({statement}), " for index, (statement, _) in enumerate(along)
+    )
+    params: list[object] = [value for _, values in along for value in values]
     common = (advance.last_offset, advance.owner, advance.applied, advance.dead_lettered)
     epoch = advance.lease_epoch
     if epoch is None:

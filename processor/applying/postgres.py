@@ -3,8 +3,11 @@
 Implements ``processor.applying.store.BatchTransaction`` with set-based statements whose arrays
 go in binary, a column packed at a time (``processor.applying.arrays``): event ids ``INSERT ...
 ON CONFLICT DO NOTHING`` (only new ids are applied), projection rows created when missing and
-then locked in key order, upserts, dead letters. The checkpoint's SQL is in
-``processor.applying.checkpoint``, the one module that reads or writes checkpoint rows.
+then locked in key order (one statement for both tables), then the upserts and dead letters,
+sent as data-modifying CTEs of the checkpoint's advance: a one-event batch waits for the server
+eight times (BEGIN, lock, erasures, event ids, missing rows, row locks, advance, COMMIT). The
+checkpoint's SQL is in ``processor.applying.checkpoint``, the one module that reads or writes
+checkpoint rows; this module hands it the batch's writes.
 Tables carry no schema: a replay points ``search_path`` at its shadow schema and the same
 statements write there.
 """
@@ -113,10 +116,13 @@ ORDER BY t.user_id, t.topic FOR UPDATE OF t
 # A branch's missing columns are NULL, typed by the other branch (UNION type resolution).
 _FRIENDSHIP_NULLS: Final = ", ".join("NULL" for _ in range(len(SENTIMENT_COLUMNS) + 4))
 # Both kinds of rows locked in one statement (one round trip): the friendships first, then the
-# topics, each in key order as the two statements did (UNION ALL runs its branches in order).
-# A friendship row has no topic; a topic row's topic is never NULL.
+# topics, each in key order as the two statements did. Each CTE is materialized (a CTE that
+# locks rows is never inlined; MATERIALIZED says so), and the plan's Append runs its branches
+# in the order written (a statement that locks rows never gets a parallel plan); a test pins
+# the plan. A friendship row has no topic; a topic row's topic is never NULL (primary key).
 _LOCK_BOTH: Final = f"""
-WITH locked_friendships AS ({_LOCK_FRIENDSHIPS}), locked_topics AS ({_LOCK_TOPICS})
+WITH locked_friendships AS MATERIALIZED ({_LOCK_FRIENDSHIPS}),
+locked_topics AS MATERIALIZED ({_LOCK_TOPICS})
 SELECT user_id, NULL, score, events_applied, last_event_at, {_FRIENDSHIP_NULLS}
 FROM locked_friendships
 UNION ALL
@@ -347,11 +353,9 @@ class _PostgresTransaction:
     def write_rows(
         self, friendships: Mapping[str, Friendship], topics: Mapping[TopicKey, TopicMetrics]
     ) -> None:
-        self._along.append(
-            ("upserted_friendships", _UPSERT_FRIENDSHIPS, friendship_columns(friendships))
-        )
+        self._along.append((_UPSERT_FRIENDSHIPS, friendship_columns(friendships)))
         if topics:
-            self._along.append(("upserted_topics", _UPSERT_TOPICS, topic_columns(topics)))
+            self._along.append((_UPSERT_TOPICS, topic_columns(topics)))
 
     def write_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
         columns = (
@@ -364,7 +368,7 @@ class _PostgresTransaction:
             text_array([d.user_id for d in dead]),
             text_array([d.routing_key for d in dead]),
         )
-        self._along.append(("kept_dead_letters", _INSERT_DEAD_LETTERS, columns))
+        self._along.append((_INSERT_DEAD_LETTERS, columns))
 
     def advance_checkpoint(self, advance: CheckpointAdvance) -> None:
         along, self._along = self._along, []
@@ -373,6 +377,6 @@ class _PostgresTransaction:
     def flush(self) -> None:
         """Send the writes still waiting for an advance (a transaction that ends without one
         keeps them too)."""
-        for _, statement, params in self._along:
+        for statement, params in self._along:
             self._cur.execute(statement, params)
         self._along = []

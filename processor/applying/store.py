@@ -104,11 +104,14 @@ class BatchTransaction(Protocol):
     def write_rows(
         self, friendships: Mapping[str, Friendship], topics: Mapping[TopicKey, TopicMetrics]
     ) -> None:
-        """Write the folded state of every locked row."""
+        """Write the folded state of every locked row (the write may be sent with
+        ``advance_checkpoint``, or when the transaction ends: nothing reads it before; its
+        errors, such as a ``DataError``, may then come from there)."""
         ...
 
     def write_dead_letters(self, dead: Sequence[DeadLetter]) -> None:
-        """Keep the batch's invalid records (a record already kept at its offset stays)."""
+        """Keep the batch's invalid records (a record already kept at its offset stays; sent
+        like ``write_rows``)."""
         ...
 
     def advance_checkpoint(self, advance: CheckpointAdvance) -> None:
@@ -116,6 +119,7 @@ class BatchTransaction(Protocol):
 
         Raises:
             CheckpointConflict: the row no longer holds ``advance.expected`` and the epoch.
+            psycopg.Error: a write sent with the advance failed (``write_rows``).
         """
         ...
 

@@ -317,8 +317,9 @@ def verify(
 
 
 def slow_projection_writes(settings: Settings, seconds: float, first: int | None = None) -> None:
-    """Make every friendships upsert statement (one per batch) sleep ``seconds``; only the
-    ``first`` such statements when given. The count lives in a sequence, so a rolled-back or
+    """Make every statement that inserts into friendships sleep ``seconds`` (two per batch: the
+    missing rows, then the upserts that go with the checkpoint's advance); only the ``first``
+    such statements when given. The count lives in a sequence, so a rolled-back or
     cancelled statement still counts."""
     limit = "NULL" if first is None else str(int(first))
     with connect(settings.database_url) as conn:

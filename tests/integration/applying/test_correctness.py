@@ -90,8 +90,9 @@ def test_two_transactions_on_a_new_user_lose_no_update(settings: Settings) -> No
             errors.append(exc)
 
     with connect(settings.database_url) as blocker:
-        # Hold every batch just before its commit (the checkpoint log insert), with its
-        # projection rows written but not committed.
+        # Hold every batch at its last statement (the advance, which inserts into the
+        # checkpoint log and carries the upserts), with its missing rows created but not
+        # committed.
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE checkpoint_log IN EXCLUSIVE MODE")
         first = threading.Thread(target=apply, args=(0, adjusted("new-kid", 10)))

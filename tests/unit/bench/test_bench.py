@@ -15,7 +15,14 @@ from bench.harness import CpuSample, cpu_us_per_event
 from bench.http_load import LoadResult
 from bench.latency import best_within, commit_latencies, next_sweep_share, percentile
 from bench.profile import summarise
-from bench.report import README_END, README_START, markdown, targets, write_readme_section
+from bench.report import (
+    README_END,
+    README_START,
+    markdown,
+    share_text,
+    targets,
+    write_readme_section,
+)
 from bench.results import (
     BenchResults,
     DrainResult,
@@ -277,3 +284,13 @@ def test_the_latency_sweep_climbs_while_p99_is_met_and_descends_while_it_misses(
 
 def test_a_sweep_without_shares_runs_nothing() -> None:
     assert next_sweep_share([], (), (0.01,), 100.0) is None
+
+
+@pytest.mark.parametrize(
+    ("share", "text"),
+    [(0.005, "0.5%"), (0.01, "1%"), (0.025, "2.5%"), (0.05, "5%"), (0.1, "10%"), (0.3, "30%")],
+)
+def test_a_share_of_the_ceiling_keeps_the_digits_that_tell_it_apart(
+    share: float, text: str
+) -> None:
+    assert share_text(share) == text
