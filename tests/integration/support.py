@@ -173,3 +173,20 @@ __all__ = [
     "stream_producer",
     "synthetic_events",
 ]
+
+
+def reject_rows_of(user_id: str, events: str) -> str:
+    """SQL for a trigger that makes PostgreSQL reject ``user_id``'s friendship row, as a value
+    out of a column's range (a ``DataError``, SQLSTATE 22003), on ``events`` (``"INSERT OR
+    UPDATE"``, ``"UPDATE"``). ``user_id`` and ``events`` are a test's constants."""
+    return f"""
+CREATE FUNCTION reject_rows_of_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.user_id = '{user_id}' THEN
+    RAISE EXCEPTION 'value out of range' USING ERRCODE = '22003';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER reject_rows_of_user BEFORE {events} ON friendships
+  FOR EACH ROW EXECUTE FUNCTION reject_rows_of_user();
+"""

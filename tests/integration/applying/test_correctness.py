@@ -36,6 +36,7 @@ from tests.integration.support import (
     outgoing,
     processor_process,
     publish,
+    reject_rows_of,
     settings_env,
     stored_projections,
     stream_producer,
@@ -297,19 +298,6 @@ def test_hostile_inputs_mixed_into_traffic_are_handled_and_replay_verifies_ident
     assert "verify: live and replay are identical" in verify.stdout
 
 
-_REJECT_POISON_KID = """
-CREATE FUNCTION reject_poison_kid() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.user_id = 'poison-kid' THEN
-    RAISE EXCEPTION 'value out of range' USING ERRCODE = '22003';
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER reject_poison_kid BEFORE INSERT OR UPDATE ON friendships
-  FOR EACH ROW EXECUTE FUNCTION reject_poison_kid();
-"""
-
-
 def test_a_record_the_database_rejects_is_dead_lettered_alike_live_and_replay(
     settings: Settings, services: Services, tmp_path: Path
 ) -> None:
@@ -321,7 +309,7 @@ def test_a_record_the_database_rejects_is_dead_lettered_alike_live_and_replay(
         for target in (settings, replayed):
             with connect(target.database_url) as conn:
                 ensure_checkpoints(conn, target.partitions)
-                conn.execute(_REJECT_POISON_KID)
+                conn.execute(reject_rows_of("poison-kid", "INSERT OR UPDATE"))
         with connect(replayed.database_url) as conn, conn.transaction():
             replay_result = PartitionApplier(0, -1, "replay test", load_keys(replayed)).apply(
                 PostgresStore(conn), records

@@ -20,6 +20,7 @@ from projections.database import connect
 from projections.fold import Friendship
 from testkit.services import Services, isolated_settings
 from tests.batch_rules import turn
+from tests.integration.support import reject_rows_of
 from tests.strategies import make_event
 
 
@@ -57,19 +58,6 @@ def test_the_row_locks_take_the_friendships_then_the_topics(database: Settings) 
     assert text.index("CTE locked_friendships") < text.index("CTE locked_topics"), text
 
 
-_REJECT_UPDATE_OF_POISON_KID = """
-CREATE FUNCTION reject_poison_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.user_id = 'poison-kid' THEN
-    RAISE EXCEPTION 'value out of range' USING ERRCODE = '22003';
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER reject_poison_update BEFORE UPDATE ON friendships
-  FOR EACH ROW EXECUTE FUNCTION reject_poison_update();
-"""
-
-
 def test_a_value_the_database_rejects_in_the_upsert_is_dead_lettered(database: Settings) -> None:
     # The upsert goes with the checkpoint's advance: the DataError comes from that statement,
     # and the batch's culprit is still isolated and dead-lettered, the rest applied.
@@ -78,7 +66,7 @@ def test_a_value_the_database_rejects_in_the_upsert_is_dead_lettered(database: S
         store = PostgresStore(conn)
         first = apply_batch(store, 0, [LogRecord(0, adjusted("poison-kid", 3))], -1, "t", keys=keys)
         assert first.applied == 1
-        conn.execute(_REJECT_UPDATE_OF_POISON_KID)
+        conn.execute(reject_rows_of("poison-kid", "UPDATE"))
         bodies = [adjusted("kid-1", 4), adjusted("poison-kid", 5), adjusted("kid-2", 6)]
         applier = PartitionApplier(0, 0, "t", keys)
         result = applier.apply(store, [LogRecord(1 + i, body) for i, body in enumerate(bodies)])
