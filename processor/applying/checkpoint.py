@@ -12,11 +12,11 @@ The life cycle of one batch, inside its transaction:
    lease epoch the owner resumed with (fencing: a zombie owner stops here), and the fold
    version the batch folds with (a writer of the old rule stops once a new one is live);
 2. the batch reads and locks its projection rows and folds them;
-3. ``advance`` the row by compare-and-set, in one statement with the batch's writes (rows, dead
-   letters) on the old offset and epoch, append the commit to
-   ``checkpoint_log`` (the audit of who committed which offsets) and announce it on
-   ``PROGRESS_CHANNEL`` (``NOTIFY``, delivered at COMMIT: the API's read-your-writes waiters
-   wake, ``processor.api.waiting``). A replay's shadow batches announce nothing.
+3. ``advance`` the row by compare-and-set on the old offset and epoch, in one statement with
+   the batch's writes (rows, dead letters), append the commit to ``checkpoint_log`` (the
+   audit of who committed which offsets) and announce it on ``PROGRESS_CHANNEL`` (``NOTIFY``,
+   delivered at COMMIT: the API's read-your-writes waiters wake, ``processor.api.waiting``).
+   A replay's shadow batches announce nothing.
 
 This module is the one place whose SQL reads or writes checkpoint rows (live or a replay
 shadow schema).

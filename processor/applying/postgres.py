@@ -243,8 +243,8 @@ class _PostgresTransaction:
     """``BatchTransaction`` on one cursor inside the batch's transaction.
 
     The batch's writes (rows, dead letters) go with the checkpoint's advance, as data-modifying
-    CTEs of its statement (``checkpoint.advance``): a batch sends one statement fewer per kind
-    of write, which is most of what a small batch costs. Nothing reads them before the advance.
+    CTEs of its statement (``checkpoint.advance``): a round trip fewer per batch, and round
+    trips are much of what a small batch costs. Nothing reads them before the advance.
     """
 
     def __init__(self, cur: psycopg.Cursor) -> None:
