@@ -29,6 +29,7 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
         profile_events=0,
         profile_live_seconds=0.0,
         sweep_shares=(0.5,),
+        sweep_lower_shares=(0.25,),
         sweep_seconds=1.0,
         reads_events=300,
         reads_seconds=1.0,
@@ -68,7 +69,9 @@ def test_every_step_runs_and_is_reported_at_tiny_sizes(services: Services, tmp_p
     sweep = results.latency_sweep
     assert (sweep is not None) == (not results.latency.p99_ms <= 100.0)
     if sweep is not None:
-        assert [p.share for p in sweep.points] == [0.5]
+        # Up from 0.5 while met (nothing above it), down to 0.25 when 0.5 missed.
+        expected = [0.5] if sweep.points[0].p99_ms <= 100.0 else [0.5, 0.25]
+        assert [p.share for p in sweep.points] == expected
     reported = rows(results)
     assert [row.step for row in reported] == [
         "1. ingest ceiling (exchange, confirms)",
